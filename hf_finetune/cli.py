@@ -1,0 +1,155 @@
+"""`hf-finetune train|validate|eval|predict|recipes|tasks`.
+
+Input mistakes print one message naming the field or file and the fix, and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import FinetuneError
+
+EXIT_USAGE = 2
+
+
+def recipes_dir() -> Path | None:
+    for candidate in (os.environ.get("HF_FINETUNE_RECIPES"), Path(__file__).resolve().parents[1] / "recipes",
+                      Path.cwd() / "recipes"):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return None
+
+
+def resolve_recipe_path(name: str) -> str:
+    """A path, or the name of a bundled recipe (`glue/sst2`)."""
+    if Path(name).exists():
+        return name
+    root = recipes_dir()
+    if root is not None:
+        for candidate in (root / name, root / f"{name}.yaml"):
+            if candidate.is_file():
+                return str(candidate)
+    return name  # load_recipe reports it as not found
+
+
+def describe_recipe(path: Path) -> str:
+    for line in path.read_text(encoding="utf-8").splitlines():
+        text = line.lstrip("#").strip()
+        if line.startswith("#") and text and not text.lower().startswith(("launch", "run:", "hf-finetune")):
+            return text
+    return ""
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        level=logging.WARNING)
+    logging.getLogger("hf_finetune").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-finetune", description="Fine-tune pretrained transformers from a "
+                                     "YAML recipe on the Hugging Face Trainer.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    overrides_help = "dotted overrides, e.g. training.learning_rate=3e-5 data.max_train_samples=4000"
+    p = sub.add_parser("train", help="fine-tune as a recipe says")
+    p.add_argument("recipe", help="recipe YAML (or a bundled name such as glue/sst2)")
+    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.add_argument("--output-dir", help="same as training.output_dir=DIR")
+
+    p = sub.add_parser("validate", help="check a recipe and its data without loading weights (exit 0 or 2)")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    p = sub.add_parser("eval", help="re-evaluate a trained output directory")
+    p.add_argument("output_dir")
+    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.add_argument("--split", help="split to evaluate (default: the recipe's eval split)")
+    p.add_argument("--batch-size", type=int)
+
+    p = sub.add_parser("predict", help="label JSON Lines with a trained output directory")
+    p.add_argument("output_dir")
+    p.add_argument("--input", required=True, help="JSON Lines: one object per line with the text field(s)")
+    p.add_argument("--output", required=True, help="JSON Lines written: input fields + label + score")
+    p.add_argument("--batch-size", type=int, default=32)
+
+    sub.add_parser("recipes", help="list the bundled recipes")
+    sub.add_parser("tasks", help="list the tasks")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return _dispatch(args)
+    except FinetuneError as exc:
+        print(f"hf-finetune: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("hf-finetune: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from .config import load_recipe
+
+    if args.command == "recipes":
+        root = recipes_dir()
+        if root is None:
+            print("no recipes directory found (set HF_FINETUNE_RECIPES)", file=sys.stderr)
+            return 1
+        for path in sorted(root.rglob("*.yaml")):
+            rel = path.relative_to(root).with_suffix("")
+            print(f"{str(rel):<28} {describe_recipe(path)}")
+        return 0
+    if args.command == "tasks":
+        from .tasks import available_tasks
+
+        for name, spec in available_tasks().items():
+            print(f"{name:<24} {spec.description}")
+        return 0
+    if args.command == "validate":
+        from .pipeline import validate
+
+        summary = validate(load_recipe(resolve_recipe_path(args.recipe), args.overrides))
+        if args.json:
+            print(json.dumps(summary, indent=2))
+        else:
+            print(f"OK: {args.recipe}")
+            for key, value in summary.items():
+                print(f"  {key}: {value}")
+        return 0
+    if args.command == "train":
+        from .pipeline import train
+
+        recipe = load_recipe(resolve_recipe_path(args.recipe), args.overrides, output_dir=args.output_dir)
+        metrics = train(recipe)
+        shown = {k: v for k, v in metrics.items() if k.startswith("eval_") and not k.endswith(
+            ("_runtime", "_per_second"))}
+        print(json.dumps(shown, indent=2))
+        return 0
+    if args.command == "eval":
+        from .pipeline import evaluate_output
+
+        metrics = evaluate_output(args.output_dir, args.split, args.overrides, args.batch_size)
+        print(json.dumps(metrics, indent=2))
+        return 0
+    if args.command == "predict":
+        from .pipeline import predict_output
+
+        count = predict_output(args.output_dir, args.input, args.output, args.batch_size)
+        print(f"wrote {count} predictions to {args.output}")
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,496 @@
+"""Recipes: one dataclass per section, read from YAML, with dotted ``section.field=value`` overrides.
+
+A recipe has the sections ``task``, ``model``, ``data`` and ``training``. ``training`` is
+:class:`transformers.TrainingArguments` itself, so every Trainer option works in a recipe.
+Every key is checked against the dataclass fields (unknown keys fail with close matches) and
+every value against the field's type annotation, before any data or weights are touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import re
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Union
+
+import yaml
+
+from .errors import RecipeError, close_matches
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+SECTIONS = ("task", "model", "data", "training")
+
+
+# --------------------------------------------------------------------------------------------
+# YAML: 1.2-style scalars. PyYAML follows YAML 1.1, where `no`/`on` are booleans (so
+# `eval_strategy: no` would arrive as False) and `3e-5` is a string. Recipes are full of both.
+# --------------------------------------------------------------------------------------------
+class _RecipeLoader(yaml.SafeLoader):
+    pass
+
+
+_RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str, source: str = "<string>") -> Any:
+    try:
+        return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(None, f"{source}: YAML syntax error{where}: {problem}. Fix the YAML syntax.") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+def _help(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
+    if "default_factory" in kw:
+        return field(metadata={"help": text}, **kw)
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class TaskConfig:
+    """Base of every task section; each task module subclasses it with its own fields."""
+
+    section: ClassVar[str] = "task"
+    name: str = _help("Task name: one of `hf-finetune tasks`.", "text-classification")
+
+
+@dataclass
+class ModelConfig:
+    section: ClassVar[str] = "model"
+    name_or_path: str = _help("Hub id or local directory of the pretrained checkpoint.", DEFAULT_MODEL)
+    revision: str = _help("Hub revision (branch, tag or commit).", "main")
+    tokenizer_name_or_path: str | None = _help("Tokenizer, when it differs from the model.", None)
+    trust_remote_code: bool = _help("Run model code shipped in the checkpoint repository.", False)
+
+    def __post_init__(self) -> None:
+        if not self.name_or_path or not str(self.name_or_path).strip():
+            raise RecipeError("model.name_or_path", "is empty; give a Hub id or a local model directory.")
+
+
+@dataclass
+class DataConfig:
+    section: ClassVar[str] = "data"
+    dataset: str | None = _help("Hub dataset id (e.g. `glue`), also looked up in the mirror.", None)
+    config: str | None = _help("Dataset configuration (e.g. `sst2`).", None)
+    revision: str | None = _help("Hub dataset revision.", None)
+    files: dict[str, Union[str, list[str]]] | None = _help(
+        "Local files per split, e.g. {train: train.csv, validation: dev.csv} (csv, tsv, json, jsonl, parquet).",
+        None,
+    )
+    mirror: str | None = _help(
+        "Local mirror directory laid out <dataset>/<config>/<split>.<ext>; default: $HF_FINETUNE_DATA_MIRROR.",
+        None,
+    )
+    train_split: str = _help("Split to train on.", "train")
+    eval_split: Union[str, list[str], None] = _help(
+        "Split(s) to evaluate on; a list evaluates each (e.g. MNLI matched and mismatched).", "validation"
+    )
+    test_split: str | None = _help("Unlabelled split for `hf-finetune predict --split`.", None)
+    max_train_samples: int | None = _help("Use only the first N training examples.", None)
+    max_eval_samples: int | None = _help("Use only the first N examples of each evaluation split.", None)
+    max_seq_length: int = _help("Truncate inputs to this many tokens (batches are padded dynamically).", 128)
+    preprocessing_num_workers: int | None = _help("Processes for tokenisation (datasets.map num_proc).", None)
+
+    def __post_init__(self) -> None:
+        if self.dataset is None and not self.files:
+            raise RecipeError("data", "give either `data.dataset` (a Hub id) or `data.files` (local files per split).")
+        if self.dataset is not None and self.files:
+            raise RecipeError("data.files", "set either `data.dataset` or `data.files`, not both.")
+        for name in ("max_train_samples", "max_eval_samples", "max_seq_length", "preprocessing_num_workers"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise RecipeError(f"data.{name}", f"must be a positive integer, got {value}.")
+        if isinstance(self.eval_split, list) and not self.eval_split:
+            raise RecipeError("data.eval_split", "is an empty list; name a split or set it to null.")
+        if self.files:
+            for split, paths in self.files.items():
+                if not paths:
+                    raise RecipeError(f"data.files.{split}", "is empty; give a file path.")
+            # Relative paths are relative to the working directory; store them absolute so the
+            # resolved recipe written next to the model reproduces the run from anywhere.
+            self.files = {
+                split: ([_absolute(p) for p in paths] if isinstance(paths, list) else _absolute(paths))
+                for split, paths in self.files.items()
+            }
+            if self.train_split not in self.files:
+                raise RecipeError(
+                    "data.files",
+                    f"has no file for the training split '{self.train_split}' (splits given: "
+                    f"{', '.join(self.files)}); add it or set `data.train_split`.",
+                )
+        if self.mirror is not None:
+            self.mirror = _absolute(self.mirror)
+
+    @property
+    def eval_splits(self) -> list[str]:
+        if self.eval_split is None:
+            return []
+        return list(self.eval_split) if isinstance(self.eval_split, list) else [self.eval_split]
+
+
+def _absolute(path: str) -> str:
+    return str(Path(os.path.expanduser(path)).absolute())
+
+
+# --------------------------------------------------------------------------------------------
+# The recipe
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Recipe:
+    task: TaskConfig
+    model: ModelConfig
+    data: DataConfig
+    training: Any  # transformers.TrainingArguments
+    source: str | None = None
+    # The training fields the recipe and overrides set explicitly (the rest are Trainer defaults).
+    training_fields: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved recipe as plain data; `load_recipe` of it gives the same recipe back."""
+        training = {k: v for k, v in self.training_fields.items() if not _is_secret(k)}
+        return {
+            "task": _plain(dataclasses.asdict(self.task)),
+            "model": _plain(dataclasses.asdict(self.model)),
+            "data": _plain(dataclasses.asdict(self.data)),
+            "training": _plain(training),
+        }
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def save(self, path: str | Path, header: str = "") -> None:
+        Path(path).write_text(header + self.to_yaml(), encoding="utf-8")
+
+
+def _is_secret(name: str) -> bool:
+    return "token" in name.lower() and name != "include_num_input_tokens_seen"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def load_recipe(
+    source: str | Path | dict[str, Any], overrides: Sequence[str] = (), output_dir: str | None = None
+) -> Recipe:
+    """Read a recipe (a YAML path, or a dict) and apply ``section.field=value`` overrides.
+
+    Raises :class:`RecipeError` naming the field for every problem; loads no data and no weights.
+    """
+    if isinstance(source, dict):
+        raw, origin = _deep_copy(source), None
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise RecipeError(None, f"recipe file not found: {path}. Give the path of a recipe YAML file "
+                                    "(`hf-finetune recipes` lists the bundled ones).")
+        raw = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+        origin = str(path)
+        if raw is None:
+            raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError(None, f"{origin or 'recipe'}: expected a mapping with the sections "
+                                f"{', '.join(SECTIONS)}, got {type(raw).__name__}.")
+    for key in raw:
+        if key not in SECTIONS:
+            raise RecipeError(str(key), f"unknown recipe section{close_matches(str(key), SECTIONS)}; "
+                                        f"sections are: {', '.join(SECTIONS)}.")
+    _apply_overrides(raw, overrides)
+
+    task_raw = raw.get("task")
+    if isinstance(task_raw, str):  # shorthand `task: text-classification`
+        task_raw = {"name": task_raw}
+    task_raw = dict(task_raw or {})
+    from .tasks import get_task  # local import: the task modules import this one
+
+    task_name = _coerce_field(task_raw.get("name", TaskConfig.name), str, "task.name")
+    spec = get_task(task_name)
+    task_raw["name"] = task_name
+    task = build_section(spec.config_class, task_raw, "task")
+    model = build_section(ModelConfig, raw.get("model"), "model")
+    data = build_section(DataConfig, raw.get("data"), "data")
+
+    training_raw = raw.get("training") or {}
+    if not isinstance(training_raw, dict):
+        raise RecipeError("training", f"expected a mapping of TrainingArguments fields, got {type(training_raw).__name__}.")
+    training_raw = dict(training_raw)
+    if output_dir is not None:
+        training_raw["output_dir"] = output_dir
+    if training_raw.get("output_dir") in (None, ""):
+        stem = Path(origin).stem if origin else "run"
+        training_raw["output_dir"] = os.path.join("runs", stem)
+    training, training_fields = build_training_arguments(training_raw)
+    return Recipe(task=task, model=model, data=data, training=training, source=origin,
+                  training_fields=training_fields)
+
+
+def build_training_arguments(raw: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    from transformers import TrainingArguments
+
+    values = _coerce_fields(TrainingArguments, raw, "training")
+    try:
+        args = TrainingArguments(**values)
+    except (ValueError, TypeError, ImportError) as exc:
+        raise RecipeError("training", f"{exc}") from None
+    return args, values
+
+
+def build_section(cls: type, raw: Any, section: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError(section, f"expected a mapping of fields, got {type(raw).__name__} ({raw!r}).")
+    values = _coerce_fields(cls, raw, section)
+    try:
+        return cls(**values)
+    except RecipeError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise RecipeError(section, str(exc)) from None
+
+
+def section_fields(cls: type) -> dict[str, Any]:
+    """Public init fields of a section dataclass with their resolved type annotations."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")}
+
+
+def _coerce_fields(cls: type, raw: dict[str, Any], section: str) -> dict[str, Any]:
+    known = section_fields(cls)
+    values = {}
+    for key, value in raw.items():
+        key = str(key)
+        if key not in known:
+            hint = close_matches(key, known)
+            listing = "" if hint else f"; fields of `{section}` are: {', '.join(sorted(known))}"
+            raise RecipeError(f"{section}.{key}", f"unknown field{hint}{listing}.")
+        values[key] = _coerce_field(value, known[key], f"{section}.{key}")
+    return values
+
+
+# --------------------------------------------------------------------------------------------
+# Overrides and type coercion
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Override:
+    """A value typed on the command line: parsed with the field's type in mind."""
+
+    text: str
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> None:
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(None, f"override '{item}' is not `section.field=value` "
+                                    "(for example training.learning_rate=3e-5).")
+        key, text = item.split("=", 1)
+        parts = [p for p in key.strip().split(".")]
+        if len(parts) < 2 or not all(parts):
+            raise RecipeError(key, "an override names `section.field` (for example data.max_train_samples=4000).")
+        if parts[0] not in SECTIONS:
+            raise RecipeError(parts[0], f"unknown recipe section{close_matches(parts[0], SECTIONS)}; "
+                                        f"sections are: {', '.join(SECTIONS)}.")
+        node = raw
+        for depth, part in enumerate(parts[:-1]):
+            if isinstance(node.get(part), str) and depth == 0 and part == "task":
+                node[part] = {"name": node[part]}
+            child = node.setdefault(part, {})
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise RecipeError(".".join(parts[: depth + 1]), "is not a mapping, so it has no sub-fields to override.")
+            node = child
+        node[parts[-1]] = _Override(text)
+
+
+class _Mismatch(Exception):
+    pass
+
+
+class _BadChoice(_Mismatch):
+    """A text value outside a closed set of choices: never rescued by the raw-text fallback."""
+
+
+def _coerce_field(value: Any, tp: Any, path: str) -> Any:
+    try:
+        return _coerce(value, tp)
+    except _Mismatch as exc:
+        shown = value.text if isinstance(value, _Override) else value
+        detail = f" {exc}" if str(exc) else ""
+        raise RecipeError(path, f"expected {describe_type(tp)}, got {shown!r} ({_kind(shown)}).{detail}") from None
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, _Override):
+        return "text"
+    return {bool: "boolean", int: "integer", float: "number", str: "text", list: "list", dict: "mapping",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _union_args(tp: Any) -> tuple[Any, ...] | None:
+    origin = typing.get_origin(tp)
+    if origin is Union or origin is types.UnionType:
+        return typing.get_args(tp)
+    return None
+
+
+def _accepts_str(tp: Any) -> bool:
+    args = _union_args(tp)
+    if args is not None:
+        return any(_accepts_str(a) for a in args)
+    return tp is str or tp is Any
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    if isinstance(value, _Override):
+        text = value.text.strip()
+        try:
+            parsed = yaml.load(text, Loader=_RecipeLoader) if text else ""  # noqa: S506
+        except yaml.YAMLError:
+            parsed = value.text
+        try:
+            return _coerce(parsed, tp)
+        except _BadChoice:
+            raise
+        except _Mismatch:
+            if _accepts_str(tp) and not isinstance(parsed, (list, dict)):
+                return value.text
+            raise
+    if tp is Any or tp is object:
+        return value
+    args = _union_args(tp)
+    if args is not None:
+        if value is None:
+            if type(None) in args:
+                return None
+            raise _Mismatch()
+        enum_choices = [a for a in args if isinstance(a, type) and issubclass(a, enum.Enum)]
+        if enum_choices and isinstance(value, str):
+            allowed = [m.value for e in enum_choices for m in e]
+            if value not in allowed:
+                raise _BadChoice(f"Allowed: {', '.join(map(str, allowed))}.{close_matches(value, map(str, allowed))}")
+            return value
+        for candidate in args:
+            if candidate is type(None):
+                continue
+            try:
+                return _coerce(value, candidate)
+            except _Mismatch:
+                continue
+        raise _Mismatch()
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices:
+            return value
+        raise _BadChoice(close_matches(str(value), map(str, choices)).strip())
+    if tp is type(None):
+        if value is None:
+            return None
+        raise _Mismatch()
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Mismatch()
+    if tp is int:
+        if isinstance(value, bool):
+            raise _Mismatch()
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
+            return int(value)
+        raise _Mismatch()
+    if tp is float:
+        if isinstance(value, bool):
+            raise _Mismatch()
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise _Mismatch() from None
+        raise _Mismatch()
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _Mismatch()
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        if isinstance(value, tp):
+            return value
+        if value in [m.value for m in tp]:
+            return value
+        raise _Mismatch()
+    if origin is list or tp is list:
+        if not isinstance(value, list):
+            raise _Mismatch()
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item_tp) for v in value]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise _Mismatch()
+        key_tp, val_tp = typing.get_args(tp) or (Any, Any)
+        return {_coerce(k, key_tp): _coerce(v, val_tp) for k, v in value.items()}
+    if isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+        raise _Mismatch()
+    return value
+
+
+def describe_type(tp: Any) -> str:
+    args = _union_args(tp)
+    if args is not None:
+        parts = [describe_type(a) for a in args if a is not type(None)]
+        text = " or ".join(dict.fromkeys(parts))
+        return text + (" or null" if type(None) in args else "")
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of: " + ", ".join(map(str, typing.get_args(tp)))
+    if origin is list or tp is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        return f"a list of {describe_type(item)}" if item is not Any else "a list"
+    if origin is dict or tp is dict:
+        return "a mapping"
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return "one of: " + ", ".join(str(m.value) for m in tp)
+    return {bool: "true or false", int: "an integer", float: "a number", str: "text", type(None): "null",
+            Any: "any value"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value

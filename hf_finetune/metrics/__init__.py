@@ -1,0 +1,33 @@
+"""Offline metrics: `evaluate.Metric` modules that live in this package.
+
+``load_metric("glue/sst2")`` instantiates the module locally; nothing is fetched from the Hub.
+"""
+
+from __future__ import annotations
+
+from .classification import GLUE_TASKS, Classification, Glue, MultiLabel, Regression
+
+__all__ = ["GLUE_TASKS", "Classification", "Glue", "MultiLabel", "Regression", "available_metrics", "load_metric"]
+
+_SIMPLE = {
+    "accuracy": (Classification, "multiclass"),
+    "classification": (Classification, "multiclass"),
+    "classification/binary": (Classification, "binary"),
+    "multilabel": (MultiLabel, None),
+    "regression": (Regression, None),
+}
+
+
+def available_metrics() -> list[str]:
+    return sorted(_SIMPLE) + [f"glue/{t}" for t in GLUE_TASKS]
+
+
+def load_metric(name: str):
+    """An `evaluate.Metric` by name: 'glue/<task>', 'classification[/binary]', 'multilabel', 'regression'."""
+    if name.startswith("glue/"):
+        task = name.split("/", 1)[1]
+        if task not in GLUE_TASKS:
+            raise KeyError(name)
+        return Glue(config_name=task, keep_in_memory=True)
+    cls, config = _SIMPLE[name]
+    return cls(config_name=config, keep_in_memory=True)

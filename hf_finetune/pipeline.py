@@ -1,0 +1,284 @@
+"""The four jobs: validate a recipe, train it, evaluate an output directory, predict with one.
+
+Order matters: recipe -> data -> labels -> tokenizer/config are all checked before any weights load,
+so a bad input costs seconds, not a model download.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import Recipe, load_recipe
+from .errors import DataError, FinetuneError, RecipeError
+from .hub import ensure_hub_mode
+from .outputs import CURVES_FILE, plot_curves, write_environment
+from .tasks import get_task
+from .trainer import RECIPE_FILE, FinetuneTrainer, recipe_header
+
+logger = logging.getLogger("hf_finetune")
+
+
+@dataclass
+class Prepared:
+    """Everything known before weights load."""
+
+    recipe: Recipe
+    task: Any
+    raw: Any
+    tokenizer: Any = None
+    model_config: Any = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def make_task(recipe: Recipe):
+    return get_task(recipe.task.name).task_class(recipe)
+
+
+def prepare(recipe: Recipe, stage: str = "train") -> Prepared:
+    """Load and check the data, settle labels, resolve tokenizer and model config. No weights."""
+    ensure_hub_mode()
+    task = make_task(recipe)
+    raw = task.load(task.splits_for(stage))
+    task.prepare(raw)
+    tokenizer = load_tokenizer(recipe)
+    task.check_tokenizer(tokenizer)
+    model_config = load_model_config(recipe, task.model_config_kwargs())
+    summary = {
+        "task": recipe.task.name,
+        "model": recipe.model.name_or_path,
+        "data": task.source.description,
+        "splits": {name: len(ds) for name, ds in raw.items()},
+    }
+    labels = getattr(task, "labels", None)
+    if labels is not None:
+        summary["labels"] = labels.names
+        summary["problem_type"] = labels.problem_type
+    if hasattr(task, "metric_names"):
+        summary["metrics"] = task.metric_names()
+    return Prepared(recipe, task, raw, tokenizer, model_config, summary)
+
+
+def validate(recipe: Recipe) -> dict[str, Any]:
+    """`hf-finetune validate`: the whole pre-training path, without loading weights."""
+    return prepare(recipe, stage="validate").summary
+
+
+def load_tokenizer(recipe: Recipe):
+    from transformers import AutoTokenizer
+
+    name = recipe.model.tokenizer_name_or_path or recipe.model.name_or_path
+    field_name = "model.tokenizer_name_or_path" if recipe.model.tokenizer_name_or_path else "model.name_or_path"
+    try:
+        return AutoTokenizer.from_pretrained(name, revision=recipe.model.revision,
+                                             trust_remote_code=recipe.model.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise RecipeError(field_name, f"could not load a tokenizer from {name!r}: {_first_line(exc)}") from None
+
+
+def load_model_config(recipe: Recipe, overrides: dict[str, Any]):
+    from transformers import AutoConfig
+
+    name = recipe.model.name_or_path
+    try:
+        return AutoConfig.from_pretrained(name, revision=recipe.model.revision,
+                                          trust_remote_code=recipe.model.trust_remote_code, **overrides)
+    except (OSError, ValueError) as exc:
+        hint = (" It is neither a local model directory nor a cached Hub model; check the id, or run online once."
+                if not Path(name).exists() else "")
+        raise RecipeError("model.name_or_path", f"could not load a model config from {name!r}: "
+                                                f"{_first_line(exc)}.{hint}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
+
+
+def _load_model(prepared: Prepared):
+    recipe = prepared.recipe
+    return prepared.task.auto_model_class.from_pretrained(
+        recipe.model.name_or_path, config=prepared.model_config, revision=recipe.model.revision,
+        trust_remote_code=recipe.model.trust_remote_code,
+    )
+
+
+def _eval_datasets(recipe: Recipe, tokenised) -> Any:
+    splits = recipe.data.eval_splits
+    if not splits:
+        return None
+    if len(splits) == 1:
+        return tokenised[splits[0]]
+    return {split: tokenised[split] for split in splits}
+
+
+def train(recipe: Recipe) -> dict[str, Any]:
+    """Fine-tune as the recipe says; returns the final metrics (also in all_results.json)."""
+    from transformers import set_seed
+
+    started = time.time()
+    prepared = prepare(recipe, stage="train")
+    task, args = prepared.task, recipe.training
+    logger.info("task %s | model %s | data %s | %s", recipe.task.name, recipe.model.name_or_path,
+                prepared.summary["data"], prepared.summary["splits"])
+
+    set_seed(args.seed)  # before the task head is initialised
+    model = _load_model(prepared)
+    tokenised = task.preprocess(prepared.raw, prepared.tokenizer)
+
+    output_dir = Path(args.output_dir)
+    if args.should_save:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if task.source is not None and task.source.mirror_root and recipe.data.mirror is None:
+            recipe.data.mirror = task.source.mirror_root  # eval/predict find the same data later
+        recipe.save(output_dir / RECIPE_FILE, header=recipe_header(recipe))
+        write_environment(output_dir)
+
+    trainer = FinetuneTrainer(
+        model=model,
+        args=args,
+        train_dataset=tokenised[recipe.data.train_split],
+        eval_dataset=_eval_datasets(recipe, tokenised),
+        processing_class=prepared.tokenizer,
+        data_collator=task.data_collator(prepared.tokenizer, args),
+        compute_metrics=task.compute_metrics(),
+        recipe=recipe,
+    )
+    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.save_model()
+
+    train_metrics = dict(result.metrics)
+    train_metrics["train_samples"] = len(tokenised[recipe.data.train_split])
+    trainer.log_metrics("train", train_metrics)
+    trainer.save_metrics("train", train_metrics)
+
+    eval_metrics = _evaluate_splits(trainer, recipe, tokenised)
+    if eval_metrics:
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        plot_curves(trainer.state.log_history, output_dir / CURVES_FILE,
+                    title=f"{recipe.model.name_or_path} on {prepared.summary['data']}")
+        logger.info("done in %.0fs; outputs in %s", time.time() - started, output_dir)
+    results_file = output_dir / "all_results.json"
+    return json.loads(results_file.read_text()) if results_file.is_file() else {**train_metrics, **eval_metrics}
+
+
+def _evaluate_splits(trainer, recipe: Recipe, tokenised) -> dict[str, Any]:
+    splits = recipe.data.eval_splits
+    metrics: dict[str, Any] = {}
+    for split in splits:
+        prefix = "eval" if len(splits) == 1 else f"eval_{split}"
+        result = trainer.evaluate(eval_dataset=tokenised[split], metric_key_prefix=prefix)
+        result[f"{prefix}_samples"] = len(tokenised[split])
+        metrics.update(result)
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# Using an output directory
+# ------------------------------------------------------------------------------------------------
+def load_output_recipe(output_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        raise FinetuneError(f"{output_dir}: no such output directory; give the `training.output_dir` of a "
+                            "finished `hf-finetune train` run.")
+    recipe_file = output_dir / RECIPE_FILE
+    if not recipe_file.is_file():
+        raise FinetuneError(f"{output_dir}: has no {RECIPE_FILE}, so it is not an hf-finetune output directory "
+                            "(train one with `hf-finetune train RECIPE`).")
+    if not (output_dir / "config.json").is_file():
+        raise FinetuneError(f"{output_dir}: has no saved model (config.json); the training run did not finish. "
+                            "Use one of its checkpoint-* directories or train again.")
+    # Evaluating must never overwrite the training outputs: the directory is read-only here.
+    recipe = load_recipe(recipe_file, [*overrides, f"model.name_or_path={output_dir}"])
+    recipe.model.tokenizer_name_or_path = None
+    return recipe
+
+
+def _restore(output_dir: Path, recipe: Recipe):
+    from transformers import AutoConfig, AutoTokenizer
+
+    ensure_hub_mode()
+    task = make_task(recipe)
+    model_config = AutoConfig.from_pretrained(output_dir)
+    task.restore(model_config)
+    tokenizer = AutoTokenizer.from_pretrained(output_dir)
+    model = task.auto_model_class.from_pretrained(output_dir)
+    return task, tokenizer, model
+
+
+def evaluate_output(output_dir: str | Path, split: str | None = None, overrides=(), batch_size: int | None = None):
+    """Re-evaluate a trained model on a split of the recipe's data; writes eval_<split>_results.json."""
+    import tempfile
+
+    from transformers import TrainingArguments
+
+    output_dir = Path(output_dir)
+    recipe = load_output_recipe(output_dir, overrides)
+    split = split or (recipe.data.eval_splits[0] if recipe.data.eval_splits else None)
+    if split is None:
+        raise RecipeError("data.eval_split", "the recipe names no evaluation split; pass --split NAME.")
+    recipe.data.eval_split = split
+    if recipe.data.test_split == split:
+        recipe.data.test_split = None  # evaluating it means it has labels
+    task, tokenizer, model = _restore(output_dir, recipe)
+    raw = task.load([split])
+    task.prepare(raw)  # checks columns and label values against the saved label maps
+    data = task.preprocess(raw, tokenizer)[split]
+    with tempfile.TemporaryDirectory() as scratch:
+        args = TrainingArguments(output_dir=scratch, per_device_eval_batch_size=batch_size
+                                 or recipe.training.per_device_eval_batch_size, report_to="none",
+                                 use_cpu=recipe.training.use_cpu, bf16_full_eval=recipe.training.bf16_full_eval)
+        trainer = FinetuneTrainer(model=model, args=args, processing_class=tokenizer,
+                                  data_collator=task.data_collator(tokenizer, args),
+                                  compute_metrics=task.compute_metrics())
+        metrics = trainer.evaluate(eval_dataset=data, metric_key_prefix="eval")
+    metrics["eval_samples"] = len(data)
+    metrics["split"] = split
+    (output_dir / f"eval_{split}_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def predict_output(output_dir: str | Path, input_path: str | Path, output_path: str | Path,
+                   batch_size: int = 32, overrides=()) -> int:
+    """Read JSON Lines, write one JSON object per line: the input fields plus label and score."""
+    import os
+
+    output_dir, input_path, output_path = Path(output_dir), Path(input_path), Path(output_path)
+    recipe = load_output_recipe(output_dir, overrides)
+    records = read_jsonl(input_path)
+    task, tokenizer, model = _restore(output_dir, recipe)
+    results = task.predict(model, tokenizer, records, batch_size, where=str(input_path))
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output_path.with_name(output_path.name + ".partial")
+    with tmp.open("w", encoding="utf-8") as handle:
+        for row in results:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, output_path)  # never leave a half-written output file
+    return len(results)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise DataError(f"--input: file not found: {path}. Give a JSON Lines file, one object per line.")
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path} line {number}: not valid JSON ({exc.msg}); each line must be one "
+                                "JSON object.") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path} line {number}: expected a JSON object, got {type(record).__name__}.")
+            records.append(record)
+    if not records:
+        raise DataError(f"{path}: no input lines; give one JSON object per line.")
+    return records

@@ -1,0 +1,7 @@
+"""Tasks. Importing this package registers every built-in task."""
+
+from . import text_classification  # noqa: F401  (registers "text-classification")
+from .base import Task
+from .registry import TaskSpec, available_tasks, get_task, register_task
+
+__all__ = ["Task", "TaskSpec", "available_tasks", "get_task", "register_task"]

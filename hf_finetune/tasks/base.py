@@ -1,0 +1,104 @@
+"""What every task provides, and the data checks they share.
+
+A task turns raw splits into model inputs and model outputs into metrics and predictions.
+Everything up to ``prepare`` runs without a model: `hf-finetune validate` stops there.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+from ..config import Recipe
+from ..data import DataSource, load_splits
+from ..errors import DataError
+
+logger = logging.getLogger(__name__)
+
+
+class Task:
+    name: ClassVar[str]
+    #: the `transformers` auto class of the task head
+    auto_model_class: ClassVar[Any]
+
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+        self.cfg = recipe.task
+        self.source: DataSource | None = None
+
+    # ---------------------------------------------------------------- data, before any model
+    def splits_for(self, stage: str) -> list[str]:
+        data = self.recipe.data
+        if stage == "train":
+            return [data.train_split, *data.eval_splits]
+        if stage == "validate":
+            return [data.train_split, *data.eval_splits] + ([data.test_split] if data.test_split else [])
+        raise ValueError(stage)
+
+    def load(self, splits: Sequence[str]):
+        """Load, subsample and check the splits; returns a DatasetDict of raw examples."""
+        raw, self.source = load_splits(self.recipe.data, list(splits))
+        data = self.recipe.data
+        for split in list(raw):
+            limit = data.max_train_samples if split == data.train_split else data.max_eval_samples
+            if limit is not None and len(raw[split]) > limit:
+                raw[split] = raw[split].select(range(limit))
+            if len(raw[split]) == 0:
+                field = "data.train_split" if split == data.train_split else "data.eval_split"
+                raise DataError(f"`{field}`: split '{split}' is empty in {self.source.description}; "
+                                "give a split with examples.")
+        return raw
+
+    def prepare(self, raw) -> None:
+        """Check columns and values and settle the label schema. No model is involved."""
+        raise NotImplementedError
+
+    def require_columns(self, raw, split: str, columns: dict[str, str | None]) -> None:
+        """``columns`` maps a recipe field (e.g. 'task.text_column') to the column it names."""
+        present = raw[split].column_names
+        for field, column in columns.items():
+            if column is not None and column not in present:
+                raise DataError(f"`{field}`: column '{column}' not found in the {split} split; columns are: "
+                                f"{', '.join(present)}. Set `{field}` to one of them.")
+
+    def require_text(self, raw, split: str, field: str, column: str) -> None:
+        ds = raw[split]
+        feature = ds.features[column]
+        dtype = getattr(feature, "dtype", None)
+        if dtype not in ("string", "large_string"):
+            kind = dtype or type(feature).__name__
+            raise DataError(f"`{field}`: column '{column}' in the {split} split holds {kind} values, not text. "
+                            "Point it at a text column.")
+        values = list(ds[column])
+        missing = [i for i, v in enumerate(values) if v is None][:10]
+        if missing:
+            raise DataError(f"`{field}`: column '{column}' in the {split} split has empty (null) values at rows "
+                            f"{', '.join(map(str, missing))}. Fill or drop those rows.")
+
+    # ---------------------------------------------------------------- model side
+    def model_config_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `AutoConfig.from_pretrained` (label maps, problem type)."""
+        return {}
+
+    def restore(self, model_config) -> None:
+        """Rebuild the label schema from a saved model config (for eval/predict)."""
+
+    def check_tokenizer(self, tokenizer) -> None:
+        """Fail early when the tokenizer cannot serve this task."""
+
+    def preprocess(self, raw, tokenizer):
+        raise NotImplementedError
+
+    def data_collator(self, tokenizer, args):
+        raise NotImplementedError
+
+    def compute_metrics(self) -> Callable[[Any], dict[str, float]]:
+        raise NotImplementedError
+
+    def predict(self, model, tokenizer, records: list[dict[str, Any]], batch_size: int) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def input_fields(self) -> list[str]:
+        """Fields that `hf-finetune predict` reads from each input line."""
+        return []

