@@ -128,6 +128,9 @@ def _load_files(paths: list[str], split: str, field: str):
     try:
         ds = datasets.load_dataset(builder, data_files={split: paths}, split=split, **kwargs)
     except Exception as exc:  # datasets raises many types for unreadable files
+        if "corresponds to no data" in str(exc) or all(Path(p).stat().st_size == 0 for p in paths):
+            raise DataError(f"`{field}`: split '{split}' is empty ({', '.join(paths)} has no rows); "
+                            "give a file with examples.") from None
         raise DataError(f"`{field}`: could not read {', '.join(paths)} as {builder}: {_first_line(exc)}") from exc
     return ds
 
