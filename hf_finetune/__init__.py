@@ -1,7 +1,7 @@
 """hf-finetune: fine-tune pretrained transformers for NLP tasks from one YAML recipe.
 
-    from hf_finetune import load_recipe, run
-    metrics = run(load_recipe("recipes/glue/sst2.yaml", ["training.learning_rate=3e-5"]))
+from hf_finetune import load_recipe, run
+metrics = run(load_recipe("recipes/glue/sst2.yaml", ["training.learning_rate=3e-5"]))
 """
 
 from importlib import import_module

@@ -18,8 +18,11 @@ EXIT_USAGE = 2
 
 
 def recipes_dir() -> Path | None:
-    for candidate in (os.environ.get("HF_FINETUNE_RECIPES"), Path(__file__).resolve().parents[1] / "recipes",
-                      Path.cwd() / "recipes"):
+    for candidate in (
+        os.environ.get("HF_FINETUNE_RECIPES"),
+        Path(__file__).resolve().parents[1] / "recipes",
+        Path.cwd() / "recipes",
+    ):
         if candidate and Path(candidate).is_dir():
             return Path(candidate)
     return None
@@ -46,14 +49,17 @@ def describe_recipe(path: Path) -> str:
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        level=logging.WARNING)
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.WARNING
+    )
     logging.getLogger("hf_finetune").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-finetune", description="Fine-tune pretrained transformers from a "
-                                     "YAML recipe on the Hugging Face Trainer.")
+    parser = argparse.ArgumentParser(
+        prog="hf-finetune",
+        description="Fine-tune pretrained transformers from a YAML recipe on the Hugging Face Trainer.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -132,8 +138,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         recipe = load_recipe(resolve_recipe_path(args.recipe), args.overrides, output_dir=args.output_dir)
         metrics = train(recipe)
-        shown = {k: v for k, v in metrics.items() if k.startswith("eval_") and not k.endswith(
-            ("_runtime", "_per_second"))}
+        shown = {
+            k: v
+            for k, v in metrics.items()
+            if k.startswith("eval_") and not k.endswith(("_runtime", "_per_second"))
+        }
         print(json.dumps(shown, indent=2))
         return 0
     if args.command == "eval":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 import os
 import re
 import types
@@ -22,6 +23,8 @@ from typing import Any, ClassVar, Literal, Union
 import yaml
 
 from .errors import RecipeError, close_matches
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 SECTIONS = ("task", "model", "data", "training")
@@ -56,7 +59,9 @@ def parse_yaml(text: str, source: str = "<string>") -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise RecipeError(None, f"{source}: YAML syntax error{where}: {problem}. Fix the YAML syntax.") from None
+        raise RecipeError(
+            None, f"{source}: YAML syntax error{where}: {problem}. Fix the YAML syntax."
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,7 +100,7 @@ class DataConfig:
     dataset: str | None = _help("Hub dataset id (e.g. `glue`), also looked up in the mirror.", None)
     config: str | None = _help("Dataset configuration (e.g. `sst2`).", None)
     revision: str | None = _help("Hub dataset revision.", None)
-    files: dict[str, Union[str, list[str]]] | None = _help(
+    files: dict[str, str | list[str]] | None = _help(
         "Local files per split, e.g. {train: train.csv, validation: dev.csv} (csv, tsv, json, jsonl, parquet).",
         None,
     )
@@ -104,10 +109,12 @@ class DataConfig:
         None,
     )
     train_split: str = _help("Split to train on.", "train")
-    eval_split: Union[str, list[str], None] = _help(
+    eval_split: str | list[str] | None = _help(
         "Split(s) to evaluate on; a list evaluates each (e.g. MNLI matched and mismatched).", "validation"
     )
-    test_split: str | None = _help("Unlabelled split for `hf-finetune predict --split`.", None)
+    test_split: str | None = _help(
+        "A split without labels (e.g. GLUE test); `validate` checks its text columns.", None
+    )
     max_train_samples: int | None = _help("Use only the first N training examples.", None)
     max_eval_samples: int | None = _help("Use only the first N examples of each evaluation split.", None)
     max_seq_length: int = _help("Truncate inputs to this many tokens (batches are padded dynamically).", 128)
@@ -115,7 +122,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if self.dataset is None and not self.files:
-            raise RecipeError("data", "give either `data.dataset` (a Hub id) or `data.files` (local files per split).")
+            raise RecipeError(
+                "data", "give either `data.dataset` (a Hub id) or `data.files` (local files per split)."
+            )
         if self.dataset is not None and self.files:
             raise RecipeError("data.files", "set either `data.dataset` or `data.files`, not both.")
         for name in ("max_train_samples", "max_eval_samples", "max_seq_length", "preprocessing_num_workers"):
@@ -210,19 +219,28 @@ def load_recipe(
     else:
         path = Path(source)
         if not path.is_file():
-            raise RecipeError(None, f"recipe file not found: {path}. Give the path of a recipe YAML file "
-                                    "(`hf-finetune recipes` lists the bundled ones).")
+            raise RecipeError(
+                None,
+                f"recipe file not found: {path}. Give the path of a recipe YAML file "
+                "(`hf-finetune recipes` lists the bundled ones).",
+            )
         raw = parse_yaml(path.read_text(encoding="utf-8"), str(path))
         origin = str(path)
         if raw is None:
             raw = {}
     if not isinstance(raw, dict):
-        raise RecipeError(None, f"{origin or 'recipe'}: expected a mapping with the sections "
-                                f"{', '.join(SECTIONS)}, got {type(raw).__name__}.")
+        raise RecipeError(
+            None,
+            f"{origin or 'recipe'}: expected a mapping with the sections "
+            f"{', '.join(SECTIONS)}, got {type(raw).__name__}.",
+        )
     for key in raw:
         if key not in SECTIONS:
-            raise RecipeError(str(key), f"unknown recipe section{close_matches(str(key), SECTIONS)}; "
-                                        f"sections are: {', '.join(SECTIONS)}.")
+            raise RecipeError(
+                str(key),
+                f"unknown recipe section{close_matches(str(key), SECTIONS)}; "
+                f"sections are: {', '.join(SECTIONS)}.",
+            )
     _apply_overrides(raw, overrides)
 
     task_raw = raw.get("task")
@@ -240,7 +258,9 @@ def load_recipe(
 
     training_raw = raw.get("training") or {}
     if not isinstance(training_raw, dict):
-        raise RecipeError("training", f"expected a mapping of TrainingArguments fields, got {type(training_raw).__name__}.")
+        raise RecipeError(
+            "training", f"expected a mapping of TrainingArguments fields, got {type(training_raw).__name__}."
+        )
     training_raw = dict(training_raw)
     if output_dir is not None:
         training_raw["output_dir"] = output_dir
@@ -248,19 +268,41 @@ def load_recipe(
         stem = Path(origin).stem if origin else "run"
         training_raw["output_dir"] = os.path.join("runs", stem)
     training, training_fields = build_training_arguments(training_raw)
-    return Recipe(task=task, model=model, data=data, training=training, source=origin,
-                  training_fields=training_fields)
+    return Recipe(
+        task=task, model=model, data=data, training=training, source=origin, training_fields=training_fields
+    )
 
 
 def build_training_arguments(raw: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     from transformers import TrainingArguments
 
     values = _coerce_fields(TrainingArguments, raw, "training")
+    init = dict(values)
+    if (
+        (values.get("bf16") or values.get("fp16"))
+        and "use_cpu" not in values
+        and not _accelerator_available()
+    ):
+        # TrainingArguments refuses mixed precision without an accelerator unless use_cpu is set. Derive it
+        # here (and keep it out of the saved recipe) so one recipe runs bf16 on a GPU and on a CPU.
+        logger.info("training: no accelerator found; mixed precision runs on the CPU (use_cpu=true)")
+        init["use_cpu"] = True
     try:
-        args = TrainingArguments(**values)
+        args = TrainingArguments(**init)
     except (ValueError, TypeError, ImportError) as exc:
         raise RecipeError("training", f"{exc}") from None
     return args, values
+
+
+def _accelerator_available() -> bool:
+    import torch
+
+    xpu = getattr(torch, "xpu", None)
+    return bool(
+        torch.cuda.is_available()
+        or torch.backends.mps.is_available()
+        or (xpu is not None and xpu.is_available())
+    )
 
 
 def build_section(cls: type, raw: Any, section: str) -> Any:
@@ -309,15 +351,22 @@ class _Override:
 def _apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> None:
     for item in overrides:
         if "=" not in item:
-            raise RecipeError(None, f"override '{item}' is not `section.field=value` "
-                                    "(for example training.learning_rate=3e-5).")
+            raise RecipeError(
+                None,
+                f"override '{item}' is not `section.field=value` (for example training.learning_rate=3e-5).",
+            )
         key, text = item.split("=", 1)
         parts = [p for p in key.strip().split(".")]
         if len(parts) < 2 or not all(parts):
-            raise RecipeError(key, "an override names `section.field` (for example data.max_train_samples=4000).")
+            raise RecipeError(
+                key, "an override names `section.field` (for example data.max_train_samples=4000)."
+            )
         if parts[0] not in SECTIONS:
-            raise RecipeError(parts[0], f"unknown recipe section{close_matches(parts[0], SECTIONS)}; "
-                                        f"sections are: {', '.join(SECTIONS)}.")
+            raise RecipeError(
+                parts[0],
+                f"unknown recipe section{close_matches(parts[0], SECTIONS)}; "
+                f"sections are: {', '.join(SECTIONS)}.",
+            )
         node = raw
         for depth, part in enumerate(parts[:-1]):
             if isinstance(node.get(part), str) and depth == 0 and part == "task":
@@ -326,7 +375,9 @@ def _apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> None:
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise RecipeError(".".join(parts[: depth + 1]), "is not a mapping, so it has no sub-fields to override.")
+                raise RecipeError(
+                    ".".join(parts[: depth + 1]), "is not a mapping, so it has no sub-fields to override."
+                )
             node = child
         node[parts[-1]] = _Override(text)
 
@@ -345,14 +396,23 @@ def _coerce_field(value: Any, tp: Any, path: str) -> Any:
     except _Mismatch as exc:
         shown = value.text if isinstance(value, _Override) else value
         detail = f" {exc}" if str(exc) else ""
-        raise RecipeError(path, f"expected {describe_type(tp)}, got {shown!r} ({_kind(shown)}).{detail}") from None
+        raise RecipeError(
+            path, f"expected {describe_type(tp)}, got {shown!r} ({_kind(shown)}).{detail}"
+        ) from None
 
 
 def _kind(value: Any) -> str:
     if isinstance(value, _Override):
         return "text"
-    return {bool: "boolean", int: "integer", float: "number", str: "text", list: "list", dict: "mapping",
-            type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "text",
+        list: "list",
+        dict: "mapping",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 def _union_args(tp: Any) -> tuple[Any, ...] | None:
@@ -396,7 +456,9 @@ def _coerce(value: Any, tp: Any) -> Any:
         if enum_choices and isinstance(value, str):
             allowed = [m.value for e in enum_choices for m in e]
             if value not in allowed:
-                raise _BadChoice(f"Allowed: {', '.join(map(str, allowed))}.{close_matches(value, map(str, allowed))}")
+                raise _BadChoice(
+                    f"Allowed: {', '.join(map(str, allowed))}.{close_matches(value, map(str, allowed))}"
+                )
             return value
         for candidate in args:
             if candidate is type(None):
@@ -484,8 +546,14 @@ def describe_type(tp: Any) -> str:
         return "a mapping"
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return "one of: " + ", ".join(str(m.value) for m in tp)
-    return {bool: "true or false", int: "an integer", float: "a number", str: "text", type(None): "null",
-            Any: "any value"}.get(tp, getattr(tp, "__name__", str(tp)))
+    return {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "text",
+        type(None): "null",
+        Any: "any value",
+    }.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _deep_copy(value: Any) -> Any:

@@ -49,8 +49,11 @@ def resolve_source(cfg: DataConfig) -> DataSource:
         root = Path(mirror)
         if not root.is_dir():
             if explicit:
-                raise RecipeError("data.mirror", f"directory not found: {root}. Fix the path, or set "
-                                                 "`data.mirror=null` to load the dataset from the Hub.")
+                raise RecipeError(
+                    "data.mirror",
+                    f"directory not found: {root}. Fix the path, or set "
+                    "`data.mirror=null` to load the dataset from the Hub.",
+                )
             logger.warning("%s=%s is not a directory; ignoring it", MIRROR_ENV, mirror)
         else:
             folder = root / cfg.dataset if cfg.dataset else root
@@ -62,9 +65,12 @@ def resolve_source(cfg: DataConfig) -> DataSource:
                     where = f"mirror {folder}"
                     return DataSource("mirror", files, where, str(root.absolute()))
             if explicit:
-                raise RecipeError("data.mirror", f"{root} has no folder {folder.relative_to(root)}/ with split "
-                                                 "files for this dataset; fix `data.dataset`/`data.config`, or set "
-                                                 "`data.mirror=null` to use the Hub.")
+                raise RecipeError(
+                    "data.mirror",
+                    f"{root} has no folder {folder.relative_to(root)}/ with split "
+                    "files for this dataset; fix `data.dataset`/`data.config`, or set "
+                    "`data.mirror=null` to use the Hub.",
+                )
             logger.info("mirror %s has no %s; using the Hub", root, folder)
     name = cfg.dataset + (f"/{cfg.config}" if cfg.config else "")
     return DataSource("hub", None, f"Hub dataset {name}")
@@ -91,9 +97,13 @@ def load_splits(cfg: DataConfig, splits: list[str]):
             continue
         if split not in source.files:
             available = ", ".join(sorted(source.files)) or "none"
-            raise DataError(f"`{field}`: split '{split}' not found in {source.description} "
-                            f"(splits there: {available}). Set `{field}` to one of them.")
-        out[split] = _load_files(source.files[split], split, field if source.kind == "mirror" else f"data.files.{split}")
+            raise DataError(
+                f"`{field}`: split '{split}' not found in {source.description} "
+                f"(splits there: {available}). Set `{field}` to one of them."
+            )
+        out[split] = _load_files(
+            source.files[split], split, field if source.kind == "mirror" else f"data.files.{split}"
+        )
     logger.info("data: %s, splits %s", source.description, ", ".join(f"{k}={len(v)}" for k, v in out.items()))
     return datasets.DatasetDict(out), source
 
@@ -113,25 +123,34 @@ def _load_files(paths: list[str], split: str, field: str):
     for path in paths:
         p = Path(path)
         if not p.is_file():
-            raise DataError(f"`{field}`: file not found: {p}. Fix the path (relative paths are relative to "
-                            "the working directory).")
+            raise DataError(
+                f"`{field}`: file not found: {p}. Fix the path (relative paths are relative to "
+                "the working directory)."
+            )
         if p.suffix not in FORMATS:
-            raise DataError(f"`{field}`: {p} has the unsupported extension '{p.suffix}'; use one of "
-                            f"{', '.join(FORMATS)}.")
+            raise DataError(
+                f"`{field}`: {p} has the unsupported extension '{p.suffix}'; use one of {', '.join(FORMATS)}."
+            )
         if not os.access(p, os.R_OK):
             raise DataError(f"`{field}`: {p} is not readable (permissions).")
         suffixes.add(p.suffix)
     builders = {FORMATS[s][0] for s in suffixes} | {str(FORMATS[s][1]) for s in suffixes}
     if len(builders) > 2:
-        raise DataError(f"`{field}`: files of one split must share one format, got {', '.join(sorted(suffixes))}.")
+        raise DataError(
+            f"`{field}`: files of one split must share one format, got {', '.join(sorted(suffixes))}."
+        )
     builder, kwargs = FORMATS[next(iter(suffixes))]
     try:
         ds = datasets.load_dataset(builder, data_files={split: paths}, split=split, **kwargs)
     except Exception as exc:  # datasets raises many types for unreadable files
         if "corresponds to no data" in str(exc) or all(Path(p).stat().st_size == 0 for p in paths):
-            raise DataError(f"`{field}`: split '{split}' is empty ({', '.join(paths)} has no rows); "
-                            "give a file with examples.") from None
-        raise DataError(f"`{field}`: could not read {', '.join(paths)} as {builder}: {_first_line(exc)}") from exc
+            raise DataError(
+                f"`{field}`: split '{split}' is empty ({', '.join(paths)} has no rows); "
+                "give a file with examples."
+            ) from None
+        raise DataError(
+            f"`{field}`: could not read {', '.join(paths)} as {builder}: {_first_line(exc)}"
+        ) from exc
     return ds
 
 
@@ -150,8 +169,10 @@ def _load_hub_split(cfg: DataConfig, split: str, field: str):
 
 def _hub_hint(cfg: DataConfig, exc: Exception) -> str:
     name = cfg.dataset + (f" (config '{cfg.config}')" if cfg.config else "")
-    return (f"`data.dataset`: could not load Hub dataset {name}: {_first_line(exc)}. Offline, point "
-            f"`data.mirror` or ${MIRROR_ENV} at a local mirror, or use `data.files`.")
+    return (
+        f"`data.dataset`: could not load Hub dataset {name}: {_first_line(exc)}. Offline, point "
+        f"`data.mirror` or ${MIRROR_ENV} at a local mirror, or use `data.files`."
+    )
 
 
 def _first_line(exc: Exception) -> str:

@@ -34,5 +34,7 @@ def close_matches(word: str, candidates: Iterable[str], n: int = 3) -> str:
     candidates = list(candidates)
     matches = difflib.get_close_matches(word, candidates, n=n, cutoff=0.6)
     if len(word) >= 3:  # `name` -> `name_or_path`
-        matches += [c for c in candidates if c.startswith(word) and c not in matches][: max(0, n - len(matches))]
+        matches += [c for c in candidates if c.startswith(word) and c not in matches][
+            : max(0, n - len(matches))
+        ]
     return f" (did you mean: {', '.join(matches)}?)" if matches else ""

@@ -39,8 +39,10 @@ def ensure_hub_mode() -> bool:
     if _PROBED is None:
         _PROBED = not hub_reachable()
         if _PROBED:
-            logger.warning("The Hugging Face Hub is unreachable: working offline from the local cache "
-                           "(set HF_HUB_OFFLINE=0 to force online mode).")
+            logger.warning(
+                "The Hugging Face Hub is unreachable: working offline from the local cache "
+                "(set HF_HUB_OFFLINE=0 to force online mode)."
+            )
             set_offline()
     return _PROBED
 

@@ -55,7 +55,9 @@ class LabelSchema:
             return self.label2id[value]
         return int(value)
 
-    def check_values(self, values: Iterable[Any], split: str, column: str, ids: Sequence[Any] | None = None) -> None:
+    def check_values(
+        self, values: Iterable[Any], split: str, column: str, ids: Sequence[Any] | None = None
+    ) -> None:
         """Fail with a clear message on a value that this schema cannot encode."""
         bad: list[tuple[int, Any]] = []
         for row, value in enumerate(values):
@@ -67,12 +69,16 @@ class LabelSchema:
             return
         shown = ", ".join(f"{v!r} (row {ids[r] if ids is not None else r})" for r, v in bad)
         if self.problem_type == REGRESSION:
-            raise DataError(f"`task.label_column`: column '{column}' in {split} split has non-numeric values for "
-                            f"regression: {shown}. Fix the data or set `task.problem_type`.")
+            raise DataError(
+                f"`task.label_column`: column '{column}' in {split} split has non-numeric values for "
+                f"regression: {shown}. Fix the data or set `task.problem_type`."
+            )
         listing = ", ".join(self.names)
         kind = "label ids" if all(isinstance(v, int) for _, v in bad) else "label values"
-        raise DataError(f"`task.labels`: {kind} in the {split} split (column '{column}') not in the label list "
-                        f"[{listing}]: {shown}. Add them to `task.labels` or fix the data.")
+        raise DataError(
+            f"`task.labels`: {kind} in the {split} split (column '{column}') not in the label list "
+            f"[{listing}]: {shown}. Add them to `task.labels` or fix the data."
+        )
 
     def _valid(self, value: Any) -> bool:
         if self.problem_type == REGRESSION:
@@ -112,8 +118,11 @@ def build_schema(
     """Decide the label names from the recipe, the ClassLabel feature or the training values."""
     if problem_type == REGRESSION:
         if recipe_num_labels not in (None, 1):
-            raise RecipeError("task.num_labels", f"is {recipe_num_labels}, but regression predicts one number; "
-                                                 "set `task.num_labels: 1` or remove it.")
+            raise RecipeError(
+                "task.num_labels",
+                f"is {recipe_num_labels}, but regression predicts one number; "
+                "set `task.num_labels: 1` or remove it.",
+            )
         return LabelSchema(REGRESSION, list(recipe_labels or ["score"])[:1])
 
     feature_names = _classlabel_names(feature)
@@ -124,8 +133,11 @@ def build_schema(
     if recipe_labels is not None:
         names = list(recipe_labels)
         if feature_names is not None and feature_names != names:
-            raise RecipeError("task.labels", f"{names} differ from the dataset's ClassLabel names {feature_names}; "
-                                             "remove `task.labels` or list the names in the dataset's order.")
+            raise RecipeError(
+                "task.labels",
+                f"{names} differ from the dataset's ClassLabel names {feature_names}; "
+                "remove `task.labels` or list the names in the dataset's order.",
+            )
     elif feature_names is not None:
         names = feature_names
     elif strings:
@@ -134,16 +146,27 @@ def build_schema(
         count = recipe_num_labels or (max(ints) + 1)
         names = [str(i) for i in range(count)]
     else:
-        raise DataError("`task.label_column`: the training split has no usable label values; check the column.")
+        raise DataError(
+            "`task.label_column`: the training split has no usable label values; check the column."
+        )
 
     if recipe_num_labels is not None and recipe_num_labels != len(names):
-        origin = ("task.labels" if recipe_labels is not None
-                  else "the dataset's ClassLabel feature" if feature_names is not None
-                  else "the string labels in the training split")
-        raise RecipeError("task.num_labels", f"is {recipe_num_labels}, but {origin} give {len(names)} labels "
-                                             f"({', '.join(names)}); fix `task.num_labels` or remove it.")
+        origin = (
+            "task.labels"
+            if recipe_labels is not None
+            else "the dataset's ClassLabel feature"
+            if feature_names is not None
+            else "the string labels in the training split"
+        )
+        raise RecipeError(
+            "task.num_labels",
+            f"is {recipe_num_labels}, but {origin} give {len(names)} labels "
+            f"({', '.join(names)}); fix `task.num_labels` or remove it.",
+        )
     if strings and ints:
-        raise DataError("`task.label_column`: the training split mixes string and integer labels; use one kind.")
+        raise DataError(
+            "`task.label_column`: the training split mixes string and integer labels; use one kind."
+        )
     return LabelSchema(problem_type, names)
 
 

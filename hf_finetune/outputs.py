@@ -11,8 +11,18 @@ from typing import Any
 
 ENV_FILE = "environment.json"
 CURVES_FILE = "training_curves.png"
-_PACKAGES = ("hf-finetune", "torch", "transformers", "datasets", "evaluate", "accelerate", "peft",
-             "tokenizers", "huggingface-hub", "numpy")
+_PACKAGES = (
+    "hf-finetune",
+    "torch",
+    "transformers",
+    "datasets",
+    "evaluate",
+    "accelerate",
+    "peft",
+    "tokenizers",
+    "huggingface-hub",
+    "numpy",
+)
 _NOT_METRICS = {"loss", "runtime", "samples_per_second", "steps_per_second", "epoch"}
 
 
@@ -23,12 +33,18 @@ def environment() -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    info: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions}
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": versions,
+    }
     try:
         import torch
 
         info["cuda_available"] = torch.cuda.is_available()
-        info["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
+        info["device"] = (
+            torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
+        )
         info["torch_threads"] = torch.get_num_threads()
     except Exception:  # pragma: no cover - torch is a dependency
         pass

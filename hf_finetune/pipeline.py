@@ -72,12 +72,17 @@ def load_tokenizer(recipe: Recipe):
     from transformers import AutoTokenizer
 
     name = recipe.model.tokenizer_name_or_path or recipe.model.name_or_path
-    field_name = "model.tokenizer_name_or_path" if recipe.model.tokenizer_name_or_path else "model.name_or_path"
+    field_name = (
+        "model.tokenizer_name_or_path" if recipe.model.tokenizer_name_or_path else "model.name_or_path"
+    )
     try:
-        return AutoTokenizer.from_pretrained(name, revision=recipe.model.revision,
-                                             trust_remote_code=recipe.model.trust_remote_code)
+        return AutoTokenizer.from_pretrained(
+            name, revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code
+        )
     except (OSError, ValueError) as exc:
-        raise RecipeError(field_name, f"could not load a tokenizer from {name!r}: {_first_line(exc)}") from None
+        raise RecipeError(
+            field_name, f"could not load a tokenizer from {name!r}: {_first_line(exc)}"
+        ) from None
 
 
 def load_model_config(recipe: Recipe, overrides: dict[str, Any]):
@@ -85,13 +90,21 @@ def load_model_config(recipe: Recipe, overrides: dict[str, Any]):
 
     name = recipe.model.name_or_path
     try:
-        return AutoConfig.from_pretrained(name, revision=recipe.model.revision,
-                                          trust_remote_code=recipe.model.trust_remote_code, **overrides)
+        return AutoConfig.from_pretrained(
+            name,
+            revision=recipe.model.revision,
+            trust_remote_code=recipe.model.trust_remote_code,
+            **overrides,
+        )
     except (OSError, ValueError) as exc:
-        hint = (" It is neither a local model directory nor a cached Hub model; check the id, or run online once."
-                if not Path(name).exists() else "")
-        raise RecipeError("model.name_or_path", f"could not load a model config from {name!r}: "
-                                                f"{_first_line(exc)}.{hint}") from None
+        hint = (
+            " It is neither a local model directory nor a cached Hub model; check the id, or run online once."
+            if not Path(name).exists()
+            else ""
+        )
+        raise RecipeError(
+            "model.name_or_path", f"could not load a model config from {name!r}: {_first_line(exc)}.{hint}"
+        ) from None
 
 
 def _first_line(exc: Exception) -> str:
@@ -101,7 +114,9 @@ def _first_line(exc: Exception) -> str:
 def _load_model(prepared: Prepared):
     recipe = prepared.recipe
     return prepared.task.auto_model_class.from_pretrained(
-        recipe.model.name_or_path, config=prepared.model_config, revision=recipe.model.revision,
+        recipe.model.name_or_path,
+        config=prepared.model_config,
+        revision=recipe.model.revision,
         trust_remote_code=recipe.model.trust_remote_code,
     )
 
@@ -122,8 +137,13 @@ def train(recipe: Recipe) -> dict[str, Any]:
     started = time.time()
     prepared = prepare(recipe, stage="train")
     task, args = prepared.task, recipe.training
-    logger.info("task %s | model %s | data %s | %s", recipe.task.name, recipe.model.name_or_path,
-                prepared.summary["data"], prepared.summary["splits"])
+    logger.info(
+        "task %s | model %s | data %s | %s",
+        recipe.task.name,
+        recipe.model.name_or_path,
+        prepared.summary["data"],
+        prepared.summary["splits"],
+    )
 
     set_seed(args.seed)  # before the task head is initialised
     model = _load_model(prepared)
@@ -161,11 +181,16 @@ def train(recipe: Recipe) -> dict[str, Any]:
         trainer.save_metrics("eval", eval_metrics)
     trainer.save_state()
     if trainer.is_world_process_zero():
-        plot_curves(trainer.state.log_history, output_dir / CURVES_FILE,
-                    title=f"{recipe.model.name_or_path} on {prepared.summary['data']}")
+        plot_curves(
+            trainer.state.log_history,
+            output_dir / CURVES_FILE,
+            title=f"{recipe.model.name_or_path} on {prepared.summary['data']}",
+        )
         logger.info("done in %.0fs; outputs in %s", time.time() - started, output_dir)
     results_file = output_dir / "all_results.json"
-    return json.loads(results_file.read_text()) if results_file.is_file() else {**train_metrics, **eval_metrics}
+    return (
+        json.loads(results_file.read_text()) if results_file.is_file() else {**train_metrics, **eval_metrics}
+    )
 
 
 def _evaluate_splits(trainer, recipe: Recipe, tokenised) -> dict[str, Any]:
@@ -185,15 +210,21 @@ def _evaluate_splits(trainer, recipe: Recipe, tokenised) -> dict[str, Any]:
 def load_output_recipe(output_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
-        raise FinetuneError(f"{output_dir}: no such output directory; give the `training.output_dir` of a "
-                            "finished `hf-finetune train` run.")
+        raise FinetuneError(
+            f"{output_dir}: no such output directory; give the `training.output_dir` of a "
+            "finished `hf-finetune train` run."
+        )
     recipe_file = output_dir / RECIPE_FILE
     if not recipe_file.is_file():
-        raise FinetuneError(f"{output_dir}: has no {RECIPE_FILE}, so it is not an hf-finetune output directory "
-                            "(train one with `hf-finetune train RECIPE`).")
+        raise FinetuneError(
+            f"{output_dir}: has no {RECIPE_FILE}, so it is not an hf-finetune output directory "
+            "(train one with `hf-finetune train RECIPE`)."
+        )
     if not (output_dir / "config.json").is_file():
-        raise FinetuneError(f"{output_dir}: has no saved model (config.json); the training run did not finish. "
-                            "Use one of its checkpoint-* directories or train again.")
+        raise FinetuneError(
+            f"{output_dir}: has no saved model (config.json); the training run did not finish. "
+            "Use one of its checkpoint-* directories or train again."
+        )
     # Evaluating must never overwrite the training outputs: the directory is read-only here.
     recipe = load_recipe(recipe_file, [*overrides, f"model.name_or_path={output_dir}"])
     recipe.model.tokenizer_name_or_path = None
@@ -212,7 +243,9 @@ def _restore(output_dir: Path, recipe: Recipe):
     return task, tokenizer, model
 
 
-def evaluate_output(output_dir: str | Path, split: str | None = None, overrides=(), batch_size: int | None = None):
+def evaluate_output(
+    output_dir: str | Path, split: str | None = None, overrides=(), batch_size: int | None = None
+):
     """Re-evaluate a trained model on a split of the recipe's data; writes eval_<split>_results.json."""
     import tempfile
 
@@ -231,12 +264,20 @@ def evaluate_output(output_dir: str | Path, split: str | None = None, overrides=
     task.prepare(raw)  # checks columns and label values against the saved label maps
     data = task.preprocess(raw, tokenizer)[split]
     with tempfile.TemporaryDirectory() as scratch:
-        args = TrainingArguments(output_dir=scratch, per_device_eval_batch_size=batch_size
-                                 or recipe.training.per_device_eval_batch_size, report_to="none",
-                                 use_cpu=recipe.training.use_cpu, bf16_full_eval=recipe.training.bf16_full_eval)
-        trainer = FinetuneTrainer(model=model, args=args, processing_class=tokenizer,
-                                  data_collator=task.data_collator(tokenizer, args),
-                                  compute_metrics=task.compute_metrics())
+        args = TrainingArguments(
+            output_dir=scratch,
+            per_device_eval_batch_size=batch_size or recipe.training.per_device_eval_batch_size,
+            report_to="none",
+            use_cpu=recipe.training.use_cpu,
+            bf16_full_eval=recipe.training.bf16_full_eval,
+        )
+        trainer = FinetuneTrainer(
+            model=model,
+            args=args,
+            processing_class=tokenizer,
+            data_collator=task.data_collator(tokenizer, args),
+            compute_metrics=task.compute_metrics(),
+        )
         metrics = trainer.evaluate(eval_dataset=data, metric_key_prefix="eval")
     metrics["eval_samples"] = len(data)
     metrics["split"] = split
@@ -244,8 +285,13 @@ def evaluate_output(output_dir: str | Path, split: str | None = None, overrides=
     return metrics
 
 
-def predict_output(output_dir: str | Path, input_path: str | Path, output_path: str | Path,
-                   batch_size: int = 32, overrides=()) -> int:
+def predict_output(
+    output_dir: str | Path,
+    input_path: str | Path,
+    output_path: str | Path,
+    batch_size: int = 32,
+    overrides=(),
+) -> int:
     """Read JSON Lines, write one JSON object per line: the input fields plus label and score."""
     import os
 
@@ -274,8 +320,9 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path} line {number}: not valid JSON ({exc.msg}); each line must be one "
-                                "JSON object.") from None
+                raise DataError(
+                    f"{path} line {number}: not valid JSON ({exc.msg}); each line must be one JSON object."
+                ) from None
             if not isinstance(record, dict):
                 raise DataError(f"{path} line {number}: expected a JSON object, got {type(record).__name__}.")
             records.append(record)

@@ -33,5 +33,7 @@ class FinetuneTrainer(Trainer):
 def recipe_header(recipe) -> str:
     from . import __version__
 
-    return (f"# Resolved recipe written by hf-finetune {__version__}.\n"
-            f"# Reproduce the run:  hf-finetune train {Path(recipe.training.output_dir) / RECIPE_FILE}\n")
+    return (
+        f"# Resolved recipe written by hf-finetune {__version__}.\n"
+        f"# Reproduce the run:  hf-finetune train {Path(recipe.training.output_dir) / RECIPE_FILE}\n"
+    )

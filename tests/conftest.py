@@ -38,8 +38,15 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
     path = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128, type_vocab_size=2)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        type_vocab_size=2,
+    )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -54,7 +61,9 @@ def sentiment_rows(n: int, seed: int, label_names=("negative", "positive"), as_n
         cue = rng.choice(POSITIVE if label else NEGATIVE)
         words = rng.sample(FILLER, 4) + [cue] + rng.sample(FILLER, 2)
         rng.shuffle(words)
-        rows.append({"idx": i, "sentence": " ".join(words), "label": label_names[label] if as_names else label})
+        rows.append(
+            {"idx": i, "sentence": " ".join(words), "label": label_names[label] if as_names else label}
+        )
     return rows
 
 

@@ -60,7 +60,9 @@ def test_unknown_key(capsys, good, tmp_path):
 
 
 def test_wrong_type(capsys, good, tmp_path):
-    code, err = run_cli(capsys, "train", write_recipe(tmp_path / "r.yaml", good), "training.num_train_epochs=many")
+    code, err = run_cli(
+        capsys, "train", write_recipe(tmp_path / "r.yaml", good), "training.num_train_epochs=many"
+    )
     assert code == 2 and "`training.num_train_epochs`: expected a number, got 'many'" in err
 
 
@@ -74,14 +76,19 @@ def test_unknown_column(capsys, good, tmp_path):
     good["task"]["text_column"] = "review"
     code, err = run_cli(capsys, "train", write_recipe(tmp_path / "r.yaml", good))
     assert code == 2
-    assert "`task.text_column`: column 'review' not found in the train split; columns are: idx, sentence, label" in err
+    assert (
+        "`task.text_column`: column 'review' not found in the train split; columns are: idx, sentence, label"
+        in err
+    )
 
 
 def test_unseen_label_in_validation(capsys, good, tmp_path):
     rows = sentiment_rows(20, seed=5, as_names=True)
     rows[3]["label"] = "neutral"
-    good["data"]["files"] = {"train": str(write_jsonl(tmp_path / "t.jsonl", sentiment_rows(40, 6, as_names=True))),
-                             "validation": str(write_jsonl(tmp_path / "v.jsonl", rows))}
+    good["data"]["files"] = {
+        "train": str(write_jsonl(tmp_path / "t.jsonl", sentiment_rows(40, 6, as_names=True))),
+        "validation": str(write_jsonl(tmp_path / "v.jsonl", rows)),
+    }
     code, err = run_cli(capsys, "train", write_recipe(tmp_path / "r.yaml", good))
     assert code == 2
     assert "`task.labels`: label values in the validation split (column 'label') not in the label list" in err
@@ -99,15 +106,23 @@ def test_empty_split(capsys, good, tmp_path):
 def test_non_string_text_field(capsys, good, tmp_path):
     good["task"]["text_column"] = "idx"
     code, err = run_cli(capsys, "train", write_recipe(tmp_path / "r.yaml", good))
-    assert code == 2 and "`task.text_column`: column 'idx' in the train split holds int64 values, not text" in err
+    assert (
+        code == 2
+        and "`task.text_column`: column 'idx' in the train split holds int64 values, not text" in err
+    )
 
 
 def test_num_labels_contradicts_the_data(capsys, good, tmp_path):
-    good["data"]["files"] = {s: str(write_jsonl(tmp_path / f"{s}.jsonl", sentiment_rows(30, i, as_names=True)))
-                             for i, s in enumerate(("train", "validation"))}
+    good["data"]["files"] = {
+        s: str(write_jsonl(tmp_path / f"{s}.jsonl", sentiment_rows(30, i, as_names=True)))
+        for i, s in enumerate(("train", "validation"))
+    }
     good["task"]["num_labels"] = 3
     code, err = run_cli(capsys, "train", write_recipe(tmp_path / "r.yaml", good))
-    assert code == 2 and "`task.num_labels`: is 3, but the string labels in the training split give 2 labels" in err
+    assert (
+        code == 2
+        and "`task.num_labels`: is 3, but the string labels in the training split give 2 labels" in err
+    )
 
 
 def test_integer_labels_beyond_num_labels(capsys, good, tmp_path):
@@ -132,13 +147,16 @@ def test_eval_of_a_directory_that_is_not_an_output(capsys, tmp_path):
 def test_cli_prints_no_traceback_and_exits_2(good, tmp_path):
     good["task"]["label_column"] = "stars"
     path = write_recipe(tmp_path / "r.yaml", good)
-    proc = subprocess.run([sys.executable, "-m", "hf_finetune", "validate", path], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hf_finetune", "validate", path], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("hf-finetune: error:")]
-    assert errors == ["hf-finetune: error: `task.label_column`: column 'stars' not found in the train split; "
-                      "columns are: idx, sentence, label. Set `task.label_column` to one of them."]
+    assert errors == [
+        "hf-finetune: error: `task.label_column`: column 'stars' not found in the train split; "
+        "columns are: idx, sentence, label. Set `task.label_column` to one of them."
+    ]
 
 
 def test_validate_json_summary(capsys, good, tmp_path):

@@ -38,15 +38,18 @@ def test_bundled_recipe_loads_and_documents_its_launch_command(path: Path):
 
 
 def test_overrides_are_typed_by_the_field():
-    recipe = load_recipe(BASE, [
-        "training.learning_rate=3e-5",
-        "data.max_train_samples=4000",
-        "training.eval_strategy=no",
-        "training.per_device_train_batch_size=16",
-        "task.labels=[neg, pos]",
-        "training.run_name=123",
-        "data.eval_split=[a, b]",
-    ])
+    recipe = load_recipe(
+        BASE,
+        [
+            "training.learning_rate=3e-5",
+            "data.max_train_samples=4000",
+            "training.eval_strategy=no",
+            "training.per_device_train_batch_size=16",
+            "task.labels=[neg, pos]",
+            "training.run_name=123",
+            "data.eval_split=[a, b]",
+        ],
+    )
     assert recipe.training.learning_rate == pytest.approx(3e-5)
     assert isinstance(recipe.training.learning_rate, float)
     assert recipe.data.max_train_samples == 4000
@@ -59,8 +62,10 @@ def test_overrides_are_typed_by_the_field():
 
 def test_yaml_reads_scientific_floats_and_yaml11_words_as_text(tmp_path):
     path = tmp_path / "r.yaml"
-    path.write_text("task: {name: text-classification}\ndata: {dataset: glue}\n"
-                    "training: {output_dir: x, learning_rate: 3e-5, eval_strategy: no, save_strategy: 'no'}\n")
+    path.write_text(
+        "task: {name: text-classification}\ndata: {dataset: glue}\n"
+        "training: {output_dir: x, learning_rate: 3e-5, eval_strategy: no, save_strategy: 'no'}\n"
+    )
     recipe = load_recipe(path)
     assert recipe.training.learning_rate == pytest.approx(3e-5)
     assert recipe.training.eval_strategy == "no"
@@ -74,7 +79,11 @@ def test_yaml_reads_scientific_floats_and_yaml11_words_as_text(tmp_path):
         ("model.name=bert", "model.name", "did you mean: name_or_path"),
         ("training.learning_rate=fast", "training.learning_rate", "expected a number"),
         ("data.max_train_samples=1.5", "data.max_train_samples", "expected an integer"),
-        ("training.per_device_train_batch_size=[1]", "training.per_device_train_batch_size", "expected an integer"),
+        (
+            "training.per_device_train_batch_size=[1]",
+            "training.per_device_train_batch_size",
+            "expected an integer",
+        ),
         ("training.lr_scheduler_type=cosin", "training.lr_scheduler_type", "did you mean: cosine"),
         ("task.problem_type=regresion", "task.problem_type", "regression"),
         ("trainin.seed=1", "trainin", "did you mean: training"),
@@ -104,19 +113,29 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path):
 
 
 def test_unknown_task_lists_the_tasks():
-    with pytest.raises(RecipeError, match=r"`task.name`: unknown task 'text-clasification' \(did you mean: text-classification"):
+    with pytest.raises(
+        RecipeError,
+        match=r"`task.name`: unknown task 'text-clasification' \(did you mean: text-classification",
+    ):
         load_recipe({**BASE, "task": {"name": "text-clasification"}})
 
 
 def test_trainer_argument_conflicts_are_reported_under_training():
     with pytest.raises(RecipeError, match=r"^`training`: .*"):
-        load_recipe(BASE, ["training.load_best_model_at_end=true", "training.eval_strategy=steps",
-                           "training.save_strategy=epoch"])
+        load_recipe(
+            BASE,
+            [
+                "training.load_best_model_at_end=true",
+                "training.eval_strategy=steps",
+                "training.save_strategy=epoch",
+            ],
+        )
 
 
 def test_resolved_recipe_round_trips(tmp_path):
-    recipe = load_recipe(BASE, ["training.learning_rate=3e-5", "data.max_train_samples=100",
-                                "training.hub_token=secret-value"])
+    recipe = load_recipe(
+        BASE, ["training.learning_rate=3e-5", "data.max_train_samples=100", "training.hub_token=secret-value"]
+    )
     path = tmp_path / "recipe.yaml"
     recipe.save(path)
     text = path.read_text()
@@ -131,3 +150,34 @@ def test_default_output_dir_comes_from_recipe_name(tmp_path):
     path = tmp_path / "my-run.yaml"
     path.write_text("data: {dataset: glue, config: sst2}\ntask: text-classification\n")
     assert Path(load_recipe(path).training.output_dir) == Path("runs/my-run")
+
+
+def test_readme_documents_every_recipe_field():
+    from hf_finetune.config import DataConfig, ModelConfig, section_fields
+    from hf_finetune.tasks import available_tasks
+
+    readme = (REPO / "README.md").read_text()
+    classes = [ModelConfig, DataConfig] + [spec.config_class for spec in available_tasks().values()]
+    missing = [
+        f"{cls.__name__}.{name}"
+        for cls in classes
+        for name in section_fields(cls)
+        if f"`{name}`" not in readme
+    ]
+    assert not missing, f"README.md does not document: {missing}"
+
+
+def test_mixed_precision_without_accelerator_runs_on_cpu_and_stays_portable(monkeypatch):
+    from hf_finetune import config
+
+    monkeypatch.setattr(config, "_accelerator_available", lambda: False)
+    recipe = load_recipe(BASE, ["training.bf16=true"])
+    assert recipe.training.bf16 and recipe.training.use_cpu
+    assert (
+        "use_cpu" not in recipe.to_dict()["training"]
+    )  # the saved recipe still uses a GPU where there is one
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(
+        RecipeError, match=r"^`training`: .*use_cpu"
+    ):  # an explicit setting is never overridden
+        load_recipe(BASE, ["training.bf16=true", "training.use_cpu=false"])

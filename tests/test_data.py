@@ -16,7 +16,9 @@ ROWS = [{"sentence": "a good film", "label": 1}, {"sentence": "a bad film", "lab
 def write(path, fmt):
     if fmt in ("csv", "tsv"):
         sep = "," if fmt == "csv" else "\t"
-        path.write_text(f"sentence{sep}label\n" + "".join(f"{r['sentence']}{sep}{r['label']}\n" for r in ROWS))
+        path.write_text(
+            f"sentence{sep}label\n" + "".join(f"{r['sentence']}{sep}{r['label']}\n" for r in ROWS)
+        )
     elif fmt == "json":
         path.write_text(json.dumps(ROWS))
     elif fmt == "jsonl":
@@ -51,7 +53,9 @@ def test_mirror_layout_dataset_config_split(tmp_path, monkeypatch):
     cfg = data_cfg(dataset="glue", config="sst2")
     splits, source = load_splits(cfg, ["train", "validation"])
     assert source.kind == "mirror" and len(splits["validation"]) == 2
-    with pytest.raises(DataError, match=r"`data.eval_split`: split 'test' not found .* \(splits there: train, validation\)"):
+    with pytest.raises(
+        DataError, match=r"`data.eval_split`: split 'test' not found .* \(splits there: train, validation\)"
+    ):
         load_splits(data_cfg(dataset="glue", config="sst2", eval_split="test"), ["train", "test"])
 
 
@@ -66,7 +70,9 @@ def test_explicit_mirror_must_exist(tmp_path):
 
 
 def test_hub_failure_offline_says_how_to_use_local_data():
-    with pytest.raises(DataError, match=r"`data.dataset`: could not load Hub dataset .*HF_FINETUNE_DATA_MIRROR"):
+    with pytest.raises(
+        DataError, match=r"`data.dataset`: could not load Hub dataset .*HF_FINETUNE_DATA_MIRROR"
+    ):
         load_splits(data_cfg(dataset="surely-not-a-cached-dataset-xyz"), ["train"])
 
 

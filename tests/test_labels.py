@@ -29,8 +29,12 @@ def test_recipe_names_index_integer_labels():
 
 def test_recipe_names_must_match_classlabel():
     with pytest.raises(RecipeError, match="task.labels"):
-        build_schema(problem_type=SINGLE, values=[0], feature=datasets.ClassLabel(names=["a", "b"]),
-                     recipe_labels=["b", "a"])
+        build_schema(
+            problem_type=SINGLE,
+            values=[0],
+            feature=datasets.ClassLabel(names=["a", "b"]),
+            recipe_labels=["b", "a"],
+        )
 
 
 def test_num_labels_contradicting_the_data():

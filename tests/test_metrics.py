@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from hf_finetune.metrics import available_metrics, functional as F, load_metric
+from hf_finetune.metrics import available_metrics, load_metric
+from hf_finetune.metrics import functional as F
 
 
 def test_accuracy_and_binary_f1_by_hand():
@@ -43,9 +44,17 @@ def test_pearson_and_spearman_with_ties():
 
 @pytest.mark.parametrize(
     ("task", "keys"),
-    [("cola", {"matthews_correlation"}), ("sst2", {"accuracy"}), ("mrpc", {"accuracy", "f1"}),
-     ("qqp", {"accuracy", "f1"}), ("stsb", {"pearson", "spearmanr"}), ("mnli", {"accuracy"}),
-     ("qnli", {"accuracy"}), ("rte", {"accuracy"}), ("wnli", {"accuracy"})],
+    [
+        ("cola", {"matthews_correlation"}),
+        ("sst2", {"accuracy"}),
+        ("mrpc", {"accuracy", "f1"}),
+        ("qqp", {"accuracy", "f1"}),
+        ("stsb", {"pearson", "spearmanr"}),
+        ("mnli", {"accuracy"}),
+        ("qnli", {"accuracy"}),
+        ("rte", {"accuracy"}),
+        ("wnli", {"accuracy"}),
+    ],
 )
 def test_glue_module_reports_each_tasks_official_metric(task, keys):
     metric = load_metric(f"glue/{task}")

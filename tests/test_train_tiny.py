@@ -24,7 +24,9 @@ def trained(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     files = {
         "train": str(write_jsonl(root / "data" / "train.jsonl", sentiment_rows(320, seed=1, as_names=True))),
-        "validation": str(write_jsonl(root / "data" / "validation.jsonl", sentiment_rows(96, seed=2, as_names=True))),
+        "validation": str(
+            write_jsonl(root / "data" / "validation.jsonl", sentiment_rows(96, seed=2, as_names=True))
+        ),
     }
     recipe = load_recipe(tiny_recipe(tiny_model_dir, files, root / "out"))
     metrics = train(recipe)
@@ -42,8 +44,16 @@ def test_training_learns(trained):
 
 def test_output_directory_contract(trained):
     out, metrics, _ = trained
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "all_results.json", "recipe.yaml",
-                 "environment.json", "training_curves.png", "trainer_state.json"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "all_results.json",
+        "recipe.yaml",
+        "environment.json",
+        "training_curves.png",
+        "trainer_state.json",
+    ):
         assert (out / name).is_file(), name
     assert not list(out.glob("pytorch_model*.bin")), "weights must be safetensors"
     config = json.loads((out / "config.json").read_text())
@@ -65,9 +75,11 @@ def test_eval_reproduces_the_final_metrics(trained):
 
 def test_predict_writes_label_names_and_scores(trained, tmp_path):
     out, _, _ = trained
-    rows = [{"id": 1, "sentence": f"the film was {POSITIVE[0]} and {POSITIVE[1]}"},
-            {"id": 2, "sentence": f"the plot was {NEGATIVE[0]} and {NEGATIVE[1]}"},
-            {"id": 3, "text": f"a very {POSITIVE[2]} story"}]
+    rows = [
+        {"id": 1, "sentence": f"the film was {POSITIVE[0]} and {POSITIVE[1]}"},
+        {"id": 2, "sentence": f"the plot was {NEGATIVE[0]} and {NEGATIVE[1]}"},
+        {"id": 3, "text": f"a very {POSITIVE[2]} story"},
+    ]
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     dst = tmp_path / "out.jsonl"
     assert cli.main(["predict", str(out), "--input", str(src), "--output", str(dst)]) == 0
@@ -90,11 +102,23 @@ def test_pairs_reach_the_model_as_a_pair(tiny_model_dir, tmp_path):
     from transformers import BertForSequenceClassification
 
     rng = random.Random(0)
-    rows = [{"a": f"{rng.choice(POSITIVE)} movie", "b": f"the {rng.choice(NEGATIVE)} plot", "label": i % 2}
-            for i in range(48)]
-    files = {"train": str(write_jsonl(tmp_path / "t.jsonl", rows)), "validation": str(write_jsonl(tmp_path / "v.jsonl", rows[:16]))}
-    recipe = load_recipe(tiny_recipe(tiny_model_dir, files, tmp_path / "out", task={"text_column": "a", "text_pair_column": "b"},
-                                     training={"num_train_epochs": 1, "eval_strategy": "no"}))
+    rows = [
+        {"a": f"{rng.choice(POSITIVE)} movie", "b": f"the {rng.choice(NEGATIVE)} plot", "label": i % 2}
+        for i in range(48)
+    ]
+    files = {
+        "train": str(write_jsonl(tmp_path / "t.jsonl", rows)),
+        "validation": str(write_jsonl(tmp_path / "v.jsonl", rows[:16])),
+    }
+    recipe = load_recipe(
+        tiny_recipe(
+            tiny_model_dir,
+            files,
+            tmp_path / "out",
+            task={"text_column": "a", "text_pair_column": "b"},
+            training={"num_train_epochs": 1, "eval_strategy": "no"},
+        )
+    )
     seen = []
     original = BertForSequenceClassification.forward
 
@@ -126,13 +150,18 @@ def test_pairs_reach_the_model_as_a_pair(tiny_model_dir, tmp_path):
 def test_regression_learns_a_score(tiny_model_dir, tmp_path):
     rng = random.Random(3)
     rows = []
-    for i in range(256):
+    for _ in range(256):
         k = rng.randrange(4)
         words = rng.sample(POSITIVE, k) + rng.sample(NEGATIVE, 3 - k)
         rng.shuffle(words)
         rows.append({"sentence": " ".join(words), "label": float(k) + 0.25})
-    files = {"train": str(write_jsonl(tmp_path / "t.jsonl", rows)), "validation": str(write_jsonl(tmp_path / "v.jsonl", rows[:64]))}
-    recipe = load_recipe(tiny_recipe(tiny_model_dir, files, tmp_path / "out", training={"num_train_epochs": 6}))
+    files = {
+        "train": str(write_jsonl(tmp_path / "t.jsonl", rows)),
+        "validation": str(write_jsonl(tmp_path / "v.jsonl", rows[:64])),
+    }
+    recipe = load_recipe(
+        tiny_recipe(tiny_model_dir, files, tmp_path / "out", training={"num_train_epochs": 6})
+    )
     metrics = train(recipe)
     assert json.loads((tmp_path / "out" / "config.json").read_text())["problem_type"] == "regression"
     assert metrics["eval_pearson"] > 0.8, metrics
@@ -146,13 +175,23 @@ def test_multilabel_learns(tiny_model_dir, tmp_path):
         words = ["the", "film"] + [rng.choice(POSITIVE if t == "pos" else NEGATIVE) for t in tags]
         rng.shuffle(words)
         rows.append({"sentence": " ".join(words), "label": tags})
-    files = {"train": str(write_jsonl(tmp_path / "t.jsonl", rows)), "validation": str(write_jsonl(tmp_path / "v.jsonl", rows[:64]))}
-    recipe = load_recipe(tiny_recipe(tiny_model_dir, files, tmp_path / "out", training={"num_train_epochs": 6}))
+    files = {
+        "train": str(write_jsonl(tmp_path / "t.jsonl", rows)),
+        "validation": str(write_jsonl(tmp_path / "v.jsonl", rows[:64])),
+    }
+    recipe = load_recipe(
+        tiny_recipe(tiny_model_dir, files, tmp_path / "out", training={"num_train_epochs": 6})
+    )
     metrics = train(recipe)
-    assert json.loads((tmp_path / "out" / "config.json").read_text())["problem_type"] == "multi_label_classification"
+    assert (
+        json.loads((tmp_path / "out" / "config.json").read_text())["problem_type"]
+        == "multi_label_classification"
+    )
     assert metrics["eval_f1_micro"] > 0.8, metrics
-    src = write_jsonl(tmp_path / "in.jsonl", [{"sentence": f"the {POSITIVE[0]} film {NEGATIVE[0]}"},
-                                                         {"sentence": f"{NEGATIVE[1]} the film"}])
+    src = write_jsonl(
+        tmp_path / "in.jsonl",
+        [{"sentence": f"the {POSITIVE[0]} film {NEGATIVE[0]}"}, {"sentence": f"{NEGATIVE[1]} the film"}],
+    )
     predict_output(tmp_path / "out", src, tmp_path / "pred.jsonl")
     preds = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
     assert [p["label"] for p in preds] == [["neg", "pos"], ["neg"]]

@@ -7,7 +7,15 @@ from __future__ import annotations
 
 from .classification import GLUE_TASKS, Classification, Glue, MultiLabel, Regression
 
-__all__ = ["GLUE_TASKS", "Classification", "Glue", "MultiLabel", "Regression", "available_metrics", "load_metric"]
+__all__ = [
+    "GLUE_TASKS",
+    "Classification",
+    "Glue",
+    "MultiLabel",
+    "Regression",
+    "available_metrics",
+    "load_metric",
+]
 
 _SIMPLE = {
     "accuracy": (Classification, "multiclass"),

@@ -7,8 +7,21 @@ import evaluate
 
 from . import functional as F
 
-GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "mnli_matched", "mnli_mismatched", "qnli",
-              "rte", "wnli", "hans", "ax")
+GLUE_TASKS = (
+    "cola",
+    "sst2",
+    "mrpc",
+    "stsb",
+    "qqp",
+    "mnli",
+    "mnli_matched",
+    "mnli_mismatched",
+    "qnli",
+    "rte",
+    "wnli",
+    "hans",
+    "ax",
+)
 
 _CITATION = "Wang et al., GLUE: A Multi-Task Benchmark and Analysis Platform for Natural Language Understanding (2018)."
 
@@ -37,7 +50,10 @@ class Glue(evaluate.Metric):
         if task == "cola":
             return {"matthews_correlation": F.matthews_correlation(predictions, references)}
         if task == "stsb":
-            return {"pearson": F.pearson(predictions, references), "spearmanr": F.spearman(predictions, references)}
+            return {
+                "pearson": F.pearson(predictions, references),
+                "spearmanr": F.spearman(predictions, references),
+            }
         if task in ("mrpc", "qqp"):
             return {"accuracy": F.accuracy(predictions, references), "f1": F.f1(predictions, references)}
         return {"accuracy": F.accuracy(predictions, references)}
@@ -47,13 +63,16 @@ class Classification(evaluate.Metric):
     """Accuracy and F1: binary F1 of class 1 for two classes (config 'binary'), macro F1 otherwise."""
 
     def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(description=self.__doc__, citation="", inputs_description="class ids",
-                                   features=_features("int"))
+        return evaluate.MetricInfo(
+            description=self.__doc__, citation="", inputs_description="class ids", features=_features("int")
+        )
 
     def _compute(self, predictions, references):
         average = "binary" if self.config_name == "binary" else "macro"
-        return {"accuracy": F.accuracy(predictions, references),
-                "f1": F.f1(predictions, references, average=average)}
+        return {
+            "accuracy": F.accuracy(predictions, references),
+            "f1": F.f1(predictions, references, average=average),
+        }
 
 
 class MultiLabel(evaluate.Metric):
@@ -61,9 +80,15 @@ class MultiLabel(evaluate.Metric):
 
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(
-            description=self.__doc__, citation="", inputs_description="multi-hot 0/1 vectors",
-            features=datasets.Features({"predictions": datasets.Sequence(datasets.Value("int8")),
-                                        "references": datasets.Sequence(datasets.Value("int8"))}),
+            description=self.__doc__,
+            citation="",
+            inputs_description="multi-hot 0/1 vectors",
+            features=datasets.Features(
+                {
+                    "predictions": datasets.Sequence(datasets.Value("int8")),
+                    "references": datasets.Sequence(datasets.Value("int8")),
+                }
+            ),
         )
 
     def _compute(self, predictions, references):
@@ -74,17 +99,24 @@ class MultiLabel(evaluate.Metric):
         tp = float((p & r).sum())
         fp = float((p & (1 - r)).sum())
         fn = float(((1 - p) & r).sum())
-        return {"f1_micro": F._prf(tp, fp, fn), "f1_macro": float(np.mean(per_label)),
-                "subset_accuracy": float((p == r).all(axis=1).mean())}
+        return {
+            "f1_micro": F._prf(tp, fp, fn),
+            "f1_macro": float(np.mean(per_label)),
+            "subset_accuracy": float((p == r).all(axis=1).mean()),
+        }
 
 
 class Regression(evaluate.Metric):
     """Pearson and Spearman correlation and mean squared error."""
 
     def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(description=self.__doc__, citation="", inputs_description="scores",
-                                   features=_features("float"))
+        return evaluate.MetricInfo(
+            description=self.__doc__, citation="", inputs_description="scores", features=_features("float")
+        )
 
     def _compute(self, predictions, references):
-        return {"pearson": F.pearson(predictions, references), "spearmanr": F.spearman(predictions, references),
-                "mse": F.mse(predictions, references)}
+        return {
+            "pearson": F.pearson(predictions, references),
+            "spearmanr": F.spearman(predictions, references),
+            "mse": F.mse(predictions, references),
+        }

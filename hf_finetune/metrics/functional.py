@@ -24,8 +24,13 @@ def f1(predictions, references, average: str = "binary", pos_label: int = 1, lab
         fn = float(((p != pos_label) & (r == pos_label)).sum())
         return _prf(tp, fp, fn)
     classes = np.asarray(labels) if labels is not None else np.union1d(p, r)
-    stats = np.array([[((p == c) & (r == c)).sum(), ((p == c) & (r != c)).sum(), ((p != c) & (r == c)).sum()]
-                      for c in classes], dtype=float)
+    stats = np.array(
+        [
+            [((p == c) & (r == c)).sum(), ((p == c) & (r != c)).sum(), ((p != c) & (r == c)).sum()]
+            for c in classes
+        ],
+        dtype=float,
+    )
     if average == "micro":
         return _prf(*stats.sum(axis=0))
     if average == "macro":

@@ -46,8 +46,10 @@ class Task:
                 raw[split] = raw[split].select(range(limit))
             if len(raw[split]) == 0:
                 field = "data.train_split" if split == data.train_split else "data.eval_split"
-                raise DataError(f"`{field}`: split '{split}' is empty in {self.source.description}; "
-                                "give a split with examples.")
+                raise DataError(
+                    f"`{field}`: split '{split}' is empty in {self.source.description}; "
+                    "give a split with examples."
+                )
         return raw
 
     def prepare(self, raw) -> None:
@@ -59,8 +61,10 @@ class Task:
         present = raw[split].column_names
         for field, column in columns.items():
             if column is not None and column not in present:
-                raise DataError(f"`{field}`: column '{column}' not found in the {split} split; columns are: "
-                                f"{', '.join(present)}. Set `{field}` to one of them.")
+                raise DataError(
+                    f"`{field}`: column '{column}' not found in the {split} split; columns are: "
+                    f"{', '.join(present)}. Set `{field}` to one of them."
+                )
 
     def require_text(self, raw, split: str, field: str, column: str) -> None:
         ds = raw[split]
@@ -68,13 +72,17 @@ class Task:
         dtype = getattr(feature, "dtype", None)
         if dtype not in ("string", "large_string"):
             kind = dtype or type(feature).__name__
-            raise DataError(f"`{field}`: column '{column}' in the {split} split holds {kind} values, not text. "
-                            "Point it at a text column.")
+            raise DataError(
+                f"`{field}`: column '{column}' in the {split} split holds {kind} values, not text. "
+                "Point it at a text column."
+            )
         values = list(ds[column])
         missing = [i for i, v in enumerate(values) if v is None][:10]
         if missing:
-            raise DataError(f"`{field}`: column '{column}' in the {split} split has empty (null) values at rows "
-                            f"{', '.join(map(str, missing))}. Fill or drop those rows.")
+            raise DataError(
+                f"`{field}`: column '{column}' in the {split} split has empty (null) values at rows "
+                f"{', '.join(map(str, missing))}. Fill or drop those rows."
+            )
 
     # ---------------------------------------------------------------- model side
     def model_config_kwargs(self) -> dict[str, Any]:
@@ -96,7 +104,9 @@ class Task:
     def compute_metrics(self) -> Callable[[Any], dict[str, float]]:
         raise NotImplementedError
 
-    def predict(self, model, tokenizer, records: list[dict[str, Any]], batch_size: int) -> list[dict[str, Any]]:
+    def predict(
+        self, model, tokenizer, records: list[dict[str, Any]], batch_size: int
+    ) -> list[dict[str, Any]]:
         raise NotImplementedError
 
     def input_fields(self) -> list[str]:

@@ -31,8 +31,11 @@ def register_task(name: str, config_class: type, description: str):
 
 def get_task(name: str) -> TaskSpec:
     if name not in _TASKS:
-        raise RecipeError("task.name", f"unknown task {name!r}{close_matches(name, _TASKS)}; "
-                                       f"available tasks: {', '.join(sorted(_TASKS))}.")
+        raise RecipeError(
+            "task.name",
+            f"unknown task {name!r}{close_matches(name, _TASKS)}; "
+            f"available tasks: {', '.join(sorted(_TASKS))}.",
+        )
     return _TASKS[name]
 
 

@@ -24,41 +24,65 @@ logger = logging.getLogger(__name__)
 @dataclass
 class TextClassificationConfig(TaskConfig):
     text_column: str = _help("Column with the (first) text.", "text")
-    text_pair_column: str | None = _help("Column with the second text of a pair (MRPC, RTE, MNLI, ...).", None)
-    label_column: str = _help("Column with the label: class id, class name, list (multi-label) or number.", "label")
-    labels: list[str] | None = _help("Label names in id order; default: ClassLabel names or the sorted values.", None)
+    text_pair_column: str | None = _help(
+        "Column with the second text of a pair (MRPC, RTE, MNLI, ...).", None
+    )
+    label_column: str = _help(
+        "Column with the label: class id, class name, list (multi-label) or number.", "label"
+    )
+    labels: list[str] | None = _help(
+        "Label names in id order; default: ClassLabel names or the sorted values.", None
+    )
     num_labels: int | None = _help("Number of labels; checked against the data (1 means regression).", None)
-    problem_type: Literal["auto", "single_label_classification", "multi_label_classification", "regression"] = _help(
-        "auto: lists -> multi-label, non-integral numbers or num_labels 1 -> regression, else single-label.", "auto"
+    problem_type: Literal[
+        "auto", "single_label_classification", "multi_label_classification", "regression"
+    ] = _help(
+        "auto: lists -> multi-label, non-integral numbers or num_labels 1 -> regression, else single-label.",
+        "auto",
     )
     metric: str | list[str] = _help(
         "auto (GLUE datasets: the task's official metric) or names from hf_finetune.metrics.", "auto"
     )
-    multi_label_threshold: float = _help("Multi-label: a label is predicted when its sigmoid exceeds this.", 0.5)
+    multi_label_threshold: float = _help(
+        "Multi-label: a label is predicted when its sigmoid exceeds this.", 0.5
+    )
 
     def __post_init__(self) -> None:
         from ..metrics import available_metrics
 
         if self.labels is not None:
             if not self.labels:
-                raise RecipeError("task.labels", "is an empty list; list the label names or remove the field.")
+                raise RecipeError(
+                    "task.labels", "is an empty list; list the label names or remove the field."
+                )
             dupes = sorted({x for x in self.labels if self.labels.count(x) > 1})
             if dupes:
                 raise RecipeError("task.labels", f"has duplicate names: {', '.join(dupes)}.")
         if self.num_labels is not None and self.num_labels < 1:
             raise RecipeError("task.num_labels", f"must be at least 1, got {self.num_labels}.")
-        if self.num_labels == 1 and self.problem_type in ("single_label_classification", "multi_label_classification"):
-            raise RecipeError("task.num_labels", f"is 1, which means regression, but task.problem_type is "
-                                                 f"{self.problem_type}; use at least 2 labels or problem_type: regression.")
+        if self.num_labels == 1 and self.problem_type in (
+            "single_label_classification",
+            "multi_label_classification",
+        ):
+            raise RecipeError(
+                "task.num_labels",
+                f"is 1, which means regression, but task.problem_type is "
+                f"{self.problem_type}; use at least 2 labels or problem_type: regression.",
+            )
         names = [self.metric] if isinstance(self.metric, str) else list(self.metric)
         for name in names:
             if name != "auto" and name not in available_metrics():
                 from ..errors import close_matches
 
-                raise RecipeError("task.metric", f"unknown metric {name!r}{close_matches(name, available_metrics())}; "
-                                                 f"available: auto, {', '.join(available_metrics())}.")
+                raise RecipeError(
+                    "task.metric",
+                    f"unknown metric {name!r}{close_matches(name, available_metrics())}; "
+                    f"available: auto, {', '.join(available_metrics())}.",
+                )
         if not 0.0 < self.multi_label_threshold < 1.0:
-            raise RecipeError("task.multi_label_threshold", f"must be in (0, 1), got {self.multi_label_threshold}.")
+            raise RecipeError(
+                "task.multi_label_threshold", f"must be in (0, 1), got {self.multi_label_threshold}."
+            )
 
 
 @register_task(
@@ -100,8 +124,13 @@ class TextClassificationTask(Task):
             train = raw[data.train_split]
             train_values = list(train[cfg.label_column])
             feature = train.features[cfg.label_column]
-            self.labels = build_schema(problem_type=self._problem_type(feature, train_values), values=train_values,
-                                       feature=feature, recipe_labels=cfg.labels, recipe_num_labels=cfg.num_labels)
+            self.labels = build_schema(
+                problem_type=self._problem_type(feature, train_values),
+                values=train_values,
+                feature=feature,
+                recipe_labels=cfg.labels,
+                recipe_num_labels=cfg.num_labels,
+            )
         for split in labelled:
             values = train_values if split == data.train_split and train_values is not None else None
             values = values if values is not None else list(raw[split][cfg.label_column])
@@ -115,15 +144,21 @@ class TextClassificationTask(Task):
         if self.cfg.num_labels == 1:
             return REGRESSION
         dtype = getattr(feature, "dtype", "")
-        if dtype.startswith("float") and not all(float(v).is_integer() for v in values[:1000] if v is not None):
+        if dtype.startswith("float") and not all(
+            float(v).is_integer() for v in values[:1000] if v is not None
+        ):
             return REGRESSION
         return infer_problem_type(values)
 
     # ---------------------------------------------------------------- model side
     def model_config_kwargs(self) -> dict[str, Any]:
         assert self.labels is not None, "prepare() first"
-        return {"num_labels": self.labels.num_labels, "id2label": self.labels.id2label,
-                "label2id": self.labels.label2id, "problem_type": self.labels.problem_type}
+        return {
+            "num_labels": self.labels.num_labels,
+            "id2label": self.labels.id2label,
+            "label2id": self.labels.label2id,
+            "problem_type": self.labels.problem_type,
+        }
 
     def restore(self, model_config) -> None:
         problem_type = getattr(model_config, "problem_type", None) or SINGLE
@@ -147,9 +182,14 @@ class TextClassificationTask(Task):
         out = {}
         for split, ds in raw.items():
             with_labels = split != self.recipe.data.test_split and cfg.label_column in ds.column_names
-            out[split] = ds.map(encode, batched=True, fn_kwargs={"with_labels": with_labels},
-                                remove_columns=ds.column_names, num_proc=self.recipe.data.preprocessing_num_workers,
-                                desc=f"Tokenising {split}")
+            out[split] = ds.map(
+                encode,
+                batched=True,
+                fn_kwargs={"with_labels": with_labels},
+                remove_columns=ds.column_names,
+                num_proc=self.recipe.data.preprocessing_num_workers,
+                desc=f"Tokenising {split}",
+            )
         return out
 
     def data_collator(self, tokenizer, args):
@@ -182,7 +222,11 @@ class TextClassificationTask(Task):
         schema, threshold = self.labels, self.cfg.multi_label_threshold
 
         def compute(eval_pred) -> dict[str, float]:
-            logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+            logits = (
+                eval_pred.predictions[0]
+                if isinstance(eval_pred.predictions, tuple)
+                else eval_pred.predictions
+            )
             refs = eval_pred.label_ids
             if schema.problem_type == REGRESSION:
                 preds = np.squeeze(logits, axis=-1)
@@ -211,14 +255,21 @@ class TextClassificationTask(Task):
                 if not isinstance(value, str):
                     raise DataError(f"{where}: field '{key}' must be text, got {type(value).__name__}.")
                 return value
-        raise DataError(f"{where}: missing field '{column}' (or '{generic}'); each line needs the text to classify.")
+        raise DataError(
+            f"{where}: missing field '{column}' (or '{generic}'); each line needs the text to classify."
+        )
 
     def predict(self, model, tokenizer, records, batch_size, where: str = "input"):
         import torch
 
         cfg = self.cfg
-        texts = [self._field(r, cfg.text_column, "text", f"{where} line {i + 1}") for i, r in enumerate(records)]
-        pairs = [self._field(r, cfg.text_pair_column, "text_pair", f"{where} line {i + 1}") for i, r in enumerate(records)]
+        texts = [
+            self._field(r, cfg.text_column, "text", f"{where} line {i + 1}") for i, r in enumerate(records)
+        ]
+        pairs = [
+            self._field(r, cfg.text_pair_column, "text_pair", f"{where} line {i + 1}")
+            for i, r in enumerate(records)
+        ]
         max_length = _max_length(tokenizer, self.recipe.data.max_seq_length)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]) + len(pairs[i] or ""))
         device = next(model.parameters()).device
@@ -227,8 +278,14 @@ class TextClassificationTask(Task):
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
-                enc = tokenizer([texts[i] for i in idx], [pairs[i] for i in idx] if cfg.text_pair_column else None,
-                                truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+                enc = tokenizer(
+                    [texts[i] for i in idx],
+                    [pairs[i] for i in idx] if cfg.text_pair_column else None,
+                    truncation=True,
+                    max_length=max_length,
+                    padding=True,
+                    return_tensors="pt",
+                )
                 logits = model(**{k: v.to(device) for k, v in enc.items()}).logits.float().cpu().numpy()
                 for row, i in enumerate(idx):
                     outputs[i] = {**records[i], **self._decode(logits[row])}
@@ -242,7 +299,10 @@ class TextClassificationTask(Task):
         if schema.problem_type == MULTI:
             probs = _sigmoid(logits)
             chosen = [j for j in range(len(probs)) if probs[j] > self.cfg.multi_label_threshold]
-            return {"label": [schema.names[j] for j in chosen], "score": [round(float(probs[j]), 6) for j in chosen]}
+            return {
+                "label": [schema.names[j] for j in chosen],
+                "score": [round(float(probs[j]), 6) for j in chosen],
+            }
         probs = _softmax(logits)
         best = int(probs.argmax())
         return {"label": schema.names[best], "score": round(float(probs[best]), 6)}
@@ -251,7 +311,9 @@ class TextClassificationTask(Task):
 def _max_length(tokenizer, wanted: int) -> int:
     limit = getattr(tokenizer, "model_max_length", None)
     if isinstance(limit, int) and 0 < limit < wanted:
-        logger.warning("data.max_seq_length=%d exceeds the tokenizer's limit %d; using %d", wanted, limit, limit)
+        logger.warning(
+            "data.max_seq_length=%d exceeds the tokenizer's limit %d; using %d", wanted, limit, limit
+        )
         return limit
     return wanted
 
