@@ -225,13 +225,14 @@ def load_output_recipe(output_dir: str | Path, overrides: list[str] | tuple[str,
             f"{output_dir}: has no saved model (config.json); the training run did not finish. "
             "Use one of its checkpoint-* directories or train again."
         )
-    # Evaluating must never overwrite the training outputs: the directory is read-only here.
+    # The saved model replaces the base checkpoint; the rest of the recipe (data, labels, metric) is the run's.
     recipe = load_recipe(recipe_file, [*overrides, f"model.name_or_path={output_dir}"])
     recipe.model.tokenizer_name_or_path = None
     return recipe
 
 
 def _restore(output_dir: Path, recipe: Recipe):
+    import torch
     from transformers import AutoConfig, AutoTokenizer
 
     ensure_hub_mode()
@@ -240,6 +241,8 @@ def _restore(output_dir: Path, recipe: Recipe):
     task.restore(model_config)
     tokenizer = AutoTokenizer.from_pretrained(output_dir)
     model = task.auto_model_class.from_pretrained(output_dir)
+    if torch.cuda.is_available() and not recipe.training.use_cpu:
+        model.to("cuda")
     return task, tokenizer, model
 
 

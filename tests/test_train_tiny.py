@@ -147,46 +147,43 @@ def test_pairs_reach_the_model_as_a_pair(tiny_model_dir, tmp_path):
     assert second in {f"the {w} plot" for w in NEGATIVE}
 
 
+def train_held_out(tiny_model_dir, tmp_path, make_row, epochs: int = 6) -> dict:
+    """Train the tiny model on 320 generated rows and evaluate on 96 unseen ones."""
+    files = {
+        split: str(write_jsonl(tmp_path / f"{split}.jsonl", [make_row(rng) for _ in range(n)]))
+        for split, rng, n in (("train", random.Random(3), 320), ("validation", random.Random(4), 96))
+    }
+    recipe = load_recipe(
+        tiny_recipe(tiny_model_dir, files, tmp_path / "out", training={"num_train_epochs": epochs})
+    )
+    return train(recipe)
+
+
+def saved_problem_type(tmp_path) -> str:
+    return json.loads((tmp_path / "out" / "config.json").read_text())["problem_type"]
+
+
 def test_regression_learns_a_score(tiny_model_dir, tmp_path):
-    rng = random.Random(3)
-    rows = []
-    for _ in range(256):
+    def row(rng):
         k = rng.randrange(4)
         words = rng.sample(POSITIVE, k) + rng.sample(NEGATIVE, 3 - k)
         rng.shuffle(words)
-        rows.append({"sentence": " ".join(words), "label": float(k) + 0.25})
-    files = {
-        "train": str(write_jsonl(tmp_path / "t.jsonl", rows)),
-        "validation": str(write_jsonl(tmp_path / "v.jsonl", rows[:64])),
-    }
-    recipe = load_recipe(
-        tiny_recipe(tiny_model_dir, files, tmp_path / "out", training={"num_train_epochs": 6})
-    )
-    metrics = train(recipe)
-    assert json.loads((tmp_path / "out" / "config.json").read_text())["problem_type"] == "regression"
+        return {"sentence": " ".join(words), "label": float(k) + 0.25}
+
+    metrics = train_held_out(tiny_model_dir, tmp_path, row)
+    assert saved_problem_type(tmp_path) == "regression"
     assert metrics["eval_pearson"] > 0.8, metrics
 
 
 def test_multilabel_learns(tiny_model_dir, tmp_path):
-    rng = random.Random(4)
-    rows = []
-    for _ in range(320):
-        tags = sorted(t for t, words in (("pos", POSITIVE), ("neg", NEGATIVE)) if rng.random() < 0.5)
+    def row(rng):
+        tags = sorted(t for t in ("pos", "neg") if rng.random() < 0.5)
         words = ["the", "film"] + [rng.choice(POSITIVE if t == "pos" else NEGATIVE) for t in tags]
         rng.shuffle(words)
-        rows.append({"sentence": " ".join(words), "label": tags})
-    files = {
-        "train": str(write_jsonl(tmp_path / "t.jsonl", rows)),
-        "validation": str(write_jsonl(tmp_path / "v.jsonl", rows[:64])),
-    }
-    recipe = load_recipe(
-        tiny_recipe(tiny_model_dir, files, tmp_path / "out", training={"num_train_epochs": 6})
-    )
-    metrics = train(recipe)
-    assert (
-        json.loads((tmp_path / "out" / "config.json").read_text())["problem_type"]
-        == "multi_label_classification"
-    )
+        return {"sentence": " ".join(words), "label": tags}
+
+    metrics = train_held_out(tiny_model_dir, tmp_path, row)
+    assert saved_problem_type(tmp_path) == "multi_label_classification"
     assert metrics["eval_f1_micro"] > 0.8, metrics
     src = write_jsonl(
         tmp_path / "in.jsonl",
