@@ -32,8 +32,8 @@ test-fast: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check hf_finetune tests
-	$(VENV)/bin/ruff format --check hf_finetune tests
+	$(VENV)/bin/ruff check hf_finetune tests benchmarks
+	$(VENV)/bin/ruff format --check hf_finetune tests benchmarks
 
 demo: $(STAMP)
 	$(VENV)/bin/hf-finetune train recipes/glue/sst2.yaml

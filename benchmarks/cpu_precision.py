@@ -1,0 +1,69 @@
+"""fp32 vs bf16 autocast training throughput on this machine, side by side.
+
+Runs the SST-2 recipe for a fixed number of steps in each precision, alternating (fp32, bf16,
+fp32, bf16, ...) so that machine noise hits both alike, and prints samples/s and the ratio.
+
+    .venv/bin/python benchmarks/cpu_precision.py [--steps 200] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(precision: str, steps: int, scratch: Path) -> dict:
+    out = scratch / f"{precision}-{len(list(scratch.iterdir()))}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "hf_finetune",
+        "train",
+        str(REPO / "recipes/glue/sst2.yaml"),
+        f"training.max_steps={steps}",
+        "training.eval_strategy=no",
+        "data.max_eval_samples=64",
+        "training.disable_tqdm=true",
+        f"training.bf16={'true' if precision == 'bf16' else 'false'}",
+        "--output-dir",
+        str(out),
+    ]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads((out / "all_results.json").read_text())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    speeds: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    losses: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(args.rounds):
+            for precision in ("fp32", "bf16"):
+                result = run(precision, args.steps, Path(tmp))
+                speeds[precision].append(result["train_samples_per_second"])
+                losses[precision].append(result["train_loss"])
+                print(
+                    f"{precision}: {result['train_samples_per_second']:.1f} samples/s, "
+                    f"train_loss {result['train_loss']:.4f}",
+                    flush=True,
+                )
+    fp32, bf16 = statistics.median(speeds["fp32"]), statistics.median(speeds["bf16"])
+    print(
+        f"median samples/s: fp32 {fp32:.1f}, bf16 {bf16:.1f}; bf16/fp32 = {bf16 / fp32:.2f}x "
+        f"({args.steps} steps of batch 32, SST-2, MiniLM-L6, {args.rounds} rounds)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
