@@ -198,3 +198,42 @@ def test_multilabel_learns(tiny_model_dir, tmp_path):
     preds = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
     assert [p["label"] for p in preds] == [["neg", "pos"], ["neg"]]
     assert all(0.5 < s <= 1.0 for p in preds for s in p["score"])
+
+
+def test_three_classes_evaluated_on_two_splits_like_mnli(tiny_model_dir, tmp_path):
+    """Multi-class with string labels and a list of eval splits: one metric set per split."""
+    cues = {"entailment": POSITIVE, "neutral": ["maybe", "perhaps", "possibly"], "contradiction": NEGATIVE}
+
+    def rows(seed, n):
+        rng = random.Random(seed)
+        out = []
+        for _ in range(n):
+            label = rng.choice(sorted(cues))
+            out.append(
+                {"premise": "the film", "hypothesis": f"it was {rng.choice(cues[label])}", "label": label}
+            )
+        return out
+
+    files = {
+        split: str(write_jsonl(tmp_path / f"{split}.jsonl", rows(seed, n)))
+        for split, seed, n in (
+            ("train", 1, 480),
+            ("validation_matched", 2, 60),
+            ("validation_mismatched", 3, 60),
+        )
+    }
+    recipe = load_recipe(
+        tiny_recipe(
+            tiny_model_dir,
+            files,
+            tmp_path / "out",
+            task={"text_column": "premise", "text_pair_column": "hypothesis", "metric": "glue/mnli"},
+            data={"eval_split": ["validation_matched", "validation_mismatched"]},
+            training={"learning_rate": 1e-3, "num_train_epochs": 6},
+        )
+    )
+    metrics = train(recipe)
+    assert metrics["eval_validation_matched_accuracy"] > 0.8, metrics  # chance is 1/3
+    assert metrics["eval_validation_mismatched_accuracy"] > 0.8, metrics
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["id2label"] == {"0": "contradiction", "1": "entailment", "2": "neutral"}
