@@ -134,8 +134,7 @@ def _load_files(paths: list[str], split: str, field: str):
         if not os.access(p, os.R_OK):
             raise DataError(f"`{field}`: {p} is not readable (permissions).")
         suffixes.add(p.suffix)
-    builders = {FORMATS[s][0] for s in suffixes} | {str(FORMATS[s][1]) for s in suffixes}
-    if len(builders) > 2:
+    if len({FORMATS[s][0] + repr(FORMATS[s][1]) for s in suffixes}) > 1:  # .json + .jsonl may mix
         raise DataError(
             f"`{field}`: files of one split must share one format, got {', '.join(sorted(suffixes))}."
         )
@@ -160,7 +159,7 @@ def _load_hub_split(cfg: DataConfig, split: str, field: str):
     try:
         return datasets.load_dataset(cfg.dataset, cfg.config, split=split, revision=cfg.revision)
     except ValueError as exc:
-        if "split" in str(exc).lower() or "Unknown split" in str(exc):
+        if "split" in str(exc).lower():
             raise DataError(f"`{field}`: {_first_line(exc)}") from exc
         raise DataError(_hub_hint(cfg, exc)) from exc
     except Exception as exc:  # network, missing repo, missing config, auth
