@@ -61,9 +61,8 @@ def eval_metric_names(log_history: list[dict[str, Any]]) -> list[str]:
     names: list[str] = []
     for entry in log_history:
         for key in entry:
-            if key.startswith("eval_") and key.split("_", 1)[1] not in _NOT_METRICS and key not in names:
-                if not any(key.endswith(s) for s in _NOT_METRICS):
-                    names.append(key)
+            if key.startswith("eval_") and not key.endswith(tuple(_NOT_METRICS)) and key not in names:
+                names.append(key)
     return names
 
 

@@ -231,19 +231,23 @@ def load_output_recipe(output_dir: str | Path, overrides: list[str] | tuple[str,
     return recipe
 
 
-def _restore(output_dir: Path, recipe: Recipe):
-    import torch
+def _restore_task(output_dir: Path, recipe: Recipe):
+    """The task with the saved label maps, and the tokenizer: no weights yet."""
     from transformers import AutoConfig, AutoTokenizer
 
     ensure_hub_mode()
     task = make_task(recipe)
-    model_config = AutoConfig.from_pretrained(output_dir)
-    task.restore(model_config)
-    tokenizer = AutoTokenizer.from_pretrained(output_dir)
+    task.restore(AutoConfig.from_pretrained(output_dir))
+    return task, AutoTokenizer.from_pretrained(output_dir)
+
+
+def _restore_model(output_dir: Path, recipe: Recipe, task):
+    import torch
+
     model = task.auto_model_class.from_pretrained(output_dir)
     if torch.cuda.is_available() and not recipe.training.use_cpu:
         model.to("cuda")
-    return task, tokenizer, model
+    return model
 
 
 def evaluate_output(
@@ -262,10 +266,11 @@ def evaluate_output(
     recipe.data.eval_split = split
     if recipe.data.test_split == split:
         recipe.data.test_split = None  # evaluating it means it has labels
-    task, tokenizer, model = _restore(output_dir, recipe)
+    task, tokenizer = _restore_task(output_dir, recipe)
     raw = task.load([split])
     task.prepare(raw)  # checks columns and label values against the saved label maps
     data = task.preprocess(raw, tokenizer)[split]
+    model = _restore_model(output_dir, recipe, task)
     with tempfile.TemporaryDirectory() as scratch:
         args = TrainingArguments(
             output_dir=scratch,
@@ -301,7 +306,9 @@ def predict_output(
     output_dir, input_path, output_path = Path(output_dir), Path(input_path), Path(output_path)
     recipe = load_output_recipe(output_dir, overrides)
     records = read_jsonl(input_path)
-    task, tokenizer, model = _restore(output_dir, recipe)
+    task, tokenizer = _restore_task(output_dir, recipe)
+    task.check_inputs(records, str(input_path))
+    model = _restore_model(output_dir, recipe, task)
     results = task.predict(model, tokenizer, records, batch_size, where=str(input_path))
     output_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = output_path.with_name(output_path.name + ".partial")

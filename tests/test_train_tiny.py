@@ -237,3 +237,22 @@ def test_three_classes_evaluated_on_two_splits_like_mnli(tiny_model_dir, tmp_pat
     assert metrics["eval_validation_mismatched_accuracy"] > 0.8, metrics
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["id2label"] == {"0": "contradiction", "1": "entailment", "2": "neutral"}
+
+
+def test_eval_and_predict_check_input_before_loading_weights(trained, tmp_path, monkeypatch):
+    from transformers import PreTrainedModel
+
+    from hf_finetune.errors import DataError
+
+    out, _, _ = trained
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights were loaded before the input was checked")
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(refuse))
+    with pytest.raises(DataError, match=r"`data.eval_split`: split 'nope' not found"):
+        evaluate_output(out, split="nope")
+    src = write_jsonl(tmp_path / "in.jsonl", [{"sentence": "fine"}, {"review": "no text field"}])
+    with pytest.raises(DataError, match=r"in.jsonl line 2: missing field 'sentence' \(or 'text'\)"):
+        predict_output(out, src, tmp_path / "out.jsonl")
+    assert not (tmp_path / "out.jsonl").exists()

@@ -259,9 +259,7 @@ class TextClassificationTask(Task):
             f"{where}: missing field '{column}' (or '{generic}'); each line needs the text to classify."
         )
 
-    def predict(self, model, tokenizer, records, batch_size, where: str = "input"):
-        import torch
-
+    def _inputs(self, records, where: str):
         cfg = self.cfg
         texts = [
             self._field(r, cfg.text_column, "text", f"{where} line {i + 1}") for i, r in enumerate(records)
@@ -270,6 +268,16 @@ class TextClassificationTask(Task):
             self._field(r, cfg.text_pair_column, "text_pair", f"{where} line {i + 1}")
             for i, r in enumerate(records)
         ]
+        return texts, pairs
+
+    def check_inputs(self, records, where: str) -> None:
+        self._inputs(records, where)
+
+    def predict(self, model, tokenizer, records, batch_size, where: str = "input"):
+        import torch
+
+        cfg = self.cfg
+        texts, pairs = self._inputs(records, where)
         max_length = _max_length(tokenizer, self.recipe.data.max_seq_length)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]) + len(pairs[i] or ""))
         device = next(model.parameters()).device
