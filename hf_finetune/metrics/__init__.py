@@ -1,11 +1,13 @@
 """Offline metrics: `evaluate.Metric` modules that live in this package.
 
-``load_metric("glue/sst2")`` instantiates the module locally; nothing is fetched from the Hub.
+``load_metric("glue/sst2")`` or ``load_metric("seqeval")`` instantiates the module locally; nothing is
+fetched from the Hub.
 """
 
 from __future__ import annotations
 
 from .classification import GLUE_TASKS, Classification, Glue, MultiLabel, Regression
+from .sequence_labeling import Seqeval
 
 __all__ = [
     "GLUE_TASKS",
@@ -13,6 +15,7 @@ __all__ = [
     "Glue",
     "MultiLabel",
     "Regression",
+    "Seqeval",
     "available_metrics",
     "load_metric",
 ]
@@ -23,6 +26,8 @@ _SIMPLE = {
     "classification/binary": (Classification, "binary"),
     "multilabel": (MultiLabel, None),
     "regression": (Regression, None),
+    "seqeval": (Seqeval, "default"),
+    "seqeval/strict": (Seqeval, "strict"),
 }
 
 
@@ -31,7 +36,8 @@ def available_metrics() -> list[str]:
 
 
 def load_metric(name: str):
-    """An `evaluate.Metric` by name: 'glue/<task>', 'classification[/binary]', 'multilabel', 'regression'."""
+    """An `evaluate.Metric` by name: 'glue/<task>', 'classification[/binary]', 'multilabel', 'regression',
+    'seqeval[/strict]'."""
     if name.startswith("glue/"):
         task = name.split("/", 1)[1]
         if task not in GLUE_TASKS:
