@@ -101,7 +101,8 @@ class DataConfig:
     config: str | None = _help("Dataset configuration (e.g. `sst2`).", None)
     revision: str | None = _help("Hub dataset revision.", None)
     files: dict[str, str | list[str]] | None = _help(
-        "Local files per split, e.g. {train: train.csv, validation: dev.csv} (csv, tsv, json, jsonl, parquet).",
+        "Local files per split, e.g. {train: train.csv, validation: dev.csv} (csv, tsv, json, jsonl, parquet; "
+        "conll/txt: CoNLL columns).",
         None,
     )
     mirror: str | None = _help(

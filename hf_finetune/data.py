@@ -17,6 +17,7 @@ from .errors import DataError, RecipeError
 logger = logging.getLogger(__name__)
 
 MIRROR_ENV = "HF_FINETUNE_DATA_MIRROR"
+PARQUET_EXPORT = "refs/convert/parquet"  # the Hub's automatic Parquet conversion of a dataset
 # file extension -> (datasets packaged builder, extra builder kwargs)
 FORMATS = {
     ".csv": ("csv", {}),
@@ -24,6 +25,8 @@ FORMATS = {
     ".json": ("json", {}),
     ".jsonl": ("json", {}),
     ".parquet": ("parquet", {}),
+    ".conll": ("conll", {}),  # token-per-line files, read by hf_finetune.conll
+    ".txt": ("conll", {}),
 }
 
 
@@ -139,6 +142,8 @@ def _load_files(paths: list[str], split: str, field: str):
             f"`{field}`: files of one split must share one format, got {', '.join(sorted(suffixes))}."
         )
     builder, kwargs = FORMATS[next(iter(suffixes))]
+    if builder == "conll":
+        return _load_conll(paths, field)
     try:
         ds = datasets.load_dataset(builder, data_files={split: paths}, split=split, **kwargs)
     except Exception as exc:  # datasets raises many types for unreadable files
@@ -153,11 +158,33 @@ def _load_files(paths: list[str], split: str, field: str):
     return ds
 
 
+def _load_conll(paths: list[str], field: str):
+    import datasets
+
+    from .conll import TAGS, TOKENS, read_conll
+
+    words = datasets.List(datasets.Value("string"))
+    features = datasets.Features({"id": datasets.Value("string"), TOKENS: words, TAGS: words})
+    return datasets.Dataset.from_dict(read_conll(paths, field), features=features)
+
+
 def _load_hub_split(cfg: DataConfig, split: str, field: str):
     import datasets
 
     try:
-        return datasets.load_dataset(cfg.dataset, cfg.config, split=split, revision=cfg.revision)
+        try:
+            return datasets.load_dataset(cfg.dataset, cfg.config, split=split, revision=cfg.revision)
+        except RuntimeError as exc:
+            # datasets>=4 cannot run loading scripts (e.g. `conll2003`); the Hub keeps a Parquet
+            # export of most such datasets, which loads the same rows and features.
+            if "scripts are no longer supported" not in str(exc) or cfg.revision:
+                raise
+            logger.warning(
+                "%s is a script dataset; loading its Parquet export (revision %s)",
+                cfg.dataset,
+                PARQUET_EXPORT,
+            )
+            return datasets.load_dataset(cfg.dataset, cfg.config, split=split, revision=PARQUET_EXPORT)
     except ValueError as exc:
         if "split" in str(exc).lower():
             raise DataError(f"`{field}`: {_first_line(exc)}") from exc

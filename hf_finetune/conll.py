@@ -1,0 +1,66 @@
+"""Reader for CoNLL-style column files (``.conll``, ``.txt``).
+
+One token per line with its tag in the last column (other columns, such as CoNLL-2003's POS and
+chunk tags, are ignored); a blank line ends a sentence; ``-DOCSTART-`` lines are document
+separators and are skipped. Columns are split on tabs when a line has any, else on whitespace.
+Rows come out with the Hub's field names: ``id``, ``tokens``, ``ner_tags``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import DataError
+
+TOKENS = "tokens"
+TAGS = "ner_tags"
+DOCSTART = "-DOCSTART-"
+
+
+def read_conll(paths: list[str], field: str) -> dict[str, list]:
+    """Columns ``id``, ``tokens``, ``ner_tags`` from one or more CoNLL files, in file order."""
+    ids: list[str] = []
+    tokens: list[list[str]] = []
+    tags: list[list[str]] = []
+    for path in paths:
+        for words, labels in _sentences(Path(path), field):
+            ids.append(str(len(ids)))
+            tokens.append(words)
+            tags.append(labels)
+    return {"id": ids, TOKENS: tokens, TAGS: tags}
+
+
+def _sentences(path: Path, field: str):
+    words: list[str] = []
+    labels: list[str] = []
+    try:
+        handle = path.open(encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"`{field}`: cannot open {path}: {exc.strerror}.") from None
+    with handle:
+        try:
+            for number, line in enumerate(handle, 1):
+                line = line.rstrip("\r\n")
+                if not line.strip():
+                    if words:
+                        yield words, labels
+                        words, labels = [], []
+                    continue
+                columns = line.split("\t") if "\t" in line else line.split()
+                columns = [c.strip() for c in columns]
+                if columns[0] == DOCSTART:
+                    if words:  # a document break also ends a sentence
+                        yield words, labels
+                        words, labels = [], []
+                    continue
+                if len(columns) < 2 or not columns[0] or not columns[-1]:
+                    raise DataError(
+                        f"`{field}`: {path} line {number}: expected a token and a tag separated by "
+                        f"whitespace (tag in the last column), got {line!r}."
+                    )
+                words.append(columns[0])
+                labels.append(columns[-1])
+        except UnicodeDecodeError as exc:
+            raise DataError(f"`{field}`: {path} is not UTF-8 text ({exc.reason}); convert it.") from None
+    if words:
+        yield words, labels
