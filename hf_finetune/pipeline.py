@@ -165,6 +165,7 @@ def train(recipe: Recipe) -> dict[str, Any]:
         processing_class=prepared.tokenizer,
         data_collator=task.data_collator(prepared.tokenizer, args),
         compute_metrics=task.compute_metrics(),
+        preprocess_logits_for_metrics=task.preprocess_logits_for_metrics(),
         recipe=recipe,
     )
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
@@ -285,6 +286,7 @@ def evaluate_output(
             processing_class=tokenizer,
             data_collator=task.data_collator(tokenizer, args),
             compute_metrics=task.compute_metrics(),
+            preprocess_logits_for_metrics=task.preprocess_logits_for_metrics(),
         )
         metrics = trainer.evaluate(eval_dataset=data, metric_key_prefix="eval")
     metrics["eval_samples"] = len(data)

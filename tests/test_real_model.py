@@ -11,7 +11,7 @@ import json
 import pytest
 
 from hf_finetune.config import load_recipe
-from hf_finetune.pipeline import prepare, train, validate
+from hf_finetune.pipeline import predict_output, prepare, train, validate
 
 from .conftest import MINILM, REPO
 
@@ -71,3 +71,42 @@ def test_recipes_with_mirrored_data_validate_offline(hub_id_cached, shared_data,
     summary = validate(load_recipe(REPO / f"recipes/glue/{name}.yaml", [f"data.mirror={shared_data}"]))
     assert summary["model"] == MINILM
     assert summary["splits"]["validation"] > 0
+
+
+def test_conll_subset_learns_entities_and_predicts_spans(hub_id_cached, shared_data, tmp_path):
+    out = tmp_path / "ner"
+    recipe = load_recipe(
+        REPO / "recipes/ner/conll2003.yaml",
+        [
+            f"data.mirror={shared_data}",
+            "data.max_train_samples=2000",
+            "data.max_eval_samples=500",
+            "training.num_train_epochs=2",
+            "training.eval_strategy=no",
+            f"training.output_dir={out}",
+            "training.disable_tqdm=true",
+        ],
+    )
+    metrics = train(recipe)
+    assert metrics["eval_samples"] == 500
+    assert metrics["eval_f1"] >= 0.5, metrics  # entity F1; an untrained head scores about 0
+    assert metrics["eval_PER_f1"] >= 0.7, metrics
+    config = json.loads((out / "config.json").read_text())
+    assert set(config["label2id"]) == {"O"} | {
+        f"{p}-{t}" for p in "BI" for t in ("PER", "ORG", "LOC", "MISC")
+    }
+
+    text = "Angela Merkel met EU officials in Brussels on Monday."
+    (tmp_path / "in.jsonl").write_text(json.dumps({"text": text}) + "\n")
+    predict_output(out, tmp_path / "in.jsonl", tmp_path / "pred.jsonl")
+    entities = json.loads((tmp_path / "pred.jsonl").read_text())["entities"]
+    assert all(text[e["start"] : e["end"]] == e["text"] for e in entities), entities
+    assert {"text": "Angela Merkel", "label": "PER", "start": 0, "end": 13} in [
+        {k: e[k] for k in ("text", "label", "start", "end")} for e in entities
+    ], entities
+
+
+def test_conll_recipe_validates_offline(hub_id_cached, shared_data):
+    summary = validate(load_recipe(REPO / "recipes/ner/conll2003.yaml", [f"data.mirror={shared_data}"]))
+    assert summary["splits"] == {"train": 14041, "validation": 3250}
+    assert summary["metrics"] == ["seqeval"]

@@ -1,6 +1,9 @@
 """Tasks. Importing this package registers every built-in task."""
 
-from . import text_classification  # noqa: F401  (registers "text-classification")
+from . import (
+    text_classification,  # noqa: F401  (registers "text-classification")
+    token_classification,  # noqa: F401  (registers "token-classification")
+)
 from .base import Task
 from .registry import TaskSpec, available_tasks, get_task, register_task
 

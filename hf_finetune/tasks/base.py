@@ -104,6 +104,10 @@ class Task:
     def compute_metrics(self) -> Callable[[Any], dict[str, float]]:
         raise NotImplementedError
 
+    def preprocess_logits_for_metrics(self) -> Callable[[Any, Any], Any] | None:
+        """Reduce each evaluation batch's logits before the Trainer gathers them (None: keep all)."""
+        return None
+
     def predict(
         self, model, tokenizer, records: list[dict[str, Any]], batch_size: int
     ) -> list[dict[str, Any]]:

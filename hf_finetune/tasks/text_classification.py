@@ -70,14 +70,15 @@ class TextClassificationConfig(TaskConfig):
                 f"{self.problem_type}; use at least 2 labels or problem_type: regression.",
             )
         names = [self.metric] if isinstance(self.metric, str) else list(self.metric)
+        choices = [m for m in available_metrics() if not m.startswith("seqeval")]  # those tag tokens
         for name in names:
-            if name != "auto" and name not in available_metrics():
+            if name != "auto" and name not in choices:
                 from ..errors import close_matches
 
                 raise RecipeError(
                     "task.metric",
-                    f"unknown metric {name!r}{close_matches(name, available_metrics())}; "
-                    f"available: auto, {', '.join(available_metrics())}.",
+                    f"unknown metric {name!r}{close_matches(name, choices)}; "
+                    f"available: auto, {', '.join(choices)}.",
                 )
         if not 0.0 < self.multi_label_threshold < 1.0:
             raise RecipeError(

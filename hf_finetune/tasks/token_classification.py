@@ -1,0 +1,538 @@
+"""Token classification (NER): one IOB tag per word, entities scored the seqeval way.
+
+Sentences come as word lists (``tokens``) with one tag per word (``ner_tags``): ClassLabel ids
+(Hub), IOB strings (JSON Lines, CoNLL files), or integer ids named by ``task.labels``. The
+tokenizer splits words into subwords; a word's tag goes on its first subword and the other
+subwords are left out of the loss (-100), unless ``label_all_tokens`` trains on them too (a
+``B-X`` word then gives ``I-X`` to its continuations). Evaluation is always one tag per word.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..config import TaskConfig, _help
+from ..errors import DataError, RecipeError
+from ..labels import SINGLE, LabelSchema, _classlabel_names
+from ..metrics.sequence_labeling import OUTSIDE, entities, split_tag
+from .base import Task
+from .registry import register_task
+from .text_classification import _max_length, _softmax
+
+logger = logging.getLogger(__name__)
+
+IGNORE = -100  # label id that the loss and the metric skip
+
+
+@dataclass
+class TokenClassificationConfig(TaskConfig):
+    tokens_column: str = _help("Column with the words of each sentence (a list of strings).", "tokens")
+    tags_column: str = _help(
+        "Column with one tag per word: IOB names (B-PER, I-PER, O) or ClassLabel ids.", "ner_tags"
+    )
+    labels: list[str] | None = _help(
+        "Tag names in id order; default: the dataset's ClassLabel names, else O then B-/I- of each "
+        "type found in the training split.",
+        None,
+    )
+    label_all_tokens: bool = _help(
+        "Train on every subword of a word (continuations of a B-X word get I-X); default: first "
+        "subword only. Evaluation is per word either way.",
+        False,
+    )
+    strict: bool = _help(
+        "Require IOB2 (every I-X continues a B-X/I-X; an error names the first example that does "
+        "not) and score entities strictly. Off: IOB1 and loose IOB2 are read the conlleval way.",
+        False,
+    )
+
+    def __post_init__(self) -> None:
+        if self.labels is None:
+            return
+        if not self.labels:
+            raise RecipeError("task.labels", "is an empty list; list the tag names or remove the field.")
+        dupes = sorted({x for x in self.labels if self.labels.count(x) > 1})
+        if dupes:
+            raise RecipeError("task.labels", f"has duplicate names: {', '.join(dupes)}.")
+        bad = [tag for tag in self.labels if not _is_iob(tag)]
+        if bad:
+            raise RecipeError(
+                "task.labels",
+                f"{', '.join(map(repr, bad))} {'is not an IOB tag' if len(bad) == 1 else 'are not IOB tags'}; "
+                "tags are O, B-TYPE or I-TYPE (e.g. B-PER, I-PER).",
+            )
+
+
+def _is_iob(tag: Any) -> bool:
+    try:
+        split_tag(tag)
+    except (ValueError, AttributeError):
+        return False
+    return True
+
+
+def align_labels(
+    word_ids: list[int | None], tag_ids: list[int], continuation: dict[int, int] | None = None
+) -> list[int]:
+    """Per-subword labels from per-word tags: the first subword of a word gets the word's tag,
+    special tokens -100, continuation subwords -100 (or ``continuation[tag]`` when given)."""
+    labels: list[int] = []
+    previous = None
+    for word in word_ids:
+        if word is None:
+            labels.append(IGNORE)
+        elif word != previous:
+            labels.append(tag_ids[word])
+        else:
+            labels.append(IGNORE if continuation is None else continuation[tag_ids[word]])
+        previous = word
+    return labels
+
+
+# Words of raw text, split the way CoNLL-style corpora are: abbreviations (U.S.) and numbers,
+# dates or hyphenated words (1996-08-22, Franco-German) stay whole; clitics ('s) and every
+# other symbol stand alone.
+_WORD = re.compile(
+    r"(?:[^\W\d_]\.){2,}"  # U.S., e.g.
+    r"|\w+(?:[-./:,]\w+)*"  # words, numbers, dates, hyphenated words
+    r"|'(?:s|S|re|ve|ll|d|m|t)\b"  # clitics
+    r"|[^\w\s]"  # any other symbol
+)
+
+
+def split_words(text: str) -> list[tuple[str, int, int]]:
+    """Raw text -> (word, start, end) with character offsets into ``text``."""
+    return [(m.group(), m.start(), m.end()) for m in _WORD.finditer(text)]
+
+
+def locate_words(words: list[str], text: str, where: str) -> list[tuple[int, int]]:
+    """Character spans of ``words`` found in order in ``text``."""
+    spans = []
+    position = 0
+    for i, word in enumerate(words):
+        start = text.find(word, position)
+        if start < 0:
+            raise DataError(
+                f"{where}: token {i} {word!r} does not occur in 'text' after character {position}; "
+                "the tokens must appear in the text in order (or give only one of the two)."
+            )
+        position = start + len(word)
+        spans.append((start, position))
+    return spans
+
+
+def windows(counts: list[int], budget: int) -> list[tuple[int, int]]:
+    """Split words with ``counts`` subwords each into overlapping windows of at most ``budget``
+    subwords; consecutive windows share about a quarter of the budget as context."""
+    n = len(counts)
+    if sum(counts) <= budget:
+        return [(0, n)]
+    overlap = budget // 4
+    spans = []
+    start = 0
+    while True:
+        end, total = start, 0
+        while end < n and total + counts[end] <= budget:
+            total += counts[end]
+            end += 1
+        end = max(end, start + 1)  # a single word longer than the budget is truncated
+        spans.append((start, end))
+        if end >= n:
+            return spans
+        back, shared = end, 0
+        while back > start + 1 and shared + counts[back - 1] <= overlap:
+            shared += counts[back - 1]
+            back -= 1
+        start = back
+
+
+@register_task(
+    "token-classification",
+    TokenClassificationConfig,
+    "One IOB tag per word (NER): CoNLL-2003 and the like; entity-level seqeval metrics, entity spans.",
+)
+class TokenClassificationTask(Task):
+    cfg: TokenClassificationConfig
+
+    def __init__(self, recipe):
+        super().__init__(recipe)
+        self.labels: LabelSchema | None = None
+
+    @property
+    def auto_model_class(self):
+        from transformers import AutoModelForTokenClassification
+
+        return AutoModelForTokenClassification
+
+    # ---------------------------------------------------------------- data checks
+    def prepare(self, raw) -> None:
+        cfg, data = self.cfg, self.recipe.data
+        labelled = [s for s in raw if s != data.test_split]
+        for split in raw:
+            columns = {"task.tokens_column": cfg.tokens_column}
+            if split in labelled:
+                columns["task.tags_column"] = cfg.tags_column
+            self.require_columns(raw, split, columns)
+            self._check_words(raw[split], split)
+        if self.labels is None:  # else restored from a saved model: the data must agree with it
+            self.labels = LabelSchema(SINGLE, self._label_names(raw[data.train_split]))
+        for split in labelled:
+            self._check_tags(raw[split], split)
+        logger.info("tags: %s", ", ".join(self.labels.names))
+
+    def _ids(self, ds) -> list[Any]:
+        return list(ds["id"]) if "id" in ds.column_names else list(range(len(ds)))
+
+    def _check_words(self, ds, split: str) -> None:
+        column = self.cfg.tokens_column
+        inner = getattr(ds.features[column], "feature", None)
+        if getattr(inner, "dtype", None) not in ("string", "large_string"):
+            kind = getattr(ds.features[column], "dtype", None) or type(ds.features[column]).__name__
+            raise DataError(
+                f"`task.tokens_column`: column '{column}' in the {split} split holds {kind} values, "
+                "not lists of words. Token classification needs each sentence split into words."
+            )
+        for row, (example, words) in enumerate(zip(self._ids(ds), ds[column])):
+            if not words:
+                raise DataError(
+                    f"`task.tokens_column`: example id {example} (row {row}) in the {split} split has "
+                    "an empty token list. Drop empty sentences from the data."
+                )
+            if any(w is None or not w.strip() for w in words):
+                position = next(i for i, w in enumerate(words) if w is None or not w.strip())
+                raise DataError(
+                    f"`task.tokens_column`: example id {example} (row {row}) in the {split} split has an "
+                    f"empty token at position {position}. Remove it (and its tag)."
+                )
+
+    def _label_names(self, train) -> list[str]:
+        cfg = self.cfg
+        column = cfg.tags_column
+        feature_names = _classlabel_names(train.features[column])
+        if cfg.labels is not None:
+            if feature_names is not None and feature_names != cfg.labels:
+                raise RecipeError(
+                    "task.labels",
+                    f"{cfg.labels} differ from the dataset's ClassLabel names {feature_names}; "
+                    "remove `task.labels` or list the names in the dataset's order.",
+                )
+            return list(cfg.labels)
+        if feature_names is not None:
+            bad = [t for t in feature_names if not _is_iob(t)]
+            if bad:
+                raise DataError(
+                    f"`task.tags_column`: the dataset's tag names {', '.join(map(repr, bad))} are not IOB "
+                    "(O, B-TYPE, I-TYPE); only IOB tagging is supported."
+                )
+            return feature_names
+        kinds: set[str] = set()
+        for row, (example, tags) in enumerate(zip(self._ids(train), train[column])):
+            for position, tag in enumerate(tags):
+                if not isinstance(tag, str):
+                    raise DataError(
+                        f"`task.labels`: column '{column}' holds integer tag ids without names; list "
+                        "the tag names in id order in `task.labels` (e.g. [O, B-PER, I-PER])."
+                    )
+                if not _is_iob(tag):
+                    raise DataError(
+                        f"`task.tags_column`: tag {tag!r} (example id {example}, row {row}, token "
+                        f"{position}) in the training split is not IOB; use O, B-TYPE or I-TYPE."
+                    )
+                if tag != OUTSIDE:
+                    kinds.add(split_tag(tag)[1])
+        return [OUTSIDE] + [f"{prefix}-{kind}" for kind in sorted(kinds) for prefix in ("B", "I")]
+
+    def _check_tags(self, ds, split: str) -> None:
+        cfg, schema = self.cfg, self.labels
+        ids = self._ids(ds)
+        loose = 0
+        for row, (example, words, tags) in enumerate(zip(ids, ds[cfg.tokens_column], ds[cfg.tags_column])):
+            where = f"example id {example} (row {row}) in the {split} split"
+            if len(words) != len(tags):
+                raise DataError(
+                    f"`task.tags_column`: {where} has {len(words)} tokens but {len(tags)} tags; each "
+                    "token needs exactly one tag."
+                )
+            previous = OUTSIDE
+            for position, tag in enumerate(tags):
+                name = self._tag_name(tag)
+                if name is None:
+                    raise DataError(
+                        f"`task.labels`: tag {tag!r} of token {position} ({words[position]!r}), {where}, is "
+                        f"not in the label list [{', '.join(schema.names)}]. Add it to `task.labels` or "
+                        "fix the data."
+                    )
+                prefix, kind = split_tag(name)
+                if prefix == "I" and (previous == OUTSIDE or split_tag(previous)[1] != kind):
+                    if cfg.strict:
+                        raise DataError(
+                            f"`task.strict`: token {position} ({words[position]!r}), {where}, is tagged "
+                            f"{name} after {previous}: not IOB2, where an entity starts with B-. Fix the "
+                            "data, or set `task.strict: false` to read it as IOB1."
+                        )
+                    loose += 1
+                previous = name
+        if loose:
+            logger.info(
+                "%s split: %d entities start with I- (IOB1 style); they are read the conlleval way",
+                split,
+                loose,
+            )
+
+    def _tag_name(self, tag: Any) -> str | None:
+        names = self.labels.names
+        if isinstance(tag, str):
+            return tag if tag in self.labels.label2id else None
+        if isinstance(tag, int) and not isinstance(tag, bool) and 0 <= tag < len(names):
+            return names[tag]
+        return None
+
+    # ---------------------------------------------------------------- model side
+    def model_config_kwargs(self) -> dict[str, Any]:
+        assert self.labels is not None, "prepare() first"
+        return {
+            "num_labels": self.labels.num_labels,
+            "id2label": self.labels.id2label,
+            "label2id": self.labels.label2id,
+        }
+
+    def restore(self, model_config) -> None:
+        names = [model_config.id2label[i] for i in range(model_config.num_labels)]
+        self.labels = LabelSchema(SINGLE, names)
+
+    def check_tokenizer(self, tokenizer) -> None:
+        model = self.recipe.model
+        field = "model.tokenizer_name_or_path" if model.tokenizer_name_or_path else "model.name_or_path"
+        name = model.tokenizer_name_or_path or model.name_or_path
+        if not getattr(tokenizer, "is_fast", False):
+            raise RecipeError(
+                field,
+                f"token-classification needs a fast tokenizer (it maps subwords back to words), but "
+                f"{name!r} loads the slow {type(tokenizer).__name__}. Use a checkpoint that ships a "
+                "tokenizer.json, or point `model.tokenizer_name_or_path` at a fast tokenizer.",
+            )
+        try:
+            tokenizer([["Word", "split"]], is_split_into_words=True)
+        except Exception as exc:  # e.g. byte-level BPE without add_prefix_space
+            raise RecipeError(
+                field, f"the tokenizer of {name!r} cannot encode pre-split words: {exc}"
+            ) from None
+
+    def continuation_ids(self) -> dict[int, int]:
+        """Tag id of a word's continuation subwords under ``label_all_tokens``: B-X -> I-X."""
+        label2id = self.labels.label2id
+        out = {}
+        for i, name in enumerate(self.labels.names):
+            prefix, kind = split_tag(name)
+            out[i] = label2id.get(f"I-{kind}", i) if prefix == "B" else i
+        return out
+
+    def preprocess(self, raw, tokenizer):
+        cfg, data = self.cfg, self.recipe.data
+        max_length = _max_length(tokenizer, data.max_seq_length)
+        continuation = self.continuation_ids()
+        label2id = self.labels.label2id
+
+        def encode(batch, with_tags: bool, all_subwords: bool):
+            enc = tokenizer(
+                batch[cfg.tokens_column], is_split_into_words=True, truncation=True, max_length=max_length
+            )
+            word_ids = [enc.word_ids(i) for i in range(len(batch[cfg.tokens_column]))]
+            if with_tags:
+                enc["labels"] = [
+                    align_labels(
+                        words,
+                        [label2id[t] if isinstance(t, str) else int(t) for t in tags],
+                        continuation if all_subwords else None,
+                    )
+                    for words, tags in zip(word_ids, batch[cfg.tags_column])
+                ]
+            enc["_words_kept"] = [
+                max((w for w in words if w is not None), default=-1) + 1 for words in word_ids
+            ]
+            return enc
+
+        out = {}
+        for split, ds in raw.items():
+            with_tags = split != data.test_split and cfg.tags_column in ds.column_names
+            all_subwords = cfg.label_all_tokens and split == data.train_split
+            encoded = ds.map(
+                encode,
+                batched=True,
+                fn_kwargs={"with_tags": with_tags, "all_subwords": all_subwords},
+                remove_columns=ds.column_names,
+                num_proc=data.preprocessing_num_workers,
+                desc=f"Tokenising {split}",
+            )
+            cut = sum(kept < len(words) for kept, words in zip(encoded["_words_kept"], ds[cfg.tokens_column]))
+            if cut:
+                logger.warning(
+                    "%s split: %d of %d sentences are longer than data.max_seq_length=%d subwords; their "
+                    "last words are cut off (and not scored). Raise data.max_seq_length to keep them.",
+                    split,
+                    cut,
+                    len(ds),
+                    max_length,
+                )
+            out[split] = encoded.remove_columns("_words_kept")
+        return out
+
+    def data_collator(self, tokenizer, args):
+        from transformers import DataCollatorForTokenClassification
+
+        multiple = 8 if (getattr(args, "fp16", False) or getattr(args, "bf16", False)) else None
+        return DataCollatorForTokenClassification(
+            tokenizer, pad_to_multiple_of=multiple, label_pad_token_id=IGNORE
+        )
+
+    def metric_names(self) -> list[str]:
+        return ["seqeval/strict" if self.cfg.strict else "seqeval"]
+
+    def preprocess_logits_for_metrics(self):
+        # Keep one id per subword instead of the full logits: evaluation memory stays O(tokens).
+        def to_ids(logits, labels):
+            if isinstance(logits, tuple):
+                logits = logits[0]
+            return logits.argmax(dim=-1)
+
+        return to_ids
+
+    def compute_metrics(self):
+        from ..metrics import load_metric
+
+        metric = load_metric(self.metric_names()[0])
+        names = np.array(self.labels.names, dtype=object)
+
+        def compute(eval_pred) -> dict[str, float]:
+            preds = (
+                eval_pred.predictions[0]
+                if isinstance(eval_pred.predictions, tuple)
+                else eval_pred.predictions
+            )
+            if preds.ndim == 3:  # full logits (no preprocess_logits_for_metrics)
+                preds = preds.argmax(axis=-1)
+            predicted, reference = [], []
+            for pred_row, ref_row in zip(preds, eval_pred.label_ids):
+                keep = ref_row != IGNORE
+                predicted.append(list(names[pred_row[keep]]))
+                reference.append(list(names[ref_row[keep]]))
+            return metric.compute(predictions=predicted, references=reference)
+
+        return compute
+
+    # ---------------------------------------------------------------- prediction
+    def input_fields(self) -> list[str]:
+        return ["text", self.cfg.tokens_column]
+
+    def _inputs(self, records, where: str) -> list[tuple[str, list[str], list[tuple[int, int]]]]:
+        """(text, words, character span of each word) per record."""
+        out = []
+        column = self.cfg.tokens_column
+        for number, record in enumerate(records, 1):
+            line = f"{where} line {number}"
+            text = record.get("text")
+            if text is not None and not isinstance(text, str):
+                raise DataError(f"{line}: field 'text' must be a string, got {type(text).__name__}.")
+            key = column if column in record else "tokens" if "tokens" in record else None
+            if key is not None:
+                words = record[key]
+                if not isinstance(words, list) or not all(isinstance(w, str) and w.strip() for w in words):
+                    raise DataError(f"{line}: field '{key}' must be a list of non-empty strings (the words).")
+                if text is None:
+                    text = " ".join(words)
+                out.append((text, words, locate_words(words, text, line)))
+            elif text is not None:
+                found = split_words(text)
+                out.append((text, [w for w, _, _ in found], [(s, e) for _, s, e in found]))
+            else:
+                raise DataError(
+                    f"{line}: needs 'text' (raw text) or '{column}' (a list of words) to tag; got "
+                    f"fields {', '.join(record) or 'none'}."
+                )
+        return out
+
+    def check_inputs(self, records, where: str) -> None:
+        self._inputs(records, where)
+
+    def predict(self, model, tokenizer, records, batch_size, where: str = "input"):
+        inputs = self._inputs(records, where)
+        tag_probs = self._word_probabilities(model, tokenizer, [words for _, words, _ in inputs], batch_size)
+        names = self.labels.names
+        outputs = []
+        for record, (text, words, spans), probs in zip(records, inputs, tag_probs):
+            best = probs.argmax(axis=-1) if len(words) else np.zeros(0, dtype=int)
+            tags = [names[i] for i in best]
+            scores = probs.max(axis=-1) if len(words) else np.zeros(0)
+            found = []
+            for kind, first, end in entities(tags, strict=self.cfg.strict):
+                start_char, end_char = spans[first][0], spans[end - 1][1]
+                found.append(
+                    {
+                        "text": text[start_char:end_char],
+                        "label": kind,
+                        "start": start_char,
+                        "end": end_char,
+                        "score": round(float(scores[first:end].mean()), 6),
+                    }
+                )
+            row = {**record, "entities": found}
+            if "text" not in record:
+                row["text"] = text
+            if self.cfg.tokens_column in record or "tokens" in record:
+                row["tags"] = tags
+            outputs.append(row)
+        return outputs
+
+    def _word_probabilities(self, model, tokenizer, sentences: list[list[str]], batch_size: int):
+        """Tag probabilities per word (first subword), long sentences read in overlapping windows."""
+        import torch
+
+        max_length = _max_length(tokenizer, self.recipe.data.max_seq_length)
+        budget = max(1, max_length - tokenizer.num_special_tokens_to_add(pair=False))
+        num_labels = len(self.labels.names)
+        # The untruncated subword count of every word decides the windows.
+        pieces = []  # (sentence, first word, end word)
+        for s, words in enumerate(sentences):
+            if not words:
+                continue
+            enc = tokenizer(words, is_split_into_words=True, add_special_tokens=False, verbose=False)
+            counts = [0] * len(words)
+            for w in enc.word_ids():
+                if w is not None:
+                    counts[w] += 1
+            pieces.extend((s, a, b) for a, b in windows(counts, budget))
+
+        probs = [np.zeros((len(words), num_labels), dtype=np.float32) for words in sentences]
+        for p in probs:
+            p[:, self.labels.label2id.get(OUTSIDE, 0)] = 1.0  # words without subwords are O
+        centrality = [np.full(len(words), -1) for words in sentences]
+        order = sorted(range(len(pieces)), key=lambda i: pieces[i][2] - pieces[i][1])
+        device = next(model.parameters()).device
+        model.eval()
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                batch = [pieces[i] for i in order[start : start + batch_size]]
+                enc = tokenizer(
+                    [sentences[s][a:b] for s, a, b in batch],
+                    is_split_into_words=True,
+                    truncation=True,
+                    max_length=max_length,
+                    padding=True,
+                    return_tensors="pt",
+                )
+                logits = model(**{k: v.to(device) for k, v in enc.items()}).logits.float().cpu().numpy()
+                for row, (s, a, b) in enumerate(batch):
+                    previous = None
+                    for position, w in enumerate(enc.word_ids(row)):
+                        if w is not None and w != previous:
+                            word, central = a + w, min(w, b - a - 1 - w)
+                            if central > centrality[s][word]:
+                                centrality[s][word] = central
+                                probs[s][word] = _softmax(logits[row, position])
+                        previous = w
+        return probs
