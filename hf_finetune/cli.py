@@ -83,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="label JSON Lines with a trained output directory")
     p.add_argument("output_dir")
     p.add_argument("--input", required=True, help="JSON Lines: one object per line with the text field(s)")
-    p.add_argument("--output", required=True, help="JSON Lines written: input fields + label + score")
+    p.add_argument(
+        "--output", required=True, help="JSON Lines written: input fields + label + score (NER: entities)"
+    )
     p.add_argument("--batch-size", type=int, default=32)
 
     sub.add_parser("recipes", help="list the bundled recipes")

@@ -54,12 +54,7 @@ def prepare(recipe: Recipe, stage: str = "train") -> Prepared:
         "data": task.source.description,
         "splits": {name: len(ds) for name, ds in raw.items()},
     }
-    labels = getattr(task, "labels", None)
-    if labels is not None:
-        summary["labels"] = labels.names
-        summary["problem_type"] = labels.problem_type
-    if hasattr(task, "metric_names"):
-        summary["metrics"] = task.metric_names()
+    summary.update(task.describe())
     return Prepared(recipe, task, raw, tokenizer, model_config, summary)
 
 

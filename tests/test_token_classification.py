@@ -16,7 +16,7 @@ from hf_finetune.labels import SINGLE, LabelSchema
 from hf_finetune.pipeline import evaluate_output, predict_output, prepare, train, validate
 from hf_finetune.tasks.token_classification import align_labels, split_words, windows
 
-from .conftest import minilm_path, write_jsonl
+from .conftest import minilm_path, tiny_recipe, write_jsonl
 
 TAGS = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
 FIRST = ["alice", "bob", "carol", "angela", "pedro", "yuki"]
@@ -43,28 +43,12 @@ def ner_rows(n: int, seed: int) -> list[dict]:
 
 
 def ner_recipe(model_dir, files, output_dir, **task) -> dict:
-    return {
-        "task": {"name": "token-classification", **task},
-        "model": {"name_or_path": str(model_dir)},
-        "data": {
-            "files": files,
-            "max_seq_length": 32,
-            "eval_split": "validation" if "validation" in files else None,
-        },
-        "training": {
-            "output_dir": str(output_dir),
-            "learning_rate": 3e-3,
-            "per_device_train_batch_size": 16,
-            "per_device_eval_batch_size": 64,
-            "num_train_epochs": 4,
-            "logging_steps": 5,
-            "eval_strategy": "epoch",
-            "save_strategy": "no",
-            "seed": 7,
-            "disable_tqdm": True,
-            "use_cpu": True,
-        },
-    }
+    """The tiny-model recipe of conftest with a token-classification task; no eval split without a file."""
+    recipe = tiny_recipe(
+        model_dir, files, output_dir, data={"eval_split": "validation" if "validation" in files else None}
+    )
+    recipe["task"] = {"name": "token-classification", **task}
+    return recipe
 
 
 @pytest.fixture()

@@ -84,6 +84,10 @@ class Task:
                 f"{', '.join(map(str, missing))}. Fill or drop those rows."
             )
 
+    def describe(self) -> dict[str, Any]:
+        """What `hf-finetune validate` reports about the settled task (labels, metrics)."""
+        return {}
+
     # ---------------------------------------------------------------- model side
     def model_config_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `AutoConfig.from_pretrained` (label maps, problem type)."""

@@ -139,6 +139,13 @@ class TextClassificationTask(Task):
             self.labels.check_values(values, split, cfg.label_column, ids)
         logger.info("labels: %s (%s)", ", ".join(self.labels.names), self.labels.problem_type)
 
+    def describe(self) -> dict[str, Any]:
+        return {
+            "labels": self.labels.names,
+            "problem_type": self.labels.problem_type,
+            "metrics": self.metric_names(),
+        }
+
     def _problem_type(self, feature, values) -> str:
         if self.cfg.problem_type != "auto":
             return self.cfg.problem_type

@@ -185,6 +185,9 @@ class TokenClassificationTask(Task):
             self._check_tags(raw[split], split)
         logger.info("tags: %s", ", ".join(self.labels.names))
 
+    def describe(self) -> dict[str, Any]:
+        return {"labels": self.labels.names, "metrics": self.metric_names()}
+
     def _ids(self, ds) -> list[Any]:
         return list(ds["id"]) if "id" in ds.column_names else list(range(len(ds)))
 
