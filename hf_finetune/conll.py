@@ -3,7 +3,8 @@
 One token per line with its tag in the last column (other columns, such as CoNLL-2003's POS and
 chunk tags, are ignored); a blank line ends a sentence; ``-DOCSTART-`` lines are document
 separators and are skipped. Columns are split on tabs when a line has any, else on whitespace.
-Rows come out with the Hub's field names: ``id``, ``tokens``, ``ner_tags``.
+Rows come out with the Hub's field names: ``id`` (``<file name>:<line of the first token>``, so
+error messages point into the file), ``tokens``, ``ner_tags``.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ def read_conll(paths: list[str], field: str) -> dict[str, list]:
     tokens: list[list[str]] = []
     tags: list[list[str]] = []
     for path in paths:
-        for words, labels in _sentences(Path(path), field):
-            ids.append(str(len(ids)))
+        for first_line, words, labels in _sentences(Path(path), field):
+            ids.append(f"{Path(path).name}:{first_line}")
             tokens.append(words)
             tags.append(labels)
     return {"id": ids, TOKENS: tokens, TAGS: tags}
@@ -33,8 +34,9 @@ def read_conll(paths: list[str], field: str) -> dict[str, list]:
 def _sentences(path: Path, field: str):
     words: list[str] = []
     labels: list[str] = []
+    first_line = 0
     try:
-        handle = path.open(encoding="utf-8")
+        handle = path.open(encoding="utf-8-sig")  # a byte-order mark is not part of the first token
     except OSError as exc:
         raise DataError(f"`{field}`: cannot open {path}: {exc.strerror}.") from None
     with handle:
@@ -43,14 +45,14 @@ def _sentences(path: Path, field: str):
                 line = line.rstrip("\r\n")
                 if not line.strip():
                     if words:
-                        yield words, labels
+                        yield first_line, words, labels
                         words, labels = [], []
                     continue
                 columns = line.split("\t") if "\t" in line else line.split()
                 columns = [c.strip() for c in columns]
                 if columns[0] == DOCSTART:
                     if words:  # a document break also ends a sentence
-                        yield words, labels
+                        yield first_line, words, labels
                         words, labels = [], []
                     continue
                 if len(columns) < 2 or not columns[0] or not columns[-1]:
@@ -58,9 +60,11 @@ def _sentences(path: Path, field: str):
                         f"`{field}`: {path} line {number}: expected a token and a tag separated by "
                         f"whitespace (tag in the last column), got {line!r}."
                     )
+                if not words:
+                    first_line = number
                 words.append(columns[0])
                 labels.append(columns[-1])
         except UnicodeDecodeError as exc:
             raise DataError(f"`{field}`: {path} is not UTF-8 text ({exc.reason}); convert it.") from None
     if words:
-        yield words, labels
+        yield first_line, words, labels

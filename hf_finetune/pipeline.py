@@ -46,6 +46,9 @@ def prepare(recipe: Recipe, stage: str = "train") -> Prepared:
     raw = task.load(task.splits_for(stage))
     task.prepare(raw)
     tokenizer = load_tokenizer(recipe)
+    extra = task.tokenizer_kwargs(tokenizer)
+    if extra:  # e.g. byte-level BPE needs add_prefix_space for pre-split words
+        tokenizer = load_tokenizer(recipe, **extra)
     task.check_tokenizer(tokenizer)
     model_config = load_model_config(recipe, task.model_config_kwargs())
     summary = {
@@ -63,7 +66,7 @@ def validate(recipe: Recipe) -> dict[str, Any]:
     return prepare(recipe, stage="validate").summary
 
 
-def load_tokenizer(recipe: Recipe):
+def load_tokenizer(recipe: Recipe, **kwargs):
     from transformers import AutoTokenizer
 
     name = recipe.model.tokenizer_name_or_path or recipe.model.name_or_path
@@ -72,7 +75,10 @@ def load_tokenizer(recipe: Recipe):
     )
     try:
         return AutoTokenizer.from_pretrained(
-            name, revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code
+            name,
+            revision=recipe.model.revision,
+            trust_remote_code=recipe.model.trust_remote_code,
+            **kwargs,
         )
     except (OSError, ValueError) as exc:
         raise RecipeError(

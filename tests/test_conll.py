@@ -28,7 +28,7 @@ def test_reader_splits_sentences_and_skips_docstart(tmp_path):
     rows = read_conll([str(path)], "data.files.train")
     assert rows["tokens"] == [["EU", "rejects", "German"], ["Peter", "Blackburn"], ["BRUSSELS"]]
     assert rows["ner_tags"] == [["B-ORG", "O", "B-MISC"], ["B-PER", "I-PER"], ["B-LOC"]]
-    assert rows["id"] == ["0", "1", "2"]
+    assert rows["id"] == ["train.conll:3", "train.conll:7", "train.conll:10"]  # file:line of the first token
 
 
 def test_reader_tabs_keep_tokens_with_spaces_and_files_concatenate(tmp_path):

@@ -113,6 +113,7 @@ def test_windows_cover_every_word_with_overlap():
         assert a1 < a2 <= b1  # moves forward, no gap
     assert windows(counts, budget=100) == [(0, len(counts))]
     assert windows([9, 1], budget=4) == [(0, 1), (1, 2)]  # an over-long word gets a window of its own
+    assert windows([1, 1, 1, 1, 9, 1], budget=4) == [(0, 4), (4, 5), (5, 6)]  # no window repeats another
 
 
 def test_split_words_offsets():
@@ -132,6 +133,18 @@ def test_split_words_offsets():
         ".",
     ]
     assert all(text[s:e] == w for w, s, e in words)
+    assert [w for w, _, _ in split_words("Paris.Then Berlin,London 3.5 1,000 Merkel\u2019s")] == [
+        "Paris",
+        ".",
+        "Then",
+        "Berlin",
+        ",",
+        "London",
+        "3.5",
+        "1,000",
+        "Merkel",
+        "\u2019s",
+    ]
 
 
 # ------------------------------------------------------------------------------------------------ bad input
@@ -209,6 +222,38 @@ def test_strict_mode_rejects_an_i_tag_that_starts_an_entity(capsys, no_weights, 
     )
     recipe["task"]["strict"] = False  # IOB1 is accepted when not strict
     assert validate(load_recipe(recipe))["labels"] == TAGS
+
+
+def test_missing_tags(capsys, no_weights, tiny_model_dir, tmp_path):
+    files, _ = _with_row(tmp_path, {"id": "x-8", "tokens": ["EU"], "ner_tags": None})
+    _fails(
+        capsys,
+        ner_recipe(tiny_model_dir, files, tmp_path / "o"),
+        tmp_path,
+        "`task.tags_column`: example id x-8 (row 10) in the train split has no tags",
+    )
+
+
+def test_byte_level_bpe_tokenizer_is_reloaded_with_a_prefix_space(
+    no_weights, tiny_model_dir, tmp_path, ner_files
+):
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaTokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(
+        [" ".join(FILLER + FIRST + CITIES)] * 5,
+        vocab_size=300,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+    )
+    bpe.save_model(str(tmp_path))
+    RobertaTokenizer(
+        vocab_file=str(tmp_path / "vocab.json"), merges_file=str(tmp_path / "merges.txt")
+    ).save_pretrained(tmp_path / "bpe")
+    recipe = ner_recipe(tiny_model_dir, ner_files, tmp_path / "o")
+    recipe["model"]["tokenizer_name_or_path"] = str(tmp_path / "bpe")
+    prepared = prepare(load_recipe(recipe))
+    assert prepared.tokenizer.add_prefix_space is True
 
 
 def test_empty_token_list(capsys, no_weights, tiny_model_dir, tmp_path):
@@ -360,6 +405,30 @@ def test_predict_writes_entity_spans(trained_ner, tmp_path):
         ("bob smith", 0, 9),
         ("kyoto", 26, 31),
     ]
+
+
+def test_eval_maps_classlabel_ids_by_name(trained_ner, tmp_path):
+    """Data whose ClassLabel orders the tags differently from the saved model is read by name."""
+    import datasets
+
+    out, metrics, files = trained_ner
+    names = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]  # the model's order is O, B-LOC, I-LOC, B-PER, I-PER
+    rows = [json.loads(line) for line in open(files["validation"])]
+    features = datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "tokens": datasets.List(datasets.Value("string")),
+            "ner_tags": datasets.List(datasets.ClassLabel(names=names)),
+        }
+    )
+    data = [{**r, "ner_tags": [names.index(t) for t in r["ner_tags"]]} for r in rows]
+    datasets.Dataset.from_list(data, features=features).to_parquet(tmp_path / "validation.parquet")
+    again = evaluate_output(
+        out,
+        overrides=[f"data.files={{train: {files['train']}, validation: {tmp_path / 'validation.parquet'}}}"],
+    )
+    assert again["eval_f1"] == pytest.approx(metrics["eval_f1"], abs=1e-9)
+    assert again["eval_PER_number"] == metrics["eval_PER_number"]
 
 
 def test_predict_input_needs_text_or_tokens(trained_ner, tmp_path, capsys):

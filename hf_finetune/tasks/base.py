@@ -96,6 +96,10 @@ class Task:
     def restore(self, model_config) -> None:
         """Rebuild the label schema from a saved model config (for eval/predict)."""
 
+    def tokenizer_kwargs(self, tokenizer) -> dict[str, Any]:
+        """Options to reload the tokenizer with when this task needs them (default: none)."""
+        return {}
+
     def check_tokenizer(self, tokenizer) -> None:
         """Fail early when the tokenizer cannot serve this task."""
 

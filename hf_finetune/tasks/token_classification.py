@@ -94,13 +94,14 @@ def align_labels(
     return labels
 
 
-# Words of raw text, split the way CoNLL-style corpora are: abbreviations (U.S.) and numbers,
-# dates or hyphenated words (1996-08-22, Franco-German) stay whole; clitics ('s) and every
-# other symbol stand alone.
+# Words of raw text, split the way CoNLL-style corpora are: abbreviations (U.S.), numbers and
+# dates (3.5, 1,000, 1996-08-22) and hyphenated words (Franco-German) stay whole; clitics ('s)
+# and every other symbol stand alone, so "Paris.Then" is three words.
 _WORD = re.compile(
     r"(?:[^\W\d_]\.){2,}"  # U.S., e.g.
-    r"|\w+(?:[-./:,]\w+)*"  # words, numbers, dates, hyphenated words
-    r"|'(?:s|S|re|ve|ll|d|m|t)\b"  # clitics
+    r"|\d+(?:[-.,:/]\d+)+"  # numbers with separators, dates, times
+    r"|\w+(?:-\w+)*"  # words, hyphenated words
+    r"|['\u2019](?:s|S|re|ve|ll|d|m|t)\b"  # clitics, straight or curly apostrophe
     r"|[^\w\s]"  # any other symbol
 )
 
@@ -148,7 +149,8 @@ def windows(counts: list[int], budget: int) -> list[tuple[int, int]]:
         while back > start + 1 and shared + counts[back - 1] <= overlap:
             shared += counts[back - 1]
             back -= 1
-        start = back
+        # overlap only when the next window still reaches past this one
+        start = back if shared + counts[end] <= budget else end
 
 
 @register_task(
@@ -235,7 +237,7 @@ class TokenClassificationTask(Task):
             return feature_names
         kinds: set[str] = set()
         for row, (example, tags) in enumerate(zip(self._ids(train), train[column])):
-            for position, tag in enumerate(tags):
+            for position, tag in enumerate(tags or []):  # null tags: _check_tags reports them
                 if not isinstance(tag, str):
                     raise DataError(
                         f"`task.labels`: column '{column}' holds integer tag ids without names; list "
@@ -253,9 +255,15 @@ class TokenClassificationTask(Task):
     def _check_tags(self, ds, split: str) -> None:
         cfg, schema = self.cfg, self.labels
         ids = self._ids(ds)
+        feature_names = _classlabel_names(ds.features[cfg.tags_column])
         loose = 0
         for row, (example, words, tags) in enumerate(zip(ids, ds[cfg.tokens_column], ds[cfg.tags_column])):
             where = f"example id {example} (row {row}) in the {split} split"
+            if tags is None:
+                raise DataError(
+                    f"`task.tags_column`: {where} has no tags (column '{cfg.tags_column}' is null); give "
+                    "one tag per token or drop the example."
+                )
             if len(words) != len(tags):
                 raise DataError(
                     f"`task.tags_column`: {where} has {len(words)} tokens but {len(tags)} tags; each "
@@ -263,8 +271,10 @@ class TokenClassificationTask(Task):
                 )
             previous = OUTSIDE
             for position, tag in enumerate(tags):
-                name = self._tag_name(tag)
+                name = self._tag_name(tag, feature_names)
                 if name is None:
+                    if isinstance(tag, int) and feature_names and 0 <= tag < len(feature_names):
+                        tag = feature_names[tag]  # name the ClassLabel the label list lacks
                     raise DataError(
                         f"`task.labels`: tag {tag!r} of token {position} ({words[position]!r}), {where}, is "
                         f"not in the label list [{', '.join(schema.names)}]. Add it to `task.labels` or "
@@ -287,13 +297,17 @@ class TokenClassificationTask(Task):
                 loose,
             )
 
-    def _tag_name(self, tag: Any) -> str | None:
-        names = self.labels.names
-        if isinstance(tag, str):
-            return tag if tag in self.labels.label2id else None
-        if isinstance(tag, int) and not isinstance(tag, bool) and 0 <= tag < len(names):
-            return names[tag]
-        return None
+    def _tag_name(self, tag: Any, feature_names: list[str] | None) -> str | None:
+        """The tag's name when it is in the label list, else None. Integer tags are ids of the data's
+        ClassLabel (whose order may differ from a saved model's), else ids into the label list."""
+        if isinstance(tag, bool) or not isinstance(tag, (str, int)):
+            return None
+        if isinstance(tag, int):
+            names = feature_names or self.labels.names
+            if not 0 <= tag < len(names):
+                return None
+            tag = names[tag]
+        return tag if tag in self.labels.label2id else None
 
     # ---------------------------------------------------------------- model side
     def model_config_kwargs(self) -> dict[str, Any]:
@@ -307,6 +321,12 @@ class TokenClassificationTask(Task):
     def restore(self, model_config) -> None:
         names = [model_config.id2label[i] for i in range(model_config.num_labels)]
         self.labels = LabelSchema(SINGLE, names)
+
+    def tokenizer_kwargs(self, tokenizer) -> dict[str, Any]:
+        # Byte-level BPE (RoBERTa, GPT-2, ...) encodes pre-split words only with a prefix space.
+        if getattr(tokenizer, "add_prefix_space", None) is False:
+            return {"add_prefix_space": True}
+        return {}
 
     def check_tokenizer(self, tokenizer) -> None:
         model = self.recipe.model
@@ -340,23 +360,31 @@ class TokenClassificationTask(Task):
         max_length = _max_length(tokenizer, data.max_seq_length)
         continuation = self.continuation_ids()
         label2id = self.labels.label2id
+        if cfg.label_all_tokens:
+            lonely = [n for n in self.labels.names if n.startswith("B-") and f"I-{n[2:]}" not in label2id]
+            if lonely:
+                logger.warning(
+                    "label_all_tokens: no I- tag for %s; continuation subwords keep the B- tag",
+                    ", ".join(lonely),
+                )
 
-        def encode(batch, with_tags: bool, all_subwords: bool):
-            enc = tokenizer(
-                batch[cfg.tokens_column], is_split_into_words=True, truncation=True, max_length=max_length
-            )
-            word_ids = [enc.word_ids(i) for i in range(len(batch[cfg.tokens_column]))]
+        def encode(batch, with_tags: bool, all_subwords: bool, id_map: list[int] | None):
+            sentences = batch[cfg.tokens_column]
+            enc = tokenizer(sentences, is_split_into_words=True, truncation=True, max_length=max_length)
+            word_ids = [enc.word_ids(i) for i in range(len(sentences))]
             if with_tags:
                 enc["labels"] = [
                     align_labels(
                         words,
-                        [label2id[t] if isinstance(t, str) else int(t) for t in tags],
+                        [label2id[t] if isinstance(t, str) else id_map[t] if id_map else t for t in tags],
                         continuation if all_subwords else None,
                     )
                     for words, tags in zip(word_ids, batch[cfg.tags_column])
                 ]
-            enc["_words_kept"] = [
-                max((w for w in words if w is not None), default=-1) + 1 for words in word_ids
+            enc["_cut"] = [
+                len(ids) >= max_length
+                and max((w for w in words if w is not None), default=-1) + 1 < len(sentence)
+                for ids, words, sentence in zip(enc["input_ids"], word_ids, sentences)
             ]
             return enc
 
@@ -364,15 +392,17 @@ class TokenClassificationTask(Task):
         for split, ds in raw.items():
             with_tags = split != data.test_split and cfg.tags_column in ds.column_names
             all_subwords = cfg.label_all_tokens and split == data.train_split
+            names = _classlabel_names(ds.features[cfg.tags_column]) if with_tags else None
+            id_map = [label2id[n] for n in names] if names else None  # the data's ClassLabel ids -> model ids
             encoded = ds.map(
                 encode,
                 batched=True,
-                fn_kwargs={"with_tags": with_tags, "all_subwords": all_subwords},
+                fn_kwargs={"with_tags": with_tags, "all_subwords": all_subwords, "id_map": id_map},
                 remove_columns=ds.column_names,
                 num_proc=data.preprocessing_num_workers,
                 desc=f"Tokenising {split}",
             )
-            cut = sum(kept < len(words) for kept, words in zip(encoded["_words_kept"], ds[cfg.tokens_column]))
+            cut = sum(encoded["_cut"])
             if cut:
                 logger.warning(
                     "%s split: %d of %d sentences are longer than data.max_seq_length=%d subwords; their "
@@ -382,7 +412,7 @@ class TokenClassificationTask(Task):
                     len(ds),
                     max_length,
                 )
-            out[split] = encoded.remove_columns("_words_kept")
+            out[split] = encoded.remove_columns("_cut")
         return out
 
     def data_collator(self, tokenizer, args):
