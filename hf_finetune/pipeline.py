@@ -279,6 +279,8 @@ def evaluate_output(
             per_device_eval_batch_size=batch_size or recipe.training.per_device_eval_batch_size,
             report_to="none",
             use_cpu=recipe.training.use_cpu,
+            bf16=recipe.training.bf16,  # the same autocast as the evaluation during training
+            fp16=recipe.training.fp16,
             bf16_full_eval=recipe.training.bf16_full_eval,
         )
         trainer = FinetuneTrainer(
