@@ -65,3 +65,10 @@ def test_conll_files_load_as_splits(tmp_path):
     assert source.kind == "files"
     assert raw["train"].column_names == ["id", "tokens", "ner_tags"]
     assert len(raw["train"]) == 3 and raw["validation"][0]["tokens"] == ["Paris"]
+
+
+def test_reader_skips_a_byte_order_mark(tmp_path):
+    path = tmp_path / "train.conll"
+    path.write_text("\ufeff-DOCSTART- -X- O\n\nEU B-ORG\n", encoding="utf-8")
+    rows = read_conll([str(path)], "data.files.train")
+    assert rows["tokens"] == [["EU"]] and rows["id"] == ["train.conll:3"]
