@@ -120,6 +120,10 @@ class DataConfig:
     max_eval_samples: int | None = _help("Use only the first N examples of each evaluation split.", None)
     max_seq_length: int = _help("Truncate inputs to this many tokens (batches are padded dynamically).", 128)
     preprocessing_num_workers: int | None = _help("Processes for tokenisation (datasets.map num_proc).", None)
+    fix_answer_starts: bool = _help(
+        "Question answering: re-find an answer whose answer_start misses it (nearest occurrence in the context).",
+        False,
+    )
 
     def __post_init__(self) -> None:
         if self.dataset is None and not self.files:

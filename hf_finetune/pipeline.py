@@ -177,7 +177,7 @@ def train(recipe: Recipe) -> dict[str, Any]:
     trainer.log_metrics("train", train_metrics)
     trainer.save_metrics("train", train_metrics)
 
-    eval_metrics = _evaluate_splits(trainer, recipe, tokenised)
+    eval_metrics = _evaluate_splits(trainer, recipe, tokenised, prepared.raw)
     if eval_metrics:
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
@@ -195,13 +195,13 @@ def train(recipe: Recipe) -> dict[str, Any]:
     )
 
 
-def _evaluate_splits(trainer, recipe: Recipe, tokenised) -> dict[str, Any]:
+def _evaluate_splits(trainer, recipe: Recipe, tokenised, raw) -> dict[str, Any]:
     splits = recipe.data.eval_splits
     metrics: dict[str, Any] = {}
     for split in splits:
         prefix = "eval" if len(splits) == 1 else f"eval_{split}"
         result = trainer.evaluate(eval_dataset=tokenised[split], metric_key_prefix=prefix)
-        result[f"{prefix}_samples"] = len(tokenised[split])
+        result[f"{prefix}_samples"] = len(raw[split])  # examples, not features (QA windows)
         metrics.update(result)
     return metrics
 
@@ -292,7 +292,7 @@ def evaluate_output(
             preprocess_logits_for_metrics=task.preprocess_logits_for_metrics(),
         )
         metrics = trainer.evaluate(eval_dataset=data, metric_key_prefix="eval")
-    metrics["eval_samples"] = len(data)
+    metrics["eval_samples"] = len(raw[split])  # examples, not features (QA windows)
     metrics["split"] = split
     (output_dir / f"eval_{split}_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .classification import GLUE_TASKS, Classification, Glue, MultiLabel, Regression
 from .sequence_labeling import Seqeval
+from .squad import Squad
 
 __all__ = [
     "GLUE_TASKS",
@@ -16,6 +17,7 @@ __all__ = [
     "MultiLabel",
     "Regression",
     "Seqeval",
+    "Squad",
     "available_metrics",
     "load_metric",
 ]
@@ -28,6 +30,8 @@ _SIMPLE = {
     "regression": (Regression, None),
     "seqeval": (Seqeval, "default"),
     "seqeval/strict": (Seqeval, "strict"),
+    "squad": (Squad, "v1"),
+    "squad_v2": (Squad, "v2"),
 }
 
 
@@ -37,7 +41,7 @@ def available_metrics() -> list[str]:
 
 def load_metric(name: str):
     """An `evaluate.Metric` by name: 'glue/<task>', 'classification[/binary]', 'multilabel', 'regression',
-    'seqeval[/strict]'."""
+    'seqeval[/strict]', 'squad', 'squad_v2'."""
     if name.startswith("glue/"):
         task = name.split("/", 1)[1]
         if task not in GLUE_TASKS:

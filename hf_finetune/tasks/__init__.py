@@ -1,6 +1,7 @@
 """Tasks. Importing this package registers every built-in task."""
 
 from . import (
+    question_answering,  # noqa: F401  (registers "question-answering")
     text_classification,  # noqa: F401  (registers "text-classification")
     token_classification,  # noqa: F401  (registers "token-classification")
 )

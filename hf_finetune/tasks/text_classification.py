@@ -70,7 +70,7 @@ class TextClassificationConfig(TaskConfig):
                 f"{self.problem_type}; use at least 2 labels or problem_type: regression.",
             )
         names = [self.metric] if isinstance(self.metric, str) else list(self.metric)
-        choices = [m for m in available_metrics() if not m.startswith("seqeval")]  # those tag tokens
+        choices = [m for m in available_metrics() if not m.startswith(("seqeval", "squad"))]  # other tasks
         for name in names:
             if name != "auto" and name not in choices:
                 from ..errors import close_matches

@@ -1,0 +1,308 @@
+"""Extractive QA: SQuAD metrics by hand, windows over long contexts, span post-processing, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hf_finetune import cli
+from hf_finetune.config import load_recipe
+from hf_finetune.metrics import load_metric
+from hf_finetune.metrics.squad import normalize_answer, squad_scores
+from hf_finetune.pipeline import prepare, validate
+from hf_finetune.tasks.question_answering import best_spans
+
+from .conftest import tiny_recipe, write_jsonl
+
+FILLER = (
+    "The committee met in the old hall of the city on a cold morning and discussed the budget, "
+    "the roads, the schools and the river for many hours before anyone spoke about the bridge. "
+)
+ANSWER = "Margaret Okonkwo-Fernandez"
+CONTEXT = FILLER * 2 + f"The new bridge was designed by {ANSWER} in 1998. " + FILLER
+
+
+def qa_row(i: int, context: str = CONTEXT, answer: str = ANSWER, start: int | None = None, question=None):
+    return {
+        "id": f"q{i}",
+        "question": question if question is not None else "Who designed the new bridge?",
+        "context": context,
+        "answers": {
+            "text": [answer] if answer else [],
+            "answer_start": [context.find(answer) if start is None else start] if answer else [],
+        },
+    }
+
+
+def qa_recipe(model_dir, files, output_dir, **task) -> dict:
+    recipe = tiny_recipe(model_dir, files, output_dir, data={"max_seq_length": 48})
+    recipe["task"] = {"name": "question-answering", "doc_stride": 16, **task}
+    return recipe
+
+
+@pytest.fixture()
+def qa_files(tmp_path):
+    return {
+        "train": str(write_jsonl(tmp_path / "train.jsonl", [qa_row(i) for i in range(4)])),
+        "validation": str(write_jsonl(tmp_path / "validation.jsonl", [qa_row(9)])),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+def test_normalisation():
+    assert normalize_answer("  The Eiffel-Tower!  ") == "eiffeltower"
+    assert normalize_answer("an apple a day") == "apple day"
+
+
+def test_squad_v1_by_hand():
+    preds = ["the Eiffel Tower!", "Paris France", "1998", "nothing"]
+    refs = [["Eiffel tower"], ["Paris"], ["in 1998", "1998"], ["something else"]]
+    # EM: 1, 0, 1, 0 -> 50. F1: 1, 2*(1/2*1)/(1/2+1) = 2/3, 1, 0 -> (1 + 2/3 + 1 + 0) / 4
+    result = load_metric("squad").compute(predictions=preds, references=refs)
+    assert result["exact_match"] == pytest.approx(50.0)
+    assert result["f1"] == pytest.approx(100 * (1 + 2 / 3 + 1) / 4)
+
+
+def test_squad_v2_by_hand():
+    preds = ["", "Paris", "", "Rome"]
+    refs = [[], ["Paris"], ["Berlin"], []]
+    result = squad_scores(preds, refs, v2=True)
+    assert result["exact"] == pytest.approx(50.0) and result["f1"] == pytest.approx(50.0)
+    assert result["HasAns_exact"] == pytest.approx(50.0) and result["HasAns_total"] == 2
+    assert result["NoAns_exact"] == pytest.approx(50.0) and result["NoAns_total"] == 2
+    assert load_metric("squad_v2").compute(predictions=preds, references=refs)["exact"] == pytest.approx(50.0)
+
+
+# ------------------------------------------------------------------------------------------------ post-processing
+def _logits(n: int, width: int, peaks: dict[int, tuple[int, float]]) -> np.ndarray:
+    out = np.zeros((n, width), dtype=np.float32)
+    for row, (index, value) in peaks.items():
+        out[row, index] = value
+    return out
+
+
+def test_best_span_in_the_second_window():
+    # one example, two windows; token k of window w covers characters given by its offsets
+    features = [
+        {"example": 0, "offsets": [None, (0, 4), (5, 9), (10, 14), None]},
+        {"example": 0, "offsets": [None, (10, 14), (15, 19), (20, 24), None]},
+    ]
+    starts = _logits(2, 5, {0: (1, 2.0), 1: (2, 6.0)})
+    ends = _logits(2, 5, {0: (1, 2.0), 1: (3, 6.0)})
+    [best] = best_spans(features, starts, ends, 1, n_best_size=3, max_answer_length=5)
+    assert (best["start"], best["end"], best["answered"]) == (15, 24, True)
+    assert 0.5 < best["score"] <= 1.0
+
+
+def test_best_span_respects_length_order_and_context():
+    features = [{"example": 0, "offsets": [None, (0, 4), (5, 9), (10, 14), (15, 19), None]}]
+    starts = _logits(1, 6, {0: (0, 9.0)})  # [CLS] is not a span start for v1
+    starts[0, 4] = 5.0
+    starts[0, 1] = 4.0
+    ends = _logits(1, 6, {0: (2, 5.0)})  # the best end lies before the best start
+    ends[0, 3] = 1.0
+    [best] = best_spans(features, starts, ends, 1, n_best_size=4, max_answer_length=3)
+    assert (best["start"], best["end"]) == (0, 9)  # tokens 1..2, not 4..2 (reversed)
+    [short] = best_spans(features, starts, ends, 1, n_best_size=4, max_answer_length=1)
+    assert (short["start"], short["end"]) in {(0, 4), (15, 19)}
+
+
+def test_no_answer_for_v2_when_cls_wins():
+    features = [{"example": 0, "offsets": [None, (0, 4), (5, 9), None]}]
+    starts = _logits(1, 4, {0: (0, 8.0)})
+    ends = _logits(1, 4, {0: (0, 8.0)})
+    starts[0, 1], ends[0, 2] = 3.0, 3.0
+    [v2] = best_spans(features, starts, ends, 1, with_negative=True)
+    assert not v2["answered"] and (v2["start"], v2["end"]) == (0, 0)
+    [v1] = best_spans(features, starts, ends, 1, with_negative=False)
+    assert v1["answered"] and (v1["start"], v1["end"]) == (0, 9)
+    [lenient] = best_spans(features, starts, ends, 1, with_negative=True, null_threshold=20.0)
+    assert lenient["answered"]
+
+
+def test_windows_and_an_answer_across_a_window_boundary(tiny_model_dir, qa_files, tmp_path):
+    prepared = prepare(load_recipe(qa_recipe(tiny_model_dir, qa_files, tmp_path / "o")))
+    task, tok = prepared.task, prepared.tokenizer
+    features = task.preprocess(prepared.raw, tok)
+    n_windows = len(features["train"]) // 4  # four identical examples, so the first n windows are example 0's
+    train = features["train"]
+    assert n_windows > 3  # the long context became several windows of 48 tokens
+    answer_pieces = tok(ANSWER, add_special_tokens=False)["input_ids"]
+    holding = 0
+    for row in train.select(range(n_windows)):
+        ids = row["input_ids"]
+        assert len(ids) <= 48
+        s, e = row["start_positions"], row["end_positions"]
+        if s == 0:
+            assert e == 0  # the answer is not wholly inside this window
+            continue
+        holding += 1
+        assert ids[s : e + 1] == answer_pieces
+    assert holding >= 1
+    # some window cuts the answer: its pieces appear in it but only partly
+    partial = [
+        row
+        for row in train.select(range(n_windows))
+        if row["start_positions"] == 0 and any(p in row["input_ids"] for p in answer_pieces[1:])
+    ]
+    assert partial, "the stride should make one window end inside the answer"
+    # post-processing maps the span back to the answer's characters
+    raw_features = task.eval_features["validation"]
+    width = max(len(o) for o in raw_features["offsets"])
+    starts = np.zeros((len(raw_features), width), dtype=np.float32)
+    ends = np.zeros_like(starts)
+    first, last = CONTEXT.find(ANSWER), CONTEXT.find(ANSWER) + len(ANSWER)
+    for i, offsets in enumerate(raw_features["offsets"]):
+        for k, span in enumerate(offsets):
+            if span and span[0] == first:
+                starts[i, k] = 10.0
+            if span and span[1] == last:
+                ends[i, k] = 10.0
+    [answer] = task.answers_for("validation", starts, ends)
+    assert answer["answer"] == ANSWER and answer["start"] == first
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+@pytest.fixture()
+def no_weights(monkeypatch):
+    from transformers import PreTrainedModel
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights were loaded before the input was checked")
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(refuse))
+
+
+def _fails(capsys, recipe, tmp_path, expected):
+    import yaml
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    code = cli.main(["train", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err, err
+
+
+def test_misplaced_answer_start_lists_the_ids_and_can_be_fixed(capsys, no_weights, tiny_model_dir, tmp_path):
+    rows = [qa_row(i, start=CONTEXT.find(ANSWER) + 3) for i in range(12)] + [
+        qa_row(99, answer="not in there", start=0)
+    ]
+    files = {
+        "train": str(write_jsonl(tmp_path / "t.jsonl", rows)),
+        "validation": str(write_jsonl(tmp_path / "v.jsonl", [qa_row(1)])),
+    }
+    recipe = qa_recipe(tiny_model_dir, files, tmp_path / "o")
+    _fails(
+        capsys,
+        recipe,
+        tmp_path,
+        "in 13 examples of the train split an answer_start does not point at the answer text in the context (ids q0, q1, q2, q3, q4, q5, q6, q7, q8, q9 and 3 more)",
+    )
+    recipe["data"]["fix_answer_starts"] = True  # q99's text is nowhere in the context: still an error
+    _fails(
+        capsys,
+        recipe,
+        tmp_path,
+        "in 1 examples of the train split an answer_start does not point at the answer text in the context (ids q99)",
+    )
+    files["train"] = str(write_jsonl(tmp_path / "t.jsonl", rows[:12]))
+    prepared = prepare(load_recipe(recipe))
+    assert all(a["answer_start"] == [CONTEXT.find(ANSWER)] for a in prepared.raw["train"]["answers"])
+
+
+def test_empty_context_question_and_v1_answer(capsys, no_weights, tiny_model_dir, tmp_path):
+    def run(row, expected, **task):
+        files = {
+            "train": str(write_jsonl(tmp_path / "t.jsonl", [qa_row(0), row])),
+            "validation": str(write_jsonl(tmp_path / "v.jsonl", [qa_row(1)])),
+        }
+        _fails(capsys, qa_recipe(tiny_model_dir, files, tmp_path / "o", **task), tmp_path, expected)
+
+    run(
+        {**qa_row(5), "context": "  "},
+        "`task.context_column`: 1 examples in the train split have an empty context (ids q5)",
+    )
+    run(
+        qa_row(6, question=""),
+        "`task.question_column`: 1 examples in the train split have an empty question (ids q6)",
+    )
+    run(
+        qa_row(7, answer=""),
+        "`task.answers_column`: 1 examples in the train split have no answer (or an empty one) (ids q7)",
+    )
+
+
+def test_v2_accepts_unanswerable_questions(no_weights, tiny_model_dir, tmp_path):
+    files = {
+        "train": str(write_jsonl(tmp_path / "t.jsonl", [qa_row(0), qa_row(7, answer="")])),
+        "validation": str(write_jsonl(tmp_path / "v.jsonl", [qa_row(1)])),
+    }
+    summary = validate(
+        load_recipe(qa_recipe(tiny_model_dir, files, tmp_path / "o", version_2_with_negative=True))
+    )
+    assert summary["metrics"] == ["squad_v2"]
+
+
+def test_stride_must_leave_room_for_the_question(capsys, no_weights, tiny_model_dir, qa_files, tmp_path):
+    recipe = qa_recipe(tiny_model_dir, qa_files, tmp_path / "o", doc_stride=40)
+    _fails(
+        capsys,
+        recipe,
+        tmp_path,
+        "`task.doc_stride`: is 40, but the longest question (6 tokens, train split) leaves 39 context tokens",
+    )
+    recipe["task"]["doc_stride"] = 64
+    _fails(
+        capsys,
+        recipe,
+        tmp_path,
+        "`task.doc_stride`: is 64, but windows hold only data.max_seq_length=48 tokens",
+    )
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+def test_train_eval_predict_on_a_tiny_bert(tiny_model_dir, tmp_path):
+    from hf_finetune.pipeline import evaluate_output, predict_output, train
+
+    rows = [qa_row(i) for i in range(8)]
+    files = {
+        "train": str(write_jsonl(tmp_path / "train.jsonl", rows)),
+        "validation": str(write_jsonl(tmp_path / "validation.jsonl", rows[:3])),
+    }
+    recipe = qa_recipe(tiny_model_dir, files, tmp_path / "out")
+    recipe["training"]["num_train_epochs"] = 1
+    metrics = train(load_recipe(recipe))
+    assert {"eval_exact_match", "eval_f1", "eval_loss", "train_loss"} <= set(metrics)
+    assert 0.0 <= metrics["eval_f1"] <= 100.0
+    again = evaluate_output(tmp_path / "out")
+    assert again["eval_f1"] == pytest.approx(metrics["eval_f1"]) and again["eval_samples"] == 3
+
+    lines = [
+        {"question": "Who designed the new bridge?", "context": CONTEXT},
+        {"question": "Why?", "context": "Because."},
+    ]
+    write_jsonl(tmp_path / "in.jsonl", lines)
+    assert predict_output(tmp_path / "out", tmp_path / "in.jsonl", tmp_path / "answers.jsonl") == 2
+    import json
+
+    for line, source in zip((tmp_path / "answers.jsonl").read_text().splitlines(), lines):
+        row = json.loads(line)
+        assert row["question"] == source["question"]
+        assert row["answer"] and source["context"][row["start"] : row["end"]] == row["answer"]
+        assert 0.0 < row["score"] <= 1.0
+
+
+def test_predict_input_needs_question_and_context(tiny_model_dir, tmp_path, capsys, no_weights):
+    import shutil
+
+    out = tmp_path / "fake"
+    shutil.copytree(tiny_model_dir, out)  # a model directory without a QA head: never loaded here
+    recipe = qa_recipe(tiny_model_dir, {"train": str(write_jsonl(tmp_path / "t.jsonl", [qa_row(0)]))}, out)
+    from hf_finetune.config import load_recipe as load
+
+    load(recipe).save(out / "recipe.yaml")
+    write_jsonl(tmp_path / "in.jsonl", [{"question": "Who?"}])
+    code = cli.main(
+        ["predict", str(out), "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.jsonl")]
+    )
+    assert code == 2 and "line 1: needs a non-empty text field 'context'" in capsys.readouterr().err
