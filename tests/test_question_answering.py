@@ -306,3 +306,18 @@ def test_predict_input_needs_question_and_context(tiny_model_dir, tmp_path, caps
         ["predict", str(out), "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.jsonl")]
     )
     assert code == 2 and "line 1: needs a non-empty text field 'context'" in capsys.readouterr().err
+
+
+def test_malformed_answers(capsys, no_weights, tiny_model_dir, tmp_path):
+    row = {**qa_row(3), "answers": {"text": ["a", "b"], "answer_start": [0]}}
+    files = {
+        "train": str(write_jsonl(tmp_path / "t.jsonl", [qa_row(0), row])),
+        "validation": str(write_jsonl(tmp_path / "v.jsonl", [qa_row(1)])),
+    }
+    _fails(
+        capsys,
+        qa_recipe(tiny_model_dir, files, tmp_path / "o"),
+        tmp_path,
+        "`task.answers_column`: 1 examples in the train split do not hold {text: [...], answer_start: [...]} "
+        "lists of equal length (ids q3)",
+    )
