@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from ..config import Recipe
 from ..data import DataSource, load_splits
-from ..errors import DataError
+from ..errors import DataError, RecipeError
 
 logger = logging.getLogger(__name__)
 
@@ -103,11 +103,31 @@ class Task:
     def check_tokenizer(self, tokenizer) -> None:
         """Fail early when the tokenizer cannot serve this task."""
 
+    def tokenizer_field(self) -> tuple[str, str]:
+        """(recipe field, name) of where the tokenizer comes from, for error messages."""
+        model = self.recipe.model
+        if model.tokenizer_name_or_path:
+            return "model.tokenizer_name_or_path", model.tokenizer_name_or_path
+        return "model.name_or_path", model.name_or_path
+
+    def require_fast_tokenizer(self, tokenizer, why: str) -> None:
+        if not getattr(tokenizer, "is_fast", False):
+            field, name = self.tokenizer_field()
+            raise RecipeError(
+                field,
+                f"{self.name} needs a fast tokenizer ({why}), but {name!r} loads the slow "
+                f"{type(tokenizer).__name__}. Use a checkpoint that ships a tokenizer.json, or point "
+                "`model.tokenizer_name_or_path` at a fast tokenizer.",
+            )
+
     def preprocess(self, raw, tokenizer):
         raise NotImplementedError
 
     def data_collator(self, tokenizer, args):
-        raise NotImplementedError
+        """Dynamic padding: each batch is padded to its own longest example, not to max_seq_length."""
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple(args))
 
     def compute_metrics(self) -> Callable[[Any], dict[str, float]]:
         raise NotImplementedError
@@ -124,3 +144,8 @@ class Task:
     def input_fields(self) -> list[str]:
         """Fields that `hf-finetune predict` reads from each input line."""
         return []
+
+
+def pad_multiple(args) -> int | None:
+    """Pad to a multiple of 8 under mixed precision (tensor-core friendly shapes), else not at all."""
+    return 8 if (getattr(args, "fp16", False) or getattr(args, "bf16", False)) else None

@@ -245,15 +245,7 @@ class QuestionAnsweringTask(Task):
     # ---------------------------------------------------------------- model side
     def check_tokenizer(self, tokenizer) -> None:
         cfg, data = self.cfg, self.recipe.data
-        model = self.recipe.model
-        field = "model.tokenizer_name_or_path" if model.tokenizer_name_or_path else "model.name_or_path"
-        name = model.tokenizer_name_or_path or model.name_or_path
-        if not getattr(tokenizer, "is_fast", False):
-            raise RecipeError(
-                field,
-                f"question-answering needs a fast tokenizer (character offsets of tokens), but {name!r} "
-                f"loads the slow {type(tokenizer).__name__}. Use a checkpoint that ships a tokenizer.json.",
-            )
+        self.require_fast_tokenizer(tokenizer, "character offsets of tokens")
         if self.raw is None:
             return
         max_length = _max_length(tokenizer, data.max_seq_length)
@@ -330,12 +322,6 @@ class QuestionAnsweringTask(Task):
             out[split] = encoded
             logger.info("%s split: %d examples -> %d features", split, len(ds), len(encoded))
         return out
-
-    def data_collator(self, tokenizer, args):
-        from transformers import DataCollatorWithPadding
-
-        multiple = 8 if (getattr(args, "fp16", False) or getattr(args, "bf16", False)) else None
-        return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
 
     def answers_for(self, split: str, start_logits, end_logits) -> list[dict[str, Any]]:
         cfg = self.cfg

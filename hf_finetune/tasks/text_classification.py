@@ -200,13 +200,6 @@ class TextClassificationTask(Task):
             )
         return out
 
-    def data_collator(self, tokenizer, args):
-        from transformers import DataCollatorWithPadding
-
-        # Dynamic padding: each batch is padded to its own longest example, not to max_seq_length.
-        multiple = 8 if (getattr(args, "fp16", False) or getattr(args, "bf16", False)) else None
-        return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
-
     def metric_names(self) -> list[str]:
         from ..metrics import GLUE_TASKS
 

@@ -20,7 +20,7 @@ from ..config import TaskConfig, _help
 from ..errors import DataError, RecipeError
 from ..labels import SINGLE, LabelSchema, _classlabel_names
 from ..metrics.sequence_labeling import OUTSIDE, entities, split_tag
-from .base import Task
+from .base import Task, pad_multiple
 from .registry import register_task
 from .text_classification import _max_length, _softmax
 
@@ -329,16 +329,8 @@ class TokenClassificationTask(Task):
         return {}
 
     def check_tokenizer(self, tokenizer) -> None:
-        model = self.recipe.model
-        field = "model.tokenizer_name_or_path" if model.tokenizer_name_or_path else "model.name_or_path"
-        name = model.tokenizer_name_or_path or model.name_or_path
-        if not getattr(tokenizer, "is_fast", False):
-            raise RecipeError(
-                field,
-                f"token-classification needs a fast tokenizer (it maps subwords back to words), but "
-                f"{name!r} loads the slow {type(tokenizer).__name__}. Use a checkpoint that ships a "
-                "tokenizer.json, or point `model.tokenizer_name_or_path` at a fast tokenizer.",
-            )
+        self.require_fast_tokenizer(tokenizer, "it maps subwords back to words")
+        field, name = self.tokenizer_field()
         try:
             tokenizer([["Word", "split"]], is_split_into_words=True)
         except Exception as exc:  # e.g. byte-level BPE without add_prefix_space
@@ -418,9 +410,8 @@ class TokenClassificationTask(Task):
     def data_collator(self, tokenizer, args):
         from transformers import DataCollatorForTokenClassification
 
-        multiple = 8 if (getattr(args, "fp16", False) or getattr(args, "bf16", False)) else None
         return DataCollatorForTokenClassification(
-            tokenizer, pad_to_multiple_of=multiple, label_pad_token_id=IGNORE
+            tokenizer, pad_to_multiple_of=pad_multiple(args), label_pad_token_id=IGNORE
         )
 
     def metric_names(self) -> list[str]:
