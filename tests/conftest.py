@@ -113,3 +113,29 @@ def shared_data() -> Path:
             pytest.fail(f"real data not found at {SHARED_DATA}; CI must run next to shared/")
         pytest.skip(f"real data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture()
+def no_weights(monkeypatch):
+    """Any attempt to load weights fails the test: input errors must come first."""
+    from transformers import PreTrainedModel
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights were loaded before the input was checked")
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(refuse))
+
+
+def train_fails(capsys, recipe: dict, tmp_path, expected: str) -> str:
+    """`hf-finetune train` on ``recipe`` exits 2 with ``expected`` in its message; returns stderr."""
+    import yaml
+
+    from hf_finetune import cli
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    code = cli.main(["train", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert expected in err, err
+    return err

@@ -15,14 +15,8 @@ from .conftest import sentiment_rows, tiny_recipe, write_jsonl
 
 
 @pytest.fixture(autouse=True)
-def no_weights(monkeypatch):
-    """Any attempt to load weights fails the test: errors must come first."""
-    from transformers import PreTrainedModel
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("weights were loaded before the input was checked")
-
-    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(refuse))
+def _every_test_refuses_weights(no_weights):
+    """Every error in this module must come before any weights load (conftest.no_weights)."""
 
 
 def run_cli(capsys, *argv) -> tuple[int, str]:

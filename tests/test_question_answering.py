@@ -12,7 +12,7 @@ from hf_finetune.metrics.squad import normalize_answer, squad_scores
 from hf_finetune.pipeline import prepare, validate
 from hf_finetune.tasks.question_answering import best_spans
 
-from .conftest import tiny_recipe, write_jsonl
+from .conftest import tiny_recipe, train_fails, write_jsonl
 
 FILLER = (
     "The committee met in the old hall of the city on a cold morning and discussed the budget, "
@@ -163,26 +163,6 @@ def test_windows_and_an_answer_across_a_window_boundary(tiny_model_dir, qa_files
 
 
 # ------------------------------------------------------------------------------------------------ bad input
-@pytest.fixture()
-def no_weights(monkeypatch):
-    from transformers import PreTrainedModel
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("weights were loaded before the input was checked")
-
-    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(refuse))
-
-
-def _fails(capsys, recipe, tmp_path, expected):
-    import yaml
-
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    code = cli.main(["train", str(path)])
-    err = capsys.readouterr().err
-    assert code == 2 and expected in err, err
-
-
 def test_misplaced_answer_start_lists_the_ids_and_can_be_fixed(capsys, no_weights, tiny_model_dir, tmp_path):
     rows = [qa_row(i, start=CONTEXT.find(ANSWER) + 3) for i in range(12)] + [
         qa_row(99, answer="not in there", start=0)
@@ -192,14 +172,14 @@ def test_misplaced_answer_start_lists_the_ids_and_can_be_fixed(capsys, no_weight
         "validation": str(write_jsonl(tmp_path / "v.jsonl", [qa_row(1)])),
     }
     recipe = qa_recipe(tiny_model_dir, files, tmp_path / "o")
-    _fails(
+    train_fails(
         capsys,
         recipe,
         tmp_path,
         "in 13 examples of the train split an answer_start does not point at the answer text in the context (ids q0, q1, q2, q3, q4, q5, q6, q7, q8, q9 and 3 more)",
     )
     recipe["data"]["fix_answer_starts"] = True  # q99's text is nowhere in the context: still an error
-    _fails(
+    train_fails(
         capsys,
         recipe,
         tmp_path,
@@ -216,7 +196,7 @@ def test_empty_context_question_and_v1_answer(capsys, no_weights, tiny_model_dir
             "train": str(write_jsonl(tmp_path / "t.jsonl", [qa_row(0), row])),
             "validation": str(write_jsonl(tmp_path / "v.jsonl", [qa_row(1)])),
         }
-        _fails(capsys, qa_recipe(tiny_model_dir, files, tmp_path / "o", **task), tmp_path, expected)
+        train_fails(capsys, qa_recipe(tiny_model_dir, files, tmp_path / "o", **task), tmp_path, expected)
 
     run(
         {**qa_row(5), "context": "  "},
@@ -245,14 +225,14 @@ def test_v2_accepts_unanswerable_questions(no_weights, tiny_model_dir, tmp_path)
 
 def test_stride_must_leave_room_for_the_question(capsys, no_weights, tiny_model_dir, qa_files, tmp_path):
     recipe = qa_recipe(tiny_model_dir, qa_files, tmp_path / "o", doc_stride=40)
-    _fails(
+    train_fails(
         capsys,
         recipe,
         tmp_path,
         "`task.doc_stride`: is 40, but the longest question (6 tokens, train split) leaves 39 context tokens",
     )
     recipe["task"]["doc_stride"] = 64
-    _fails(
+    train_fails(
         capsys,
         recipe,
         tmp_path,
@@ -314,7 +294,7 @@ def test_malformed_answers(capsys, no_weights, tiny_model_dir, tmp_path):
         "train": str(write_jsonl(tmp_path / "t.jsonl", [qa_row(0), row])),
         "validation": str(write_jsonl(tmp_path / "v.jsonl", [qa_row(1)])),
     }
-    _fails(
+    train_fails(
         capsys,
         qa_recipe(tiny_model_dir, files, tmp_path / "o"),
         tmp_path,

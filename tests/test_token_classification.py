@@ -16,7 +16,7 @@ from hf_finetune.labels import SINGLE, LabelSchema
 from hf_finetune.pipeline import evaluate_output, predict_output, prepare, train, validate
 from hf_finetune.tasks.token_classification import align_labels, split_words, windows
 
-from .conftest import minilm_path, tiny_recipe, write_jsonl
+from .conftest import minilm_path, tiny_recipe, train_fails, write_jsonl
 
 TAGS = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
 FIRST = ["alice", "bob", "carol", "angela", "pedro", "yuki"]
@@ -148,28 +148,6 @@ def test_split_words_offsets():
 
 
 # ------------------------------------------------------------------------------------------------ bad input
-@pytest.fixture()
-def no_weights(monkeypatch):
-    from transformers import PreTrainedModel
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("weights were loaded before the input was checked")
-
-    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(refuse))
-
-
-def _fails(capsys, recipe: dict, tmp_path, expected: str) -> str:
-    import yaml
-
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    code = cli.main(["train", str(path)])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert expected in err, err
-    return err
-
-
 def _with_row(tmp_path, row: dict, **task):
     rows = ner_rows(10, seed=3) + [row]
     files = {
@@ -181,7 +159,7 @@ def _with_row(tmp_path, row: dict, **task):
 
 def test_length_mismatch_names_the_example(capsys, no_weights, tiny_model_dir, tmp_path):
     files, _ = _with_row(tmp_path, {"id": "x-17", "tokens": ["EU", "rejects"], "ner_tags": ["B-ORG"]})
-    _fails(
+    train_fails(
         capsys,
         ner_recipe(tiny_model_dir, files, tmp_path / "o", labels=TAGS + ["B-ORG", "I-ORG"]),
         tmp_path,
@@ -191,7 +169,7 @@ def test_length_mismatch_names_the_example(capsys, no_weights, tiny_model_dir, t
 
 def test_tag_outside_the_label_list(capsys, no_weights, tiny_model_dir, tmp_path):
     files, _ = _with_row(tmp_path, {"id": "x-3", "tokens": ["EU", "rejects"], "ner_tags": ["B-ORG", "O"]})
-    _fails(
+    train_fails(
         capsys,
         ner_recipe(tiny_model_dir, files, tmp_path / "o", labels=TAGS),
         tmp_path,
@@ -202,7 +180,7 @@ def test_tag_outside_the_label_list(capsys, no_weights, tiny_model_dir, tmp_path
 
 def test_validation_tag_type_unseen_in_training(capsys, no_weights, tiny_model_dir, tmp_path, ner_files):
     write_jsonl(tmp_path / "validation.jsonl", [{"id": "v1", "tokens": ["EU"], "ner_tags": ["B-ORG"]}])
-    _fails(
+    train_fails(
         capsys,
         ner_recipe(tiny_model_dir, ner_files, tmp_path / "o"),
         tmp_path,
@@ -214,7 +192,7 @@ def test_strict_mode_rejects_an_i_tag_that_starts_an_entity(capsys, no_weights, 
     row = {"id": "x-9", "tokens": ["in", "Paris"], "ner_tags": ["O", "I-LOC"]}
     files, _ = _with_row(tmp_path, row)
     recipe = ner_recipe(tiny_model_dir, files, tmp_path / "o", strict=True)
-    _fails(
+    train_fails(
         capsys,
         recipe,
         tmp_path,
@@ -226,7 +204,7 @@ def test_strict_mode_rejects_an_i_tag_that_starts_an_entity(capsys, no_weights, 
 
 def test_missing_tags(capsys, no_weights, tiny_model_dir, tmp_path):
     files, _ = _with_row(tmp_path, {"id": "x-8", "tokens": ["EU"], "ner_tags": None})
-    _fails(
+    train_fails(
         capsys,
         ner_recipe(tiny_model_dir, files, tmp_path / "o"),
         tmp_path,
@@ -258,7 +236,7 @@ def test_byte_level_bpe_tokenizer_is_reloaded_with_a_prefix_space(
 
 def test_empty_token_list(capsys, no_weights, tiny_model_dir, tmp_path):
     files, _ = _with_row(tmp_path, {"id": "x-5", "tokens": [], "ner_tags": []})
-    _fails(
+    train_fails(
         capsys,
         ner_recipe(tiny_model_dir, files, tmp_path / "o"),
         tmp_path,
@@ -272,7 +250,7 @@ def test_text_instead_of_words(capsys, no_weights, tiny_model_dir, tmp_path):
             write_jsonl(tmp_path / "t.jsonl", [{"tokens": "EU rejects", "ner_tags": ["B-ORG", "O"]}])
         )
     }
-    _fails(
+    train_fails(
         capsys,
         ner_recipe(tiny_model_dir, files, tmp_path / "o"),
         tmp_path,
@@ -283,14 +261,16 @@ def test_text_instead_of_words(capsys, no_weights, tiny_model_dir, tmp_path):
 def test_integer_tags_need_names(capsys, no_weights, tiny_model_dir, tmp_path):
     files = {"train": str(write_jsonl(tmp_path / "t.jsonl", [{"tokens": ["EU"], "ner_tags": [3]}]))}
     recipe = ner_recipe(tiny_model_dir, files, tmp_path / "o")
-    _fails(capsys, recipe, tmp_path, "`task.labels`: column 'ner_tags' holds integer tag ids without names")
+    train_fails(
+        capsys, recipe, tmp_path, "`task.labels`: column 'ner_tags' holds integer tag ids without names"
+    )
     recipe["task"]["labels"] = ["O", "B-ORG", "I-ORG", "B-MISC"]
     assert validate(load_recipe(recipe))["labels"] == ["O", "B-ORG", "I-ORG", "B-MISC"]
 
 
 def test_recipe_labels_must_be_iob(capsys, no_weights, tiny_model_dir, tmp_path, ner_files):
     recipe = ner_recipe(tiny_model_dir, ner_files, tmp_path / "o", labels=["O", "PER", "E-LOC"])
-    _fails(capsys, recipe, tmp_path, "`task.labels`: 'PER', 'E-LOC' are not IOB tags")
+    train_fails(capsys, recipe, tmp_path, "`task.labels`: 'PER', 'E-LOC' are not IOB tags")
 
 
 def test_slow_tokenizer_is_a_clear_error(capsys, no_weights, tiny_model_dir, tmp_path, ner_files):
@@ -300,7 +280,7 @@ def test_slow_tokenizer_is_a_clear_error(capsys, no_weights, tiny_model_dir, tmp
     BertTokenizerLegacy(vocab_file=str(minilm_path() / "vocab.txt")).save_pretrained(slow)
     recipe = ner_recipe(tiny_model_dir, ner_files, tmp_path / "o")
     recipe["model"]["tokenizer_name_or_path"] = str(slow)
-    _fails(
+    train_fails(
         capsys,
         recipe,
         tmp_path,
