@@ -1,4 +1,4 @@
-"""`hf-finetune train|validate|eval|predict|recipes|tasks`.
+"""`hf-finetune train|validate|plan|eval|predict|recipes|tasks`.
 
 Input mistakes print one message naming the field or file and the fix, and exit with code 2.
 """
@@ -74,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help=overrides_help)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
+    p = sub.add_parser(
+        "plan",
+        help="print the parameter groups a recipe trains (frozen/trainable, lr, decay), without weights",
+    )
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+
     p = sub.add_parser("eval", help="re-evaluate a trained output directory")
     p.add_argument("output_dir")
     p.add_argument("overrides", nargs="*", help=overrides_help)
@@ -135,6 +143,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             for key, value in summary.items():
                 print(f"  {key}: {value}")
         return 0
+    if args.command == "plan":
+        from .pipeline import plan
+
+        result = plan(load_recipe(resolve_recipe_path(args.recipe), args.overrides))
+        print(json.dumps(result.to_dict(), indent=2) if args.json else format_plan(result))
+        return 0
     if args.command == "train":
         from .pipeline import train
 
@@ -160,6 +174,41 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"wrote {count} predictions to {args.output}")
         return 0
     raise AssertionError(args.command)
+
+
+def format_plan(plan) -> str:
+    unit = {"epoch": "epoch", "steps": "step"}.get(plan.unfreeze_unit or "", "")
+    header = (
+        "group",
+        "params",
+        "trainable",
+        "lr",
+        "weight_decay",
+        *(["from " + unit] if unit else []),
+        "modules",
+    )
+    rows = [header]
+    for g in plan.groups:
+        row = [
+            g.name,
+            f"{g.params:,}",
+            "yes" if g.trainable else "frozen",
+            "-" if g.lr is None else f"{g.lr:.3g}",
+            "-" if g.weight_decay is None else f"{g.weight_decay:g}",
+        ]
+        if unit:
+            row.append("-" if not g.trainable else str(g.unfreeze_at or 0))
+        row.append(", ".join(g.modules))
+        rows.append(tuple(row))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+    lines = [f"strategy: {plan.description} ({plan.architecture}, {plan.num_layers} layers)"]
+    for r in rows:
+        cells = [c.rjust(w) if 0 < i < 3 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        lines.append("  ".join(cells) + "  " + r[-1])
+    lines.append(
+        f"trainable {plan.trainable_params:,} of {plan.total_params:,} parameters ({plan.trainable_percent:.2f}%)"
+    )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

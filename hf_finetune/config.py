@@ -27,7 +27,7 @@ from .errors import RecipeError, close_matches
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-SECTIONS = ("task", "model", "data", "training")
+SECTIONS = ("task", "model", "data", "strategy", "training")
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,6 +164,80 @@ class DataConfig:
         return list(self.eval_split) if isinstance(self.eval_split, list) else [self.eval_split]
 
 
+@dataclass
+class GradualUnfreezingConfig:
+    section: ClassVar[str] = "strategy.gradual_unfreezing"
+    every: int = _help("Unfreeze one more unit (top down) every this many epochs or optimizer steps.", 1)
+    unit: Literal["epoch", "steps"] = _help(
+        "What `every` counts: `epoch` or `steps` (optimizer steps).", "epoch"
+    )
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise RecipeError("strategy.gradual_unfreezing.every", f"must be at least 1, got {self.every}.")
+
+
+@dataclass
+class StrategyConfig:
+    """Which parameters train, and at which learning rate. Applied to any encoder checkpoint, on every task."""
+
+    section: ClassVar[str] = "strategy"
+    freeze_embeddings: bool = _help(
+        "Freeze the embeddings (word/position/type, plus what the encoder shares across layers).", False
+    )
+    freeze_layers: int = _help(
+        "Freeze the bottom N transformer layers; a negative N freezes all but the top |N|.", 0
+    )
+    freeze_all_but_head: bool = _help("Train the task head only (linear probing).", False)
+    freeze_modules: list[str] = _help(
+        "Also freeze every parameter whose name matches one of these regular expressions (re.search).",
+        default_factory=list,
+    )
+    layerwise_lr_decay: float = _help(
+        "LLRD: layer l of L trains at lr * decay^(L - l), the embeddings at lr * decay^(L + 1); 1.0 is off.",
+        1.0,
+    )
+    head_lr_multiplier: float = _help("The task head trains at training.learning_rate times this.", 1.0)
+    gradual_unfreezing: GradualUnfreezingConfig | None = _help(
+        "ULMFiT: start with the head only and unfreeze one more layer, top down, every `every` epochs or steps "
+        "(`true` means every epoch).",
+        None,
+    )
+
+    def __post_init__(self) -> None:
+        if not (0.0 < self.layerwise_lr_decay <= 1.0):
+            raise RecipeError(
+                "strategy.layerwise_lr_decay",
+                f"must be in (0, 1] (1.0 turns it off), got {self.layerwise_lr_decay}; 0.8-0.95 is usual.",
+            )
+        if not (0.0 < self.head_lr_multiplier < float("inf")):
+            raise RecipeError(
+                "strategy.head_lr_multiplier", f"must be a positive number, got {self.head_lr_multiplier}."
+            )
+        for i, pattern in enumerate(self.freeze_modules):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise RecipeError(
+                    f"strategy.freeze_modules[{i}]", f"{pattern!r} is not a valid regular expression: {exc}."
+                ) from None
+        if self.freeze_all_but_head:
+            if self.gradual_unfreezing is not None:
+                raise RecipeError(
+                    "strategy.gradual_unfreezing",
+                    "has nothing to unfreeze when `strategy.freeze_all_but_head` is true; drop one of the two.",
+                )
+            if self.layerwise_lr_decay != 1.0:
+                raise RecipeError(
+                    "strategy.layerwise_lr_decay",
+                    "has no effect when `strategy.freeze_all_but_head` is true (no layer trains); drop one of the two.",
+                )
+
+    @property
+    def is_default(self) -> bool:
+        return self == StrategyConfig()
+
+
 def _absolute(path: str) -> str:
     return str(Path(os.path.expanduser(path)).absolute())
 
@@ -177,6 +251,7 @@ class Recipe:
     model: ModelConfig
     data: DataConfig
     training: Any  # transformers.TrainingArguments
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
     source: str | None = None
     # The training fields the recipe and overrides set explicitly (the rest are Trainer defaults).
     training_fields: dict[str, Any] = field(default_factory=dict)
@@ -188,6 +263,7 @@ class Recipe:
             "task": _plain(dataclasses.asdict(self.task)),
             "model": _plain(dataclasses.asdict(self.model)),
             "data": _plain(dataclasses.asdict(self.data)),
+            "strategy": _plain(dataclasses.asdict(self.strategy)),
             "training": _plain(training),
         }
 
@@ -260,6 +336,7 @@ def load_recipe(
     task = build_section(spec.config_class, task_raw, "task")
     model = build_section(ModelConfig, raw.get("model"), "model")
     data = build_section(DataConfig, raw.get("data"), "data")
+    strategy = build_section(StrategyConfig, raw.get("strategy"), "strategy")
 
     training_raw = raw.get("training") or {}
     if not isinstance(training_raw, dict):
@@ -274,7 +351,13 @@ def load_recipe(
         training_raw["output_dir"] = os.path.join("runs", stem)
     training, training_fields = build_training_arguments(training_raw)
     return Recipe(
-        task=task, model=model, data=data, training=training, source=origin, training_fields=training_fields
+        task=task,
+        model=model,
+        data=data,
+        training=training,
+        strategy=strategy,
+        source=origin,
+        training_fields=training_fields,
     )
 
 
@@ -377,7 +460,7 @@ def _apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> None:
             if isinstance(node.get(part), str) and depth == 0 and part == "task":
                 node[part] = {"name": node[part]}
             child = node.setdefault(part, {})
-            if child is None:
+            if child is None or child is True:  # `gradual_unfreezing: true` + a sub-field override
                 child = node[part] = {}
             if not isinstance(child, dict):
                 raise RecipeError(
@@ -396,6 +479,9 @@ class _BadChoice(_Mismatch):
 
 
 def _coerce_field(value: Any, tp: Any, path: str) -> Any:
+    nested = _nested_section(tp)
+    if nested is not None:
+        return _coerce_section(value, tp, nested, path)
     try:
         return _coerce(value, tp)
     except _Mismatch as exc:
@@ -404,6 +490,34 @@ def _coerce_field(value: Any, tp: Any, path: str) -> Any:
         raise RecipeError(
             path, f"expected {describe_type(tp)}, got {shown!r} ({_kind(shown)}).{detail}"
         ) from None
+
+
+def _nested_section(tp: Any) -> type | None:
+    """The dataclass of a sub-section field (``X`` or ``X | None``), else None."""
+    for candidate in _union_args(tp) or (tp,):
+        if dataclasses.is_dataclass(candidate) and isinstance(candidate, type):
+            return candidate
+    return None
+
+
+def _coerce_section(value: Any, tp: Any, cls: type, path: str) -> Any:
+    """A sub-section: a mapping of its fields; `true` means its defaults, `false`/null means off (if optional)."""
+    if isinstance(value, _Override):
+        text = value.text.strip()
+        try:
+            value = yaml.load(text, Loader=_RecipeLoader) if text else None  # noqa: S506
+        except yaml.YAMLError:
+            value = value.text
+    optional = type(None) in (_union_args(tp) or ())
+    if isinstance(value, cls):
+        return value
+    if value is True:
+        value = {}
+    if value is None or value is False:
+        if optional:
+            return None
+        raise RecipeError(path, f"expected a mapping of fields, got {value!r}.")
+    return build_section(cls, value, path)
 
 
 def _kind(value: Any) -> str:

@@ -33,6 +33,8 @@ class Prepared:
     tokenizer: Any = None
     model_config: Any = None
     summary: dict[str, Any] = field(default_factory=dict)
+    #: the strategy planned on a weightless (meta-device) copy of the model
+    plan: Any = None
 
 
 def make_task(recipe: Recipe):
@@ -58,7 +60,34 @@ def prepare(recipe: Recipe, stage: str = "train") -> Prepared:
         "splits": {name: len(ds) for name, ds in raw.items()},
     }
     summary.update(task.describe())
-    return Prepared(recipe, task, raw, tokenizer, model_config, summary)
+    prepared = Prepared(recipe, task, raw, tokenizer, model_config, summary)
+    prepared.plan = strategy_plan(recipe, _meta_model(prepared))
+    summary["strategy"] = prepared.plan.description
+    summary["trainable_params"] = prepared.plan.trainable_params
+    summary["total_params"] = prepared.plan.total_params
+    return prepared
+
+
+def _meta_model(prepared: Prepared):
+    """The task model on the ``meta`` device: its structure and sizes, no weights and no memory."""
+    import torch
+
+    with torch.device("meta"):
+        return prepared.task.auto_model_class.from_config(
+            prepared.model_config, trust_remote_code=prepared.recipe.model.trust_remote_code
+        )
+
+
+def strategy_plan(recipe: Recipe, model):
+    from .strategies import make_plan
+
+    args = recipe.training
+    return make_plan(model, recipe.strategy, args.learning_rate, args.weight_decay)
+
+
+def plan(recipe: Recipe):
+    """`hf-finetune plan`: the parameter groups the recipe would train, without loading weights."""
+    return prepare(recipe, stage="train").plan
 
 
 def validate(recipe: Recipe) -> dict[str, Any]:
@@ -148,6 +177,9 @@ def train(recipe: Recipe) -> dict[str, Any]:
 
     set_seed(args.seed)  # before the task head is initialised
     model = _load_model(prepared)
+    plan_ = strategy_plan(recipe, model)
+    plan_.apply(model)
+    logger.info("strategy: %s", plan_.summary())
     tokenised = task.preprocess(prepared.raw, prepared.tokenizer)
 
     output_dir = Path(args.output_dir)
@@ -168,14 +200,17 @@ def train(recipe: Recipe) -> dict[str, Any]:
         compute_metrics=task.compute_metrics(),
         preprocess_logits_for_metrics=task.preprocess_logits_for_metrics(),
         recipe=recipe,
+        strategy_plan=plan_,
     )
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model()
 
     train_metrics = dict(result.metrics)
     train_metrics["train_samples"] = len(tokenised[recipe.data.train_split])
+    train_metrics["trainable_params"] = plan_.trainable_params
+    train_metrics["total_params"] = plan_.total_params
     trainer.log_metrics("train", train_metrics)
-    trainer.save_metrics("train", train_metrics)
+    trainer.save_metrics("train", {**train_metrics, "strategy": plan_.description})
 
     eval_metrics = _evaluate_splits(trainer, recipe, tokenised, prepared.raw)
     if eval_metrics:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from transformers import Trainer
 
+from .errors import RecipeError
+
 RECIPE_FILE = "recipe.yaml"
 
 
@@ -14,13 +16,62 @@ class FinetuneTrainer(Trainer):
 
     Every directory it saves a model to (the final output and each ``checkpoint-N``) also gets the
     resolved ``recipe.yaml``, so `hf-finetune eval` and `predict` work on any of them.
-    The strategies (layer-wise learning rates, unfreezing) plug in through `create_optimizer`
-    and callbacks, not through a custom loop.
+    The strategy plugs in through public hooks, not a custom loop: `create_optimizer` builds the
+    parameter groups of the strategy plan (layer-wise learning rates, head multiplier), and gradual
+    unfreezing is a callback whose not-yet-unfrozen gradients `training_step` drops after each backward.
     """
 
-    def __init__(self, *args, recipe=None, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, recipe=None, strategy_plan=None, **kwargs):
+        from .strategies.unfreezing import GradualUnfreezing
+
         self.recipe = recipe
+        self.strategy_plan = strategy_plan
+        self.unfreezing = (
+            GradualUnfreezing(strategy_plan)
+            if strategy_plan is not None and strategy_plan.unfreeze_every is not None
+            else None
+        )
+        callbacks = list(kwargs.pop("callbacks", None) or [])
+        if self.unfreezing is not None:
+            callbacks.append(self.unfreezing)
+        super().__init__(*args, callbacks=callbacks or None, **kwargs)
+
+    def create_optimizer(self, model=None):
+        """The strategy's parameter groups (trainable parameters only), each with its own lr and decay.
+
+        Runs where the Trainer creates its optimizer; with delayed creation (FSDP) ``model`` is the
+        Accelerate-wrapped model, so the groups are looked up on the unwrapped one (same tensors).
+        """
+        plan = self.strategy_plan
+        if self.optimizer is not None or plan is None or not plan.custom_lr:
+            return super().create_optimizer(model)
+        from transformers.trainer_optimizer import is_optimizer_factory
+
+        opt_model = self.model if model is None else model
+        if self.optimizer_cls_and_kwargs is not None:
+            optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
+        else:
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        optimizer_kwargs = dict(optimizer_kwargs)
+        if is_optimizer_factory(optimizer_cls) or {"params", "model", "optimizer_dict"} & set(
+            optimizer_kwargs
+        ):
+            raise RecipeError(
+                "training.optim",
+                f"{self.args.optim} builds its own parameter groups, so it cannot take the strategy's per-group "
+                "learning rates; use an AdamW- or SGD-style optimizer, or drop `strategy.layerwise_lr_decay` "
+                "and `strategy.head_lr_multiplier`.",
+            )
+        groups = plan.optimizer_groups(self.accelerator.unwrap_model(opt_model))
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.unfreezing is not None:
+            # after backward (and DDP's all-reduce), before clipping and the optimizer step
+            self.unfreezing.drop_held_gradients()
+        return loss
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         super().save_model(output_dir, _internal_call)
