@@ -13,6 +13,7 @@ from hf_finetune.errors import RecipeError
 from .conftest import REPO
 
 RECIPES = sorted((REPO / "recipes" / "glue").glob("*.yaml"))
+GLUE_TASKS = {"cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"}
 BASE = {
     "task": {"name": "text-classification", "text_column": "sentence"},
     "data": {"dataset": "glue", "config": "sst2"},
@@ -21,7 +22,14 @@ BASE = {
 
 
 def test_all_glue_recipes_are_bundled():
-    assert {p.stem for p in RECIPES} == {"cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"}
+    assert {p.stem.split("_")[0] for p in RECIPES} == GLUE_TASKS
+    # <task>_<strategy>.yaml: the same task with a strategy section
+    assert {p.stem for p in RECIPES if "_" in p.stem} == {
+        "sst2_freeze",
+        "sst2_llrd",
+        "sst2_gradual",
+        "sst2_probe",
+    }
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
@@ -30,7 +38,8 @@ def test_bundled_recipe_loads_and_documents_its_launch_command(path: Path):
     header = path.read_text().splitlines()[:4]
     assert any(f"hf-finetune train recipes/glue/{path.name}" in line for line in header), header
     assert recipe.model.name_or_path == "sentence-transformers/all-MiniLM-L6-v2"
-    assert recipe.data.dataset == "glue" and recipe.data.config == path.stem
+    assert recipe.data.dataset == "glue" and recipe.data.config == path.stem.split("_")[0]
+    assert recipe.strategy.is_default == ("_" not in path.stem)
     if path.stem == "stsb":
         assert recipe.task.num_labels == 1
     else:
@@ -153,11 +162,19 @@ def test_default_output_dir_comes_from_recipe_name(tmp_path):
 
 
 def test_readme_documents_every_recipe_field():
-    from hf_finetune.config import DataConfig, ModelConfig, section_fields
+    from hf_finetune.config import (
+        DataConfig,
+        GradualUnfreezingConfig,
+        ModelConfig,
+        StrategyConfig,
+        section_fields,
+    )
     from hf_finetune.tasks import available_tasks
 
     readme = (REPO / "README.md").read_text()
-    classes = [ModelConfig, DataConfig] + [spec.config_class for spec in available_tasks().values()]
+    classes = [ModelConfig, DataConfig, StrategyConfig, GradualUnfreezingConfig] + [
+        spec.config_class for spec in available_tasks().values()
+    ]
     missing = [
         f"{cls.__name__}.{name}"
         for cls in classes
