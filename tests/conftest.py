@@ -73,12 +73,19 @@ def write_jsonl(path: Path, rows) -> Path:
     return path
 
 
+def write_sentiment_files(root: Path, as_names: bool = False) -> dict[str, str]:
+    """train (320 rows) and validation (96 rows) JSON Lines under ``root``; split name -> path."""
+    return {
+        "train": str(write_jsonl(root / "train.jsonl", sentiment_rows(320, seed=1, as_names=as_names))),
+        "validation": str(
+            write_jsonl(root / "validation.jsonl", sentiment_rows(96, seed=2, as_names=as_names))
+        ),
+    }
+
+
 @pytest.fixture()
 def sentiment_files(tmp_path) -> dict[str, str]:
-    return {
-        "train": str(write_jsonl(tmp_path / "train.jsonl", sentiment_rows(320, seed=1))),
-        "validation": str(write_jsonl(tmp_path / "validation.jsonl", sentiment_rows(96, seed=2))),
-    }
+    return write_sentiment_files(tmp_path)
 
 
 def tiny_recipe(model_dir, files, output_dir, **sections) -> dict:

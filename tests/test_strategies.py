@@ -427,13 +427,10 @@ def test_gradual_unfreezing_by_steps_with_llrd(tiny_model_dir, sentiment_files, 
 
 @pytest.fixture(scope="module")
 def frozen_embeddings_without_checkpointing(tiny_model_dir, tmp_path_factory):
-    from .conftest import sentiment_rows, write_jsonl
+    from .conftest import write_sentiment_files
 
     root = tmp_path_factory.mktemp("no-checkpointing")
-    files = {
-        "train": str(write_jsonl(root / "train.jsonl", sentiment_rows(320, seed=1))),
-        "validation": str(write_jsonl(root / "validation.jsonl", sentiment_rows(96, seed=2))),
-    }
+    files = write_sentiment_files(root)
     run(tiny_model_dir, files, root / "out", {"freeze_embeddings": True}, num_train_epochs=10)
     return trained_state(root / "out")
 

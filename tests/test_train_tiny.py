@@ -19,15 +19,10 @@ from .conftest import NEGATIVE, POSITIVE, tiny_recipe, write_jsonl
 
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, tmp_path_factory):
-    from .conftest import sentiment_rows
+    from .conftest import write_sentiment_files
 
     root = tmp_path_factory.mktemp("run")
-    files = {
-        "train": str(write_jsonl(root / "data" / "train.jsonl", sentiment_rows(320, seed=1, as_names=True))),
-        "validation": str(
-            write_jsonl(root / "data" / "validation.jsonl", sentiment_rows(96, seed=2, as_names=True))
-        ),
-    }
+    files = write_sentiment_files(root / "data", as_names=True)
     recipe = load_recipe(tiny_recipe(tiny_model_dir, files, root / "out"))
     metrics = train(recipe)
     return root / "out", metrics, files
