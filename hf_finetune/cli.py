@@ -1,4 +1,4 @@
-"""`hf-finetune train|validate|plan|eval|predict|recipes|tasks`.
+"""`hf-finetune train|validate|plan|eval|predict|export|recipes|tasks`.
 
 Input mistakes print one message naming the field or file and the fix, and exit with code 2.
 """
@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=32)
 
+    p = sub.add_parser("export", help="write a peft run as a standalone model (adapter merged into the weights)")
+    p.add_argument("output_dir", help="a trained output directory holding a LoRA or IA3 adapter")
+    p.add_argument("--merge", action="store_true", required=True, help="merge the adapter into the base weights")
+    p.add_argument("--output", required=True, help="new directory for the merged model")
+
     sub.add_parser("recipes", help="list the bundled recipes")
     sub.add_parser("tasks", help="list the tasks")
     return parser
@@ -166,6 +171,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         metrics = evaluate_output(args.output_dir, args.split, args.overrides, args.batch_size)
         print(json.dumps(metrics, indent=2))
+        return 0
+    if args.command == "export":
+        from .pipeline import export_merged
+
+        target = export_merged(args.output_dir, args.output)
+        print(f"wrote the merged model to {target}")
         return 0
     if args.command == "predict":
         from .pipeline import predict_output

@@ -27,7 +27,8 @@ from .errors import RecipeError, close_matches
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-SECTIONS = ("task", "model", "data", "strategy", "training")
+SECTIONS = ("task", "model", "data", "strategy", "peft", "training")
+PEFT_METHODS = ("lora", "ia3", "prefix_tuning", "prompt_tuning", "p_tuning")
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,6 +239,63 @@ class StrategyConfig:
         return self == StrategyConfig()
 
 
+@dataclass
+class PeftSection:
+    """A `peft` method instead of full fine-tuning: the base model stays frozen, adapters and the head train."""
+
+    section: ClassVar[str] = "peft"
+    method: Literal["lora", "ia3", "prefix_tuning", "prompt_tuning", "p_tuning"] | None = _help(
+        "PEFT method: lora, ia3, prefix_tuning, prompt_tuning or p_tuning; null = no PEFT.", None
+    )
+    r: int = _help("LoRA rank.", 8)
+    alpha: int = _help("LoRA alpha (the update is scaled by alpha / r, or alpha / sqrt(r) with rsLoRA).", 16)
+    dropout: float = _help("LoRA dropout on the adapter input.", 0.1)
+    target_modules: str | list[str] = _help(
+        "`auto` (LoRA: every linear layer inside the transformer blocks; IA3: peft's table for the "
+        "architecture), or module names (suffixes) to adapt.",
+        "auto",
+    )
+    use_dora: bool = _help("DoRA: weight-decomposed LoRA.", False)
+    use_rslora: bool = _help("rsLoRA: scale by alpha / sqrt(r).", False)
+    loraplus_lr_ratio: float | None = _help(
+        "LoRA+: the B matrices train at this ratio times the learning rate (16 is usual).", None
+    )
+    num_virtual_tokens: int = _help("Prompt methods: number of virtual tokens.", 20)
+    modules_to_save: list[str] = _help(
+        "Extra modules trained and saved whole, besides the task head (found automatically), e.g. [pooler].",
+        default_factory=list,
+    )
+
+    def __post_init__(self) -> None:
+        if self.method is None:
+            return
+        if self.r < 1:
+            raise RecipeError("peft.r", f"must be a positive integer, got {self.r}.")
+        if self.alpha <= 0:
+            raise RecipeError("peft.alpha", f"must be positive, got {self.alpha}.")
+        if not (0.0 <= self.dropout < 1.0):
+            raise RecipeError("peft.dropout", f"must be in [0, 1), got {self.dropout}.")
+        if self.num_virtual_tokens < 1:
+            raise RecipeError("peft.num_virtual_tokens", f"must be at least 1, got {self.num_virtual_tokens}.")
+        lora_only = {"use_dora": self.use_dora, "use_rslora": self.use_rslora}
+        lora_only["loraplus_lr_ratio"] = self.loraplus_lr_ratio is not None
+        for name, used in lora_only.items():
+            if used and self.method != "lora":
+                raise RecipeError(f"peft.{name}", f"applies to `peft.method: lora` only, not {self.method}.")
+        if self.loraplus_lr_ratio is not None and not self.loraplus_lr_ratio > 0:
+            raise RecipeError("peft.loraplus_lr_ratio", f"must be positive, got {self.loraplus_lr_ratio}.")
+        if isinstance(self.target_modules, str) and self.target_modules != "auto":
+            self.target_modules = [self.target_modules]
+        if isinstance(self.target_modules, list) and not self.target_modules:
+            raise RecipeError("peft.target_modules", "is empty; give module names or `auto`.")
+        if self.method in ("prefix_tuning", "prompt_tuning", "p_tuning") and self.target_modules != "auto":
+            raise RecipeError("peft.target_modules", f"does not apply to {self.method} (it adds virtual tokens).")
+
+    @property
+    def enabled(self) -> bool:
+        return self.method is not None
+
+
 def _absolute(path: str) -> str:
     return str(Path(os.path.expanduser(path)).absolute())
 
@@ -252,6 +310,7 @@ class Recipe:
     data: DataConfig
     training: Any  # transformers.TrainingArguments
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    peft: PeftSection = field(default_factory=PeftSection)
     source: str | None = None
     # The training fields the recipe and overrides set explicitly (the rest are Trainer defaults).
     training_fields: dict[str, Any] = field(default_factory=dict)
@@ -264,6 +323,7 @@ class Recipe:
             "model": _plain(dataclasses.asdict(self.model)),
             "data": _plain(dataclasses.asdict(self.data)),
             "strategy": _plain(dataclasses.asdict(self.strategy)),
+            "peft": _plain(dataclasses.asdict(self.peft)),
             "training": _plain(training),
         }
 
@@ -337,6 +397,8 @@ def load_recipe(
     model = build_section(ModelConfig, raw.get("model"), "model")
     data = build_section(DataConfig, raw.get("data"), "data")
     strategy = build_section(StrategyConfig, raw.get("strategy"), "strategy")
+    peft = build_section(PeftSection, raw.get("peft"), "peft")
+    _check_strategy_with_peft(strategy, peft)
 
     training_raw = raw.get("training") or {}
     if not isinstance(training_raw, dict):
@@ -356,9 +418,33 @@ def load_recipe(
         data=data,
         training=training,
         strategy=strategy,
+        peft=peft,
         source=origin,
         training_fields=training_fields,
     )
+
+
+def _check_strategy_with_peft(strategy: StrategyConfig, peft: PeftSection) -> None:
+    if not peft.enabled:
+        return
+    if strategy.gradual_unfreezing is not None:
+        raise RecipeError(
+            "strategy.gradual_unfreezing",
+            f"cannot be combined with `peft.method: {peft.method}`: PEFT keeps the whole base model frozen and "
+            "trains its adapters from the start, so there are no layers to unfreeze. Drop one of the two.",
+        )
+    for name in ("freeze_embeddings", "freeze_all_but_head"):
+        if getattr(strategy, name):
+            raise RecipeError(
+                f"strategy.{name}",
+                f"has no effect with `peft.method: {peft.method}`, which freezes the whole base model already; drop it.",
+            )
+    if strategy.freeze_layers:
+        raise RecipeError(
+            "strategy.freeze_layers",
+            f"has no effect with `peft.method: {peft.method}`, which freezes the whole base model already; to adapt "
+            "only some layers, list their modules in `peft.target_modules`.",
+        )
 
 
 def build_training_arguments(raw: dict[str, Any]) -> tuple[Any, dict[str, Any]]:

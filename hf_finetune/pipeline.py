@@ -61,7 +61,7 @@ def prepare(recipe: Recipe, stage: str = "train") -> Prepared:
     }
     summary.update(task.describe())
     prepared = Prepared(recipe, task, raw, tokenizer, model_config, summary)
-    prepared.plan = strategy_plan(recipe, _meta_model(prepared))
+    prepared.plan = strategy_plan(recipe, _with_peft(recipe, _meta_model(prepared)))
     summary["strategy"] = prepared.plan.description
     summary["trainable_params"] = prepared.plan.trainable_params
     summary["total_params"] = prepared.plan.total_params
@@ -78,11 +78,20 @@ def _meta_model(prepared: Prepared):
         )
 
 
+def _with_peft(recipe: Recipe, model):
+    """The model wrapped by the recipe's peft method (LoRA adapters, ...), or unchanged without one."""
+    if not recipe.peft.enabled:
+        return model
+    from .strategies.peft import wrap
+
+    return wrap(model, recipe)
+
+
 def strategy_plan(recipe: Recipe, model):
     from .strategies import make_plan
 
     args = recipe.training
-    return make_plan(model, recipe.strategy, args.learning_rate, args.weight_decay)
+    return make_plan(model, recipe.strategy, args.learning_rate, args.weight_decay, peft=recipe.peft)
 
 
 def plan(recipe: Recipe):
@@ -176,7 +185,7 @@ def train(recipe: Recipe) -> dict[str, Any]:
     )
 
     set_seed(args.seed)  # before the task head is initialised
-    model = _load_model(prepared)
+    model = _with_peft(recipe, _load_model(prepared))
     plan_ = strategy_plan(recipe, model)
     plan_.apply(model)
     logger.info("strategy: %s", plan_.summary())
@@ -278,10 +287,28 @@ def _restore_task(output_dir: Path, recipe: Recipe):
     return task, AutoTokenizer.from_pretrained(output_dir)
 
 
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def is_adapter_dir(output_dir: Path) -> bool:
+    return (Path(output_dir) / ADAPTER_CONFIG).is_file()
+
+
 def _restore_model(output_dir: Path, recipe: Recipe, task):
+    """The trained model: a full checkpoint, or the base model + the peft adapter (with its head)."""
     import torch
 
-    model = task.auto_model_class.from_pretrained(output_dir)
+    if is_adapter_dir(output_dir):
+        from peft import PeftModel
+        from transformers import AutoConfig
+
+        base_name = json.loads((output_dir / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
+        base = task.auto_model_class.from_pretrained(
+            base_name, config=AutoConfig.from_pretrained(output_dir), revision=recipe.model.revision
+        )
+        model = PeftModel.from_pretrained(base, output_dir)
+    else:
+        model = task.auto_model_class.from_pretrained(output_dir)
     if torch.cuda.is_available() and not recipe.training.use_cpu:
         model.to("cuda")
     return model
@@ -357,6 +384,45 @@ def predict_output(
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     os.replace(tmp, output_path)  # never leave a half-written output file
     return len(results)
+
+
+def export_merged(output_dir: str | Path, target: str | Path) -> Path:
+    """`hf-finetune export --merge`: fold a LoRA/IA3 adapter (and its head) into a standalone model directory.
+
+    The result loads with plain ``AutoModelFor...from_pretrained`` and works with `eval` and `predict`. It is
+    written next to the target and renamed into place, so a failure leaves nothing half-written.
+    """
+    import os
+    import shutil
+
+    output_dir, target = Path(output_dir), Path(target)
+    recipe = load_output_recipe(output_dir)
+    if not is_adapter_dir(output_dir):
+        raise FinetuneError(
+            f"{output_dir}: holds a full model, not a peft adapter ({ADAPTER_CONFIG} missing); it is standalone already."
+        )
+    if target.exists() and any(target.iterdir()):
+        raise FinetuneError(f"--output {target}: exists and is not empty; give a new directory.")
+    saved = load_recipe(output_dir / RECIPE_FILE)
+    if saved.peft.method not in ("lora", "ia3"):
+        raise FinetuneError(
+            f"{output_dir}: a {saved.peft.method} adapter adds virtual tokens at run time and cannot be merged "
+            "into the weights; use the adapter directory with `eval` and `predict`."
+        )
+    task, tokenizer = _restore_task(output_dir, recipe)
+    model = _restore_model(output_dir, recipe, task).merge_and_unload()
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    saved.peft = type(saved.peft)()  # the merged model is a plain one
+    saved.model.name_or_path = str(target.absolute())
+    saved.save(partial / RECIPE_FILE, header=f"# Merged from the adapter in {output_dir.absolute()}\n")
+    if target.exists():
+        target.rmdir()
+    os.replace(partial, target)
+    return target
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -75,10 +75,14 @@ class FinetuneTrainer(Trainer):
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         super().save_model(output_dir, _internal_call)
-        if self.recipe is not None and self.args.should_save:
+        if self.args.should_save:
             target = Path(output_dir or self.args.output_dir)
             target.mkdir(parents=True, exist_ok=True)
-            self.recipe.save(target / RECIPE_FILE, header=recipe_header(self.recipe))
+            if hasattr(self.model, "get_base_model") and hasattr(self.model, "peft_config"):
+                # a peft adapter dir: also the model config, with the label maps, for eval/predict/export
+                self.model.get_base_model().config.save_pretrained(target)
+            if self.recipe is not None:
+                self.recipe.save(target / RECIPE_FILE, header=recipe_header(self.recipe))
 
 
 def recipe_header(recipe) -> str:

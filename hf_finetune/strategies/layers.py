@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 EMBEDDINGS, POOLER, HEAD = "embeddings", "pooler", "head"
+PROMPT = "prompt"  # a peft prompt encoder (virtual tokens), outside the transformers model
 
 
 def layer_part(index: int) -> str:
@@ -40,11 +41,13 @@ class Layout:
     modules: dict[str, list[str]] = field(default_factory=dict)
     #: why "layer N" has no meaning for this model (shared layers), else None
     layer_sharing: str | None = None
+    #: full name of the ModuleList holding the layers (``bert.encoder.layer``)
+    layers_module: str = ""
 
     def order(self) -> list[str]:
-        """Parts bottom to top: embeddings, layer.0 ... layer.L-1, pooler, head (those present)."""
+        """Parts bottom to top: (prompt), embeddings, layer.0 ... layer.L-1, pooler, head (those present)."""
         present = set(self.parts.values())
-        ordered = [EMBEDDINGS, *(layer_part(i) for i in range(self.num_layers)), POOLER, HEAD]
+        ordered = [PROMPT, EMBEDDINGS, *(layer_part(i) for i in range(self.num_layers)), POOLER, HEAD]
         return [p for p in ordered if p in present]
 
     def params_of(self, part: str) -> list[str]:
@@ -108,7 +111,7 @@ def discover_layout(model: nn.Module) -> Layout:
             f"{architecture} runs {declared} layers with {num_layers} shared set(s) of weights "
             f"({full(container_name)}), so a layer index has no meaning for it"
         )
-    return Layout(architecture, num_layers, parts, modules, sharing)
+    return Layout(architecture, num_layers, parts, modules, sharing, full(container_name))
 
 
 def _layer_container(base: nn.Module) -> tuple[str, nn.ModuleList | None]:

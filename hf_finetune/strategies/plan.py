@@ -25,9 +25,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import StrategyConfig
+from ..config import PeftSection, StrategyConfig
 from ..errors import RecipeError
-from .layers import EMBEDDINGS, HEAD, POOLER, Layout, LayoutError, discover_layout, layer_part
+from .layers import EMBEDDINGS, HEAD, POOLER, PROMPT, Layout, LayoutError, discover_layout, layer_part
 
 logger = logging.getLogger(__name__)
 
@@ -145,15 +145,25 @@ def make_plan(
     learning_rate: float,
     weight_decay: float,
     decay_names: set[str] | None = None,
+    peft: PeftSection | None = None,
 ) -> StrategyPlan:
-    """Plan ``strategy`` on ``model``; raises RecipeError naming the field when it cannot apply."""
+    """Plan ``strategy`` on ``model``; raises RecipeError naming the field when it cannot apply.
+
+    ``model`` may be a `peft.PeftModel` (``peft`` is then its recipe section): which parameters train is
+    peft's decision (adapters, the head in modules_to_save, virtual tokens); the plan adds the learning
+    rates (LLRD, head multiplier, LoRA+) and weight decay on top.
+    """
     decay_names = default_decay_names(model) if decay_names is None else decay_names
-    layout = _layout(model, strategy)
+    wrapped = peft is not None and peft.enabled
+    layout = _peft_layout(model, strategy) if wrapped else _layout(model, strategy)
     names = list(layout.parts)
     total = sum(p.numel() for _, p in model.named_parameters())
     num_layers = layout.num_layers
 
     frozen = _frozen_names(layout, strategy)
+    if wrapped:
+        frozen |= {name for name, param in model.named_parameters() if not param.requires_grad}
+    loraplus = peft.loraplus_lr_ratio if wrapped else None
     stage_of = _stages(layout, strategy, frozen)
     every = strategy.gradual_unfreezing.every if strategy.gradual_unfreezing else None
 
@@ -162,7 +172,7 @@ def make_plan(
     def lr_of(part: str) -> float:
         if part == HEAD:
             return learning_rate * strategy.head_lr_multiplier
-        if decay == 1.0 or part == POOLER:
+        if decay == 1.0 or part in (POOLER, PROMPT):
             return learning_rate
         if part == EMBEDDINGS:
             return learning_rate * decay ** (num_layers + 1)
@@ -192,23 +202,29 @@ def make_plan(
         for n in live:
             by_stage.setdefault(stage_of.get(n, 0), []).append(n)
         for stage, stage_names in sorted(by_stage.items()):
-            for with_decay in (True, False):
-                chosen = [n for n in stage_names if (n in decay_names) == with_decay]
-                if not chosen:
-                    continue
-                groups.append(
-                    GroupPlan(
-                        name=part if with_decay else f"{part} (no decay)",
-                        part=part,
-                        modules=layout.modules.get(part, []),
-                        param_names=chosen,
-                        params=sum(sizes[n] for n in chosen),
-                        trainable=True,
-                        lr=lr_of(part),
-                        weight_decay=weight_decay if with_decay else 0.0,
-                        unfreeze_at=stage * every if (every and stage) else None,
+            for is_b in (False, True) if loraplus else (False,):
+                for with_decay in (True, False):
+                    chosen = [
+                        n
+                        for n in stage_names
+                        if (n in decay_names) == with_decay and (not loraplus or _is_lora_b(n) == is_b)
+                    ]
+                    if not chosen:
+                        continue
+                    name = part + (" lora_B" if is_b else "") + ("" if with_decay else " (no decay)")
+                    groups.append(
+                        GroupPlan(
+                            name=name,
+                            part=part,
+                            modules=layout.modules.get(part, []),
+                            param_names=chosen,
+                            params=sum(sizes[n] for n in chosen),
+                            trainable=True,
+                            lr=lr_of(part) * (loraplus if is_b else 1.0),
+                            weight_decay=weight_decay if with_decay else 0.0,
+                            unfreeze_at=stage * every if (every and stage) else None,
+                        )
                     )
-                )
     trainable = sum(g.params for g in groups if g.trainable)
     if trainable == 0:
         raise RecipeError(
@@ -221,8 +237,11 @@ def make_plan(
         last = max(stage_of.values(), default=0)
         stages = [[n for n, s in stage_of.items() if s == k] for k in range(1, last + 1)]
     assert set(names) == {n for g in groups for n in g.param_names}
+    description = describe(strategy, num_layers)
+    if wrapped:
+        description = describe_peft(peft) + ("" if description == "full fine-tuning" else f"; {description}")
     return StrategyPlan(
-        description=describe(strategy, num_layers),
+        description=description,
         architecture=layout.architecture,
         num_layers=num_layers,
         groups=groups,
@@ -231,8 +250,38 @@ def make_plan(
         unfreeze_every=every,
         unfreeze_unit=strategy.gradual_unfreezing.unit if strategy.gradual_unfreezing else None,
         stages=stages,
-        custom_lr=decay != 1.0 or strategy.head_lr_multiplier != 1.0,
+        custom_lr=decay != 1.0 or strategy.head_lr_multiplier != 1.0 or bool(loraplus),
     )
+
+
+def _is_lora_b(name: str) -> bool:
+    return ".lora_B." in name or ".lora_embedding_B." in name
+
+
+def _peft_layout(model, strategy: StrategyConfig) -> Layout:
+    """The layout of the model inside a PeftModel, under the PeftModel's parameter names."""
+    inner = model.get_base_model()
+    layout = _layout(inner, strategy)
+    inner_names = {id(p): n for n, p in inner.named_parameters()}
+    parts = {}
+    for name, param in model.named_parameters():
+        inner_name = inner_names.get(id(param))
+        parts[name] = layout.parts[inner_name] if inner_name is not None else PROMPT
+    modules = dict(layout.modules)
+    if PROMPT in parts.values():
+        modules[PROMPT] = ["prompt_encoder"]
+    return Layout(layout.architecture, layout.num_layers, parts, modules, layout.layer_sharing, layout.layers_module)
+
+
+def describe_peft(peft: PeftSection) -> str:
+    if peft.method == "lora":
+        extras = [x for x, on in (("DoRA", peft.use_dora), ("rsLoRA", peft.use_rslora)) if on]
+        if peft.loraplus_lr_ratio:
+            extras.append(f"LoRA+ x{peft.loraplus_lr_ratio:g}")
+        return f"LoRA r={peft.r} alpha={peft.alpha}" + (f" ({', '.join(extras)})" if extras else "")
+    if peft.method == "ia3":
+        return "IA3"
+    return f"{peft.method} ({peft.num_virtual_tokens} virtual tokens)"
 
 
 def _layout(model, strategy: StrategyConfig) -> Layout:
