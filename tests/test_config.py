@@ -23,12 +23,13 @@ BASE = {
 
 def test_all_glue_recipes_are_bundled():
     assert {p.stem.split("_")[0] for p in RECIPES} == GLUE_TASKS
-    # <task>_<strategy>.yaml: the same task with a strategy section
+    # <task>_<strategy>.yaml: the same task with a strategy or peft section
     assert {p.stem for p in RECIPES if "_" in p.stem} == {
         "sst2_freeze",
         "sst2_llrd",
         "sst2_gradual",
         "sst2_probe",
+        "sst2_lora",
     }
 
 
@@ -39,7 +40,7 @@ def test_bundled_recipe_loads_and_documents_its_launch_command(path: Path):
     assert any(f"hf-finetune train recipes/glue/{path.name}" in line for line in header), header
     assert recipe.model.name_or_path == "sentence-transformers/all-MiniLM-L6-v2"
     assert recipe.data.dataset == "glue" and recipe.data.config == path.stem.split("_")[0]
-    assert recipe.strategy.is_default == ("_" not in path.stem)
+    assert (recipe.strategy.is_default and not recipe.peft.enabled) == ("_" not in path.stem)
     if path.stem == "stsb":
         assert recipe.task.num_labels == 1
     else:
@@ -166,13 +167,14 @@ def test_readme_documents_every_recipe_field():
         DataConfig,
         GradualUnfreezingConfig,
         ModelConfig,
+        PeftSection,
         StrategyConfig,
         section_fields,
     )
     from hf_finetune.tasks import available_tasks
 
     readme = (REPO / "README.md").read_text()
-    classes = [ModelConfig, DataConfig, StrategyConfig, GradualUnfreezingConfig] + [
+    classes = [ModelConfig, DataConfig, StrategyConfig, GradualUnfreezingConfig, PeftSection] + [
         spec.config_class for spec in available_tasks().values()
     ]
     missing = [
