@@ -314,3 +314,37 @@ def test_resume_continues_adapter_head_and_optimizer(sentiment_base, tmp_path):
     for key in straight:
         torch.testing.assert_close(resumed[key], straight[key], rtol=1e-5, atol=1e-6, msg=key)
     assert any(not torch.equal(straight[k], at_checkpoint[k]) for k in straight)  # steps 5-8 did move it
+
+
+@pytest.mark.parametrize("head", ["sequence", "token", "qa"])
+@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert", "deberta-v2", "electra", "xlm-roberta"])
+def test_lora_finds_the_head_on_every_architecture(arch, head):
+    """The head is trained whole (modules_to_save), LoRA sits in every block and never in the head."""
+    from hf_finetune.strategies.peft import wrap
+
+    from .test_strategies import CONFIGS, HEADS, build
+
+    auto_class, _ = HEADS[head]
+    task = {"sequence": "text-classification", "token": "token-classification", "qa": "question-answering"}[
+        head
+    ]
+    model = build(CONFIGS[arch](), auto_class)
+    heads = head_modules(model)
+    recipe = load_recipe(
+        {"task": task, "data": {"files": {"train": "x.jsonl"}}, "peft": {"method": "lora", "r": 2}}
+    )
+    wrapped = wrap(model, recipe)
+    saved = set(wrapped.peft_config["default"].modules_to_save)
+    assert set(heads) <= saved, (heads, saved)
+    trainable = [n for n, p in wrapped.named_parameters() if p.requires_grad]
+    for i in range(3):
+        assert any(f".layer.{i}." in n and "lora_" in n for n in trainable), i
+    head_params = [n for n in trainable if any(f"model.{h}." in n for h in heads)]
+    assert head_params and all("modules_to_save" in n for n in head_params)
+    assert not any("lora_" in n for n in head_params)
+    frozen_base = [n for n, p in wrapped.named_parameters() if not p.requires_grad]
+    assert any("word_embeddings" in n for n in frozen_base)
+    ids = torch.randint(5, 99, (2, 6))
+    out = wrapped(input_ids=ids, attention_mask=torch.ones_like(ids))
+    (out.logits if head != "qa" else out.start_logits).sum().backward()
+    assert all(p.grad is not None for n, p in wrapped.named_parameters() if p.requires_grad and "lora_A" in n)
