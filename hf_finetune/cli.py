@@ -96,9 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=32)
 
-    p = sub.add_parser("export", help="write a peft run as a standalone model (adapter merged into the weights)")
+    p = sub.add_parser(
+        "export", help="write a peft run as a standalone model (adapter merged into the weights)"
+    )
     p.add_argument("output_dir", help="a trained output directory holding a LoRA or IA3 adapter")
-    p.add_argument("--merge", action="store_true", required=True, help="merge the adapter into the base weights")
+    p.add_argument(
+        "--merge", action="store_true", required=True, help="merge the adapter into the base weights"
+    )
     p.add_argument("--output", required=True, help="new directory for the merged model")
 
     sub.add_parser("recipes", help="list the bundled recipes")

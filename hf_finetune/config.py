@@ -276,7 +276,9 @@ class PeftSection:
         if not (0.0 <= self.dropout < 1.0):
             raise RecipeError("peft.dropout", f"must be in [0, 1), got {self.dropout}.")
         if self.num_virtual_tokens < 1:
-            raise RecipeError("peft.num_virtual_tokens", f"must be at least 1, got {self.num_virtual_tokens}.")
+            raise RecipeError(
+                "peft.num_virtual_tokens", f"must be at least 1, got {self.num_virtual_tokens}."
+            )
         lora_only = {"use_dora": self.use_dora, "use_rslora": self.use_rslora}
         lora_only["loraplus_lr_ratio"] = self.loraplus_lr_ratio is not None
         for name, used in lora_only.items():
@@ -289,7 +291,9 @@ class PeftSection:
         if isinstance(self.target_modules, list) and not self.target_modules:
             raise RecipeError("peft.target_modules", "is empty; give module names or `auto`.")
         if self.method in ("prefix_tuning", "prompt_tuning", "p_tuning") and self.target_modules != "auto":
-            raise RecipeError("peft.target_modules", f"does not apply to {self.method} (it adds virtual tokens).")
+            raise RecipeError(
+                "peft.target_modules", f"does not apply to {self.method} (it adds virtual tokens)."
+            )
 
     @property
     def enabled(self) -> bool:

@@ -29,7 +29,10 @@ TASK_TYPES = {
 PROMPT_METHODS = ("prefix_tuning", "prompt_tuning", "p_tuning")
 #: (method, task) pairs that peft wraps but cannot train correctly, and why
 UNSUPPORTED = {
-    ("prompt_tuning", "token-classification"): "peft prepends the virtual tokens to the logits but not to the "
+    (
+        "prompt_tuning",
+        "token-classification",
+    ): "peft prepends the virtual tokens to the logits but not to the "
     "per-token labels, so the loss does not line up",
     ("p_tuning", "token-classification"): "peft prepends the virtual tokens to the logits but not to the "
     "per-token labels, so the loss does not line up",
@@ -56,7 +59,9 @@ def auto_lora_targets(model: nn.Module) -> str:
             if isinstance(module, nn.Linear) and name not in names:
                 names.append(name)
     if not names:
-        raise RecipeError("peft.target_modules", "found no linear layers in the transformer blocks; list them.")
+        raise RecipeError(
+            "peft.target_modules", "found no linear layers in the transformer blocks; list them."
+        )
     alternatives = "|".join(re.escape(n) for n in names)
     return rf"{re.escape(layout.layers_module)}\.\d+\.(?:{alternatives})"
 
@@ -77,7 +82,9 @@ def peft_config(section: PeftSection, task_name: str, model: nn.Module) -> Any:
     to_save = list(dict.fromkeys(heads + list(section.modules_to_save)))
     _check_modules_exist(model, section.modules_to_save)
     if method == "lora":
-        targets = auto_lora_targets(model) if section.target_modules == "auto" else list(section.target_modules)
+        targets = (
+            auto_lora_targets(model) if section.target_modules == "auto" else list(section.target_modules)
+        )
         _check_not_head(targets, heads)
         return peft.LoraConfig(
             task_type=task_type,
@@ -110,7 +117,10 @@ def peft_config(section: PeftSection, task_name: str, model: nn.Module) -> Any:
             targets, feedforward = list(section.target_modules), []
         _check_not_head(targets, heads)
         return peft.IA3Config(
-            task_type=task_type, target_modules=targets, feedforward_modules=feedforward, modules_to_save=to_save
+            task_type=task_type,
+            target_modules=targets,
+            feedforward_modules=feedforward,
+            modules_to_save=to_save,
         )
     common = dict(task_type=task_type, num_virtual_tokens=section.num_virtual_tokens, modules_to_save=to_save)
     if method == "prompt_tuning":
@@ -150,7 +160,9 @@ def _check_modules_exist(model: nn.Module, names: list[str]) -> None:
     modules = [n for n, _ in model.named_modules()]
     for i, name in enumerate(names):
         if not any(m == name or m.endswith("." + name) for m in modules):
-            raise RecipeError(f"peft.modules_to_save[{i}]", f"no module named {name!r} in {type(model).__name__}.")
+            raise RecipeError(
+                f"peft.modules_to_save[{i}]", f"no module named {name!r} in {type(model).__name__}."
+            )
 
 
 def is_peft_model(model: Any) -> bool:

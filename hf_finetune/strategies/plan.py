@@ -270,7 +270,9 @@ def _peft_layout(model, strategy: StrategyConfig) -> Layout:
     modules = dict(layout.modules)
     if PROMPT in parts.values():
         modules[PROMPT] = ["prompt_encoder"]
-    return Layout(layout.architecture, layout.num_layers, parts, modules, layout.layer_sharing, layout.layers_module)
+    return Layout(
+        layout.architecture, layout.num_layers, parts, modules, layout.layer_sharing, layout.layers_module
+    )
 
 
 def describe_peft(peft: PeftSection) -> str:
