@@ -120,6 +120,11 @@ class DataConfig:
     max_train_samples: int | None = _help("Use only the first N training examples.", None)
     max_eval_samples: int | None = _help("Use only the first N examples of each evaluation split.", None)
     max_seq_length: int = _help("Truncate inputs to this many tokens (batches are padded dynamically).", 128)
+    padding: Literal["longest", "max_length"] = _help(
+        "`longest`: pad each batch to its longest example (fast); `max_length`: pad every batch to "
+        "max_seq_length, as transformers' run_glue.py does by default (static shapes, for comparisons or TPUs).",
+        "longest",
+    )
     preprocessing_num_workers: int | None = _help("Processes for tokenisation (datasets.map num_proc).", None)
     fix_answer_starts: bool = _help(
         "Question answering: re-find an answer whose answer_start misses it (nearest occurrence in the context).",

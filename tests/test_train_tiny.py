@@ -251,3 +251,19 @@ def test_eval_and_predict_check_input_before_loading_weights(trained, tmp_path, 
     with pytest.raises(DataError, match=r"in.jsonl line 2: missing field 'sentence' \(or 'text'\)"):
         predict_output(out, src, tmp_path / "out.jsonl")
     assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize("padding,width", [("longest", None), ("max_length", 32)])
+def test_padding_longest_or_max_length(tiny_model_dir, sentiment_files, tmp_path, padding, width):
+    from hf_finetune.pipeline import prepare
+
+    recipe = load_recipe(
+        tiny_recipe(tiny_model_dir, sentiment_files, tmp_path / "out", data={"padding": padding})
+    )
+    prepared = prepare(recipe)
+    train_split = prepared.task.preprocess(prepared.raw, prepared.tokenizer)["train"]
+    rows = [train_split[i] for i in range(8)]
+    batch = prepared.task.data_collator(prepared.tokenizer, recipe.training)(rows)
+    longest = max(len(r["input_ids"]) for r in rows)
+    assert batch["input_ids"].shape == (8, width or longest)
+    assert longest < 32  # so the two settings really differ

@@ -124,10 +124,18 @@ class Task:
         raise NotImplementedError
 
     def data_collator(self, tokenizer, args):
-        """Dynamic padding: each batch is padded to its own longest example, not to max_seq_length."""
+        """Dynamic padding: each batch is padded to its own longest example (or to max_seq_length on request)."""
         from transformers import DataCollatorWithPadding
 
-        return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple(args))
+        return DataCollatorWithPadding(
+            tokenizer, pad_to_multiple_of=pad_multiple(args), **self.padding_kwargs()
+        )
+
+    def padding_kwargs(self) -> dict[str, Any]:
+        data = self.recipe.data
+        if data.padding == "max_length":
+            return {"padding": "max_length", "max_length": data.max_seq_length}
+        return {"padding": "longest"}
 
     def compute_metrics(self) -> Callable[[Any], dict[str, float]]:
         raise NotImplementedError

@@ -411,7 +411,10 @@ class TokenClassificationTask(Task):
         from transformers import DataCollatorForTokenClassification
 
         return DataCollatorForTokenClassification(
-            tokenizer, pad_to_multiple_of=pad_multiple(args), label_pad_token_id=IGNORE
+            tokenizer,
+            pad_to_multiple_of=pad_multiple(args),
+            label_pad_token_id=IGNORE,
+            **self.padding_kwargs(),
         )
 
     def metric_names(self) -> list[str]:
