@@ -86,3 +86,32 @@ def test_unreadable_file_names_the_file(tmp_path):
     bad.write_text("{not json\n")
     with pytest.raises(DataError, match=r"`data.files.train`: could not read .*train.jsonl as json"):
         load_splits(data_cfg(files={"train": str(bad)}), ["train"])
+
+
+def test_tokenised_splits_are_cached_on_disk_by_tokenizer_and_settings(
+    tiny_model_dir, sentiment_files, tmp_path
+):
+    """A second run with the same tokenizer and preprocessing settings reuses the tokenised Arrow file
+    (datasets' fingerprint cache: the key hashes the encode function with its tokenizer and settings)."""
+    import shutil
+
+    from hf_finetune.pipeline import prepare
+
+    from .conftest import tiny_recipe
+
+    def tokenised_file(model_dir, **data):
+        recipe = load_recipe(tiny_recipe(model_dir, sentiment_files, tmp_path / "out", data=data))
+        prepared = prepare(recipe)
+        split = prepared.task.preprocess(prepared.raw, prepared.tokenizer)["train"]
+        (cache,) = split.cache_files
+        return cache["filename"]
+
+    first = tokenised_file(tiny_model_dir)
+    assert tokenised_file(tiny_model_dir) == first  # cache hit: same file, not re-tokenised
+    assert tokenised_file(tiny_model_dir, max_seq_length=16) != first  # settings are part of the key
+    other = tmp_path / "other-tokenizer"
+    shutil.copytree(tiny_model_dir, other)
+    config = json.loads((other / "tokenizer_config.json").read_text())
+    config["do_lower_case"] = not config.get("do_lower_case", True)
+    (other / "tokenizer_config.json").write_text(json.dumps(config))
+    assert tokenised_file(other) != first  # so is the tokenizer
