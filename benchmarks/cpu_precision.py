@@ -9,34 +9,17 @@ fp32, bf16, ...) so that machine noise hits both alike, and prints samples/s and
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import _train
 
 
 def run(precision: str, steps: int, scratch: Path) -> dict:
-    out = scratch / f"{precision}-{len(list(scratch.iterdir()))}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "hf_finetune",
-        "train",
-        str(REPO / "recipes/glue/sst2.yaml"),
-        f"training.max_steps={steps}",
-        "training.eval_strategy=no",
-        "data.max_eval_samples=64",
-        "training.disable_tqdm=true",
-        f"training.bf16={'true' if precision == 'bf16' else 'false'}",
-        "--output-dir",
-        str(out),
-    ]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return json.loads((out / "all_results.json").read_text())
+    overrides = ["data.max_eval_samples=64", f"training.bf16={'true' if precision == 'bf16' else 'false'}"]
+    return _train.train(precision, _train.GLUE / "sst2.yaml", overrides, scratch, steps)
 
 
 def main() -> int:

@@ -12,33 +12,25 @@ in one invocation (alternating when `--rounds` > 1); prints samples/s, the ratio
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import _train
+
 VARIANTS = {"dynamic": [], "pad-128": ["data.padding=max_length"]}
 
 
 def train(name: str, steps: int, scratch: Path) -> dict:
-    out = scratch / f"{name}-{len(list(scratch.iterdir()))}"
-    cmd = [sys.executable, "-m", "hf_finetune", "train", str(REPO / "recipes" / "glue" / "sst2.yaml")]
-    cmd += [f"training.max_steps={steps}", "training.eval_strategy=no", "training.disable_tqdm=true"]
-    cmd += [*VARIANTS[name], "--output-dir", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
-    return json.loads((out / "all_results.json").read_text())
+    return _train.train(name, _train.GLUE / "sst2.yaml", VARIANTS[name], scratch, steps)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--output", default=str(REPO / "runs" / "bench-padding.json"))
+    parser.add_argument("--output", default=str(_train.REPO / "runs" / "bench-padding.json"))
     args = parser.parse_args()
     runs: dict[str, list[dict]] = {name: [] for name in VARIANTS}
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,9 +52,7 @@ def main() -> int:
         "speed_ratio_dynamic_over_pad128": speed["dynamic"] / speed["pad-128"],
         "accuracy_gap_points": 100 * (accuracy["pad-128"] - accuracy["dynamic"]),
     }
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
+    output = _train.write_report(args.output, report)
     print(
         f"dynamic padding {report['speed_ratio_dynamic_over_pad128']:.2f}x the samples/s of pad-to-128; "
         f"accuracy {accuracy['dynamic']:.4f} vs {accuracy['pad-128']:.4f}"

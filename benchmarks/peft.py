@@ -12,52 +12,25 @@ also `torch.cuda.max_memory_allocated`). Run one benchmark at a time on this mac
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-RECIPES = {"full": "sst2.yaml", "lora": "sst2_lora.yaml"}
+import _train
 
-# The child trains through the normal CLI, then reports its own peak memory.
-CHILD = """
-import json, resource, sys
-from hf_finetune import cli
-code = cli.main(sys.argv[2:])
-peak = {"max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-try:
-    import torch
-    if torch.cuda.is_available():
-        peak["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
-except ImportError:
-    pass
-open(sys.argv[1], "w").write(json.dumps(peak))
-sys.exit(code)
-"""
+RECIPES = {"full": "sst2.yaml", "lora": "sst2_lora.yaml"}
 
 
 def train(name: str, steps: int, scratch: Path) -> dict:
-    out = scratch / f"{name}-{len(list(scratch.iterdir()))}"
-    memory = scratch / f"{out.name}.memory.json"
-    cmd = [sys.executable, "-c", CHILD, str(memory), "train", str(REPO / "recipes" / "glue" / RECIPES[name])]
-    cmd += [f"training.max_steps={steps}", "training.eval_strategy=no", "training.disable_tqdm=true"]
-    cmd += ["--output-dir", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
-    result = json.loads((out / "all_results.json").read_text())
-    result.update(json.loads(memory.read_text()))
-    return result
+    return _train.train(name, _train.GLUE / RECIPES[name], [], scratch, steps)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--output", default=str(REPO / "runs" / "bench-peft.json"))
+    parser.add_argument("--output", default=str(_train.REPO / "runs" / "bench-peft.json"))
     args = parser.parse_args()
     runs: dict[str, list[dict]] = {name: [] for name in RECIPES}
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,9 +59,7 @@ def main() -> int:
     report = {"settings": vars(args), "runs": summary, "accuracy_gap_points": gap}
     report["speed_ratio_lora_over_full"] = lora["samples_per_second"] / full["samples_per_second"]
     report["memory_ratio_lora_over_full"] = lora["max_rss_mb"] / full["max_rss_mb"]
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
+    output = _train.write_report(args.output, report)
     print(
         f"LoRA trains {lora['trainable_percent']:.2f}% of the parameters; accuracy gap {gap:.2f} points; "
         f"speed {report['speed_ratio_lora_over_full']:.2f}x; peak memory {report['memory_ratio_lora_over_full']:.2f}x"

@@ -16,15 +16,13 @@ Each run is a fresh `hf-finetune train` process; samples/s is the Trainer's own 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import _train
+
 RECIPES = {
     "full": "sst2.yaml",
     "freeze": "sst2_freeze.yaml",
@@ -35,28 +33,8 @@ RECIPES = {
 
 
 def train(name: str, steps: int, scratch: Path, evaluate: bool) -> dict:
-    out = scratch / f"{name}-{len(list(scratch.iterdir()))}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "hf_finetune",
-        "train",
-        str(REPO / "recipes" / "glue" / RECIPES[name]),
-        f"training.max_steps={steps}",
-        "training.eval_strategy=no",
-        "training.disable_tqdm=true",
-        "--output-dir",
-        str(out),
-    ]
-    if not evaluate:
-        cmd.insert(-2, "data.max_eval_samples=64")
-    started = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
-    result = json.loads((out / "all_results.json").read_text())
-    result["wall_s"] = time.time() - started
-    return result
+    overrides = [] if evaluate else ["data.max_eval_samples=64"]
+    return _train.train(name, _train.GLUE / RECIPES[name], overrides, scratch, steps)
 
 
 def main() -> int:
@@ -65,7 +43,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="alternating speed rounds")
     parser.add_argument("--steps", type=int, default=600, help="step budget of each accuracy run")
     parser.add_argument("--strategies", nargs="+", default=list(RECIPES), choices=list(RECIPES))
-    parser.add_argument("--output", default=str(REPO / "runs" / "bench-strategies.json"))
+    parser.add_argument("--output", default=str(_train.REPO / "runs" / "bench-strategies.json"))
     args = parser.parse_args()
 
     report: dict = {"speed": {}, "accuracy": {}, "settings": vars(args)}
@@ -107,9 +85,7 @@ def main() -> int:
                 f"({row['strategy']})",
                 flush=True,
             )
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
+    output = _train.write_report(args.output, report)
     print(f"\n| strategy | SST-2 dev accuracy ({args.steps} steps x 32) | samples/s | trainable params |")
     print("|---|---|---|---|")
     for name, row in report["accuracy"].items():
