@@ -530,6 +530,16 @@ class _Override:
 
     text: str
 
+    def parsed(self, empty: Any = "") -> Any:
+        """The text read as a YAML value (so `3e-5` is a number), or as typed when it is not valid YAML."""
+        text = self.text.strip()
+        if not text:
+            return empty
+        try:
+            return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+        except yaml.YAMLError:
+            return self.text
+
 
 def _apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> None:
     for item in overrides:
@@ -598,11 +608,7 @@ def _nested_section(tp: Any) -> type | None:
 def _coerce_section(value: Any, tp: Any, cls: type, path: str) -> Any:
     """A sub-section: a mapping of its fields; `true` means its defaults, `false`/null means off (if optional)."""
     if isinstance(value, _Override):
-        text = value.text.strip()
-        try:
-            value = yaml.load(text, Loader=_RecipeLoader) if text else None  # noqa: S506
-        except yaml.YAMLError:
-            value = value.text
+        value = value.parsed(empty=None)
     optional = type(None) in (_union_args(tp) or ())
     if isinstance(value, cls):
         return value
@@ -645,11 +651,7 @@ def _accepts_str(tp: Any) -> bool:
 
 def _coerce(value: Any, tp: Any) -> Any:
     if isinstance(value, _Override):
-        text = value.text.strip()
-        try:
-            parsed = yaml.load(text, Loader=_RecipeLoader) if text else ""  # noqa: S506
-        except yaml.YAMLError:
-            parsed = value.text
+        parsed = value.parsed()
         try:
             return _coerce(parsed, tp)
         except _BadChoice:
