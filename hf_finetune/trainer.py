@@ -7,6 +7,7 @@ from pathlib import Path
 from transformers import Trainer
 
 from .errors import RecipeError
+from .strategies.peft import is_peft_model
 
 RECIPE_FILE = "recipe.yaml"
 
@@ -78,7 +79,7 @@ class FinetuneTrainer(Trainer):
         if self.args.should_save:
             target = Path(output_dir or self.args.output_dir)
             target.mkdir(parents=True, exist_ok=True)
-            if hasattr(self.model, "get_base_model") and hasattr(self.model, "peft_config"):
+            if is_peft_model(self.model):
                 # a peft adapter dir: also the model config, with the label maps, for eval/predict/export
                 self.model.get_base_model().config.save_pretrained(target)
             if self.recipe is not None:

@@ -156,7 +156,6 @@ def make_plan(
     decay_names = default_decay_names(model) if decay_names is None else decay_names
     wrapped = peft is not None and peft.enabled
     layout = _peft_layout(model, strategy) if wrapped else _layout(model, strategy)
-    names = list(layout.parts)
     total = sum(p.numel() for _, p in model.named_parameters())
     num_layers = layout.num_layers
 
@@ -182,7 +181,7 @@ def make_plan(
     sizes = {name: p.numel() for name, p in model.named_parameters()}
     groups: list[GroupPlan] = []
     for part in layout.order():
-        members = [n for n in layout.params_of(part)]
+        members = layout.params_of(part)
         frozen_members = [n for n in members if n in frozen]
         if frozen_members:
             groups.append(
@@ -236,7 +235,7 @@ def make_plan(
     if every:
         last = max(stage_of.values(), default=0)
         stages = [[n for n, s in stage_of.items() if s == k] for k in range(1, last + 1)]
-    assert set(names) == {n for g in groups for n in g.param_names}
+    assert set(layout.parts) == {n for g in groups for n in g.param_names}
     description = describe(strategy, num_layers)
     if wrapped:
         description = describe_peft(peft) + ("" if description == "full fine-tuning" else f"; {description}")
