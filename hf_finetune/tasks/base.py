@@ -144,6 +144,14 @@ class Task:
         """Reduce each evaluation batch's logits before the Trainer gathers them (None: keep all)."""
         return None
 
+    def read_inputs(self, records: list[dict[str, Any]], where: str) -> Any:
+        """Parse `predict` input lines into what `predict` consumes; DataError naming the line if one is bad."""
+        raise NotImplementedError
+
+    def check_inputs(self, records: list[dict[str, Any]], where: str) -> None:
+        """Run before any weights load, so a bad input line costs no model load."""
+        self.read_inputs(records, where)
+
     def predict(
         self, model, tokenizer, records: list[dict[str, Any]], batch_size: int
     ) -> list[dict[str, Any]]:

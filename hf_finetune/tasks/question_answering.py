@@ -358,7 +358,7 @@ class QuestionAnsweringTask(Task):
     def input_fields(self) -> list[str]:
         return [self.cfg.question_column, self.cfg.context_column]
 
-    def _inputs(self, records, where: str) -> tuple[list[str], list[str]]:
+    def read_inputs(self, records, where: str) -> tuple[list[str], list[str]]:
         cfg = self.cfg
         questions, contexts = [], []
         for number, record in enumerate(records, 1):
@@ -375,14 +375,11 @@ class QuestionAnsweringTask(Task):
             contexts.append(values[1])
         return questions, contexts
 
-    def check_inputs(self, records, where: str) -> None:
-        self._inputs(records, where)
-
     def predict(self, model, tokenizer, records, batch_size, where: str = "input"):
         import torch
 
         cfg = self.cfg
-        questions, contexts = self._inputs(records, where)
+        questions, contexts = self.read_inputs(records, where)
         enc = self._encode(tokenizer, questions, contexts)
         owners = enc["overflow_to_sample_mapping"]
         features = [

@@ -260,7 +260,7 @@ class TextClassificationTask(Task):
             f"{where}: missing field '{column}' (or '{generic}'); each line needs the text to classify."
         )
 
-    def _inputs(self, records, where: str):
+    def read_inputs(self, records, where: str):
         cfg = self.cfg
         texts = [
             self._field(r, cfg.text_column, "text", f"{where} line {i + 1}") for i, r in enumerate(records)
@@ -271,14 +271,11 @@ class TextClassificationTask(Task):
         ]
         return texts, pairs
 
-    def check_inputs(self, records, where: str) -> None:
-        self._inputs(records, where)
-
     def predict(self, model, tokenizer, records, batch_size, where: str = "input"):
         import torch
 
         cfg = self.cfg
-        texts, pairs = self._inputs(records, where)
+        texts, pairs = self.read_inputs(records, where)
         max_length = _max_length(tokenizer, self.recipe.data.max_seq_length)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]) + len(pairs[i] or ""))
         device = next(model.parameters()).device

@@ -456,7 +456,7 @@ class TokenClassificationTask(Task):
     def input_fields(self) -> list[str]:
         return ["text", self.cfg.tokens_column]
 
-    def _inputs(self, records, where: str) -> list[tuple[str, list[str], list[tuple[int, int]]]]:
+    def read_inputs(self, records, where: str) -> list[tuple[str, list[str], list[tuple[int, int]]]]:
         """(text, words, character span of each word) per record."""
         out = []
         column = self.cfg.tokens_column
@@ -483,11 +483,8 @@ class TokenClassificationTask(Task):
                 )
         return out
 
-    def check_inputs(self, records, where: str) -> None:
-        self._inputs(records, where)
-
     def predict(self, model, tokenizer, records, batch_size, where: str = "input"):
-        inputs = self._inputs(records, where)
+        inputs = self.read_inputs(records, where)
         tag_probs = self._word_probabilities(model, tokenizer, [words for _, words, _ in inputs], batch_size)
         names = self.labels.names
         outputs = []
