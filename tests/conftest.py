@@ -133,15 +133,19 @@ def no_weights(monkeypatch):
     monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(refuse))
 
 
-def train_fails(capsys, recipe: dict, tmp_path, expected: str) -> str:
-    """`hf-finetune train` on ``recipe`` exits 2 with ``expected`` in its message; returns stderr."""
+def write_recipe(path: Path, recipe: dict) -> str:
+    """Write a recipe dict as YAML; returns the path as text (for the CLI)."""
     import yaml
 
+    path.write_text(yaml.safe_dump(recipe))
+    return str(path)
+
+
+def train_fails(capsys, recipe: dict, tmp_path, expected: str) -> str:
+    """`hf-finetune train` on ``recipe`` exits 2 with ``expected`` in its message; returns stderr."""
     from hf_finetune import cli
 
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    code = cli.main(["train", str(path)])
+    code = cli.main(["train", write_recipe(tmp_path / "recipe.yaml", recipe)])
     err = capsys.readouterr().err
     assert code == 2, err
     assert expected in err, err

@@ -7,11 +7,10 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
 from hf_finetune import cli
 
-from .conftest import sentiment_rows, tiny_recipe, write_jsonl
+from .conftest import sentiment_rows, tiny_recipe, write_jsonl, write_recipe
 
 
 @pytest.fixture(autouse=True)
@@ -23,11 +22,6 @@ def run_cli(capsys, *argv) -> tuple[int, str]:
     code = cli.main(list(argv))
     err = capsys.readouterr().err
     return code, err
-
-
-def write_recipe(path, recipe: dict):
-    path.write_text(yaml.safe_dump(recipe))
-    return str(path)
 
 
 @pytest.fixture()

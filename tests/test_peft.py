@@ -24,7 +24,7 @@ from hf_finetune.pipeline import (
 )
 from hf_finetune.strategies.peft import auto_lora_targets, head_modules
 
-from .conftest import tiny_recipe, train_fails, write_jsonl, write_sentiment_files
+from .conftest import tiny_recipe, train_fails, write_jsonl, write_recipe, write_sentiment_files
 
 
 @pytest.fixture(scope="session")
@@ -145,17 +145,14 @@ def test_merged_model_matches_the_adapter(peft_run, tmp_path, capsys):
 
 
 def test_plan_lists_adapters_and_head(sentiment_base, sentiment_files, tmp_path, capsys, no_weights):
-    import yaml
-
-    path = tmp_path / "recipe.yaml"
     recipe = tiny_recipe(
         sentiment_base,
         sentiment_files,
         tmp_path / "out",
         peft={"method": "lora", "r": 4, "loraplus_lr_ratio": 16},
     )
-    path.write_text(yaml.safe_dump(recipe))
-    assert cli.main(["plan", str(path), "--json"]) == 0
+    path = write_recipe(tmp_path / "recipe.yaml", recipe)
+    assert cli.main(["plan", path, "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     trainable = [g for g in plan["groups"] if g["trainable"]]
     lrs = {g["name"]: g["lr"] for g in trainable}

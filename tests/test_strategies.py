@@ -30,7 +30,7 @@ from hf_finetune.pipeline import train
 from hf_finetune.strategies import discover_layout, make_plan
 from hf_finetune.strategies.layers import EMBEDDINGS, HEAD, POOLER
 
-from .conftest import tiny_recipe, train_fails
+from .conftest import tiny_recipe, train_fails, write_recipe
 
 SIZES = dict(vocab_size=99, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32)
 CONFIGS = {
@@ -507,17 +507,14 @@ def test_albert_checkpoint_error_names_the_field(
 
 
 def test_plan_cli_json_and_table(tiny_model_dir, sentiment_files, tmp_path, capsys, no_weights):
-    import yaml
-
-    path = tmp_path / "recipe.yaml"
     recipe = tiny_recipe(
         tiny_model_dir,
         sentiment_files,
         tmp_path / "out",
         strategy={"freeze_embeddings": True, "layerwise_lr_decay": 0.5, "gradual_unfreezing": True},
     )
-    path.write_text(yaml.safe_dump(recipe))
-    assert cli.main(["plan", str(path), "--json"]) == 0
+    path = write_recipe(tmp_path / "recipe.yaml", recipe)
+    assert cli.main(["plan", path, "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert {"groups", "trainable_params", "total_params"} <= set(plan)
     for group in plan["groups"]:
@@ -531,7 +528,7 @@ def test_plan_cli_json_and_table(tiny_model_dir, sentiment_files, tmp_path, caps
     lrs = {g["name"]: g["lr"] for g in plan["groups"]}
     assert lrs["layer.0"] == 3e-3 * 0.25 and lrs["embeddings (frozen)"] is None
 
-    assert cli.main(["plan", str(path)]) == 0
+    assert cli.main(["plan", path]) == 0
     text = capsys.readouterr().out
     assert "embeddings (frozen)" in text and "from epoch" in text
     assert f"trainable {plan['trainable_params']:,} of {plan['total_params']:,} parameters" in text
@@ -555,8 +552,6 @@ def test_gradual_unfreezing_keeps_ddp_replicas_identical(tiny_model_dir, sentime
     import subprocess
     import sys
 
-    import yaml
-
     from .conftest import REPO
 
     recipe = tiny_recipe(
@@ -572,8 +567,7 @@ def test_gradual_unfreezing_keeps_ddp_replicas_identical(tiny_model_dir, sentime
             "max_grad_norm": 1.0,
         },
     )
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
+    path = write_recipe(tmp_path / "recipe.yaml", recipe)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
