@@ -11,7 +11,7 @@ TORCH_VERSION := 2.13.0
 HF_FINETUNE_DATA_MIRROR ?= $(abspath $(wildcard ../shared/data))
 export HF_FINETUNE_DATA_MIRROR
 
-.PHONY: install test test-fast lint demo clean
+.PHONY: install test test-fast lint demo bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/hf-finetune train recipes/glue/sst2.yaml
+
+# strategies x GLUE tasks x seeds (recipes/bench/glue-quick.yaml, about 45 minutes on 2 CPU cores)
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/hf-finetune bench recipes/bench/glue-quick.yaml
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info

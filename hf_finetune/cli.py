@@ -105,6 +105,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", required=True, help="new directory for the merged model")
 
+    p = sub.add_parser(
+        "bench",
+        help="run a bench file: task recipes x strategies x seeds, one process per cell (resumable)",
+    )
+    p.add_argument("bench_file", nargs="?", help="bench YAML, e.g. recipes/bench/glue-quick.yaml")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="bench.FIELD=value (e.g. bench.seeds=[1] bench.max_steps=200), or section.field=value for every cell",
+    )
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="measure this machine's peak matmul FLOP/s per dtype (the MFU denominator) and cache it",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     sub.add_parser("recipes", help="list the bundled recipes")
     sub.add_parser("tasks", help="list the tasks")
     return parser
@@ -126,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     from .config import load_recipe
 
+    if args.command == "bench":
+        return _bench(args)
     if args.command == "recipes":
         root = recipes_dir()
         if root is None:
@@ -189,6 +208,40 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"wrote {count} predictions to {args.output}")
         return 0
     raise AssertionError(args.command)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import load_bench, run_bench
+
+    if args.bench_file is None and not args.calibrate:
+        raise FinetuneError("bench: give a bench file (e.g. recipes/bench/glue-quick.yaml), or --calibrate.")
+    bench = None
+    if args.bench_file is not None:
+        path = args.bench_file
+        if not Path(path).exists() and recipes_dir() is not None:
+            path = resolve_recipe_path(path if "/" in path else f"bench/{path}")
+        bench = load_bench(path, args.overrides)
+        bench.cells()  # every cell's recipe is checked before anything is measured or trained
+    if args.calibrate:
+        import torch
+
+        from .mfu import DTYPES, cache_path, calibrate, device_name
+
+        for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+            for dtype, entry in calibrate(device, DTYPES).items():
+                print(
+                    f"{device} ({device_name(device)}) {dtype}: {entry['flops'] / 1e12:.3f} TFLOP/s "
+                    f"(matmul {entry['matmul_size']})"
+                )
+        print(f"cached in {cache_path()}")
+    if bench is None:
+        return 0
+    summary = run_bench(bench, progress=not args.no_progress)
+    print(
+        f"{summary['cells']} cells: {summary['ran']} ran, {summary['skipped']} already done, "
+        f"{summary['failed']} failed; results in {summary['output_dir']}/(results.jsonl, results.md, results.png)"
+    )
+    return 1 if summary["failed"] else 0
 
 
 def format_plan(plan) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 from .config import Recipe, load_recipe
 from .errors import DataError, FinetuneError, RecipeError
 from .hub import ensure_hub_mode
+from .mfu import training_flops_per_token
 from .outputs import CURVES_FILE, plot_curves, write_environment
 from .tasks import get_task
 from .trainer import RECIPE_FILE, FinetuneTrainer, recipe_header
@@ -199,6 +200,9 @@ def train(recipe: Recipe) -> dict[str, Any]:
         recipe.save(output_dir / RECIPE_FILE, header=recipe_header(recipe))
         write_environment(output_dir)
 
+    if args.include_num_input_tokens_seen == "no":
+        args.include_num_input_tokens_seen = "non_padding"  # for train_tokens_per_second and MFU
+    flops_per_token = training_flops_per_token(model)["total"]
     trainer = FinetuneTrainer(
         model=model,
         args=args,
@@ -217,6 +221,12 @@ def train(recipe: Recipe) -> dict[str, Any]:
     train_metrics = dict(result.metrics)
     train_metrics["train_samples"] = len(tokenised[recipe.data.train_split])
     train_metrics["trainable_params"] = plan_.trainable_params
+    tokens = trainer.token_count.tokens
+    if tokens and train_metrics.get("train_runtime"):
+        train_metrics["train_tokens"] = tokens
+        train_metrics["train_tokens_per_second"] = round(tokens / train_metrics["train_runtime"], 3)
+        # the matmul FLOPs of the real tokens trained on (see hf_finetune.mfu); the basis of bench's MFU
+        train_metrics["train_model_flops"] = float(tokens * flops_per_token)
     train_metrics["total_params"] = plan_.total_params
     trainer.log_metrics("train", train_metrics)
     trainer.save_metrics("train", {**train_metrics, "strategy": plan_.description})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from .errors import RecipeError
 from .strategies.peft import is_peft_model
@@ -33,6 +33,8 @@ class FinetuneTrainer(Trainer):
             else None
         )
         callbacks = list(kwargs.pop("callbacks", None) or [])
+        self.token_count = _TokensThisRun()
+        callbacks.append(self.token_count)
         if self.unfreezing is not None:
             callbacks.append(self.unfreezing)
         super().__init__(*args, callbacks=callbacks or None, **kwargs)
@@ -84,6 +86,21 @@ class FinetuneTrainer(Trainer):
                 self.model.get_base_model().config.save_pretrained(target)
             if self.recipe is not None:
                 self.recipe.save(target / RECIPE_FILE, header=recipe_header(self.recipe))
+
+
+class _TokensThisRun(TrainerCallback):
+    """Tokens trained on by this `train()` call (the Trainer's running count also covers resumed steps)."""
+
+    def __init__(self) -> None:
+        self.start = 0
+        self.state = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start, self.state = state.num_input_tokens_seen, state
+
+    @property
+    def tokens(self) -> int:
+        return 0 if self.state is None else self.state.num_input_tokens_seen - self.start
 
 
 def recipe_header(recipe) -> str:

@@ -1,0 +1,714 @@
+"""`hf-finetune bench`: task recipes x strategy overlays x seeds, one process per cell.
+
+A bench file::
+
+    bench:
+      output_dir: runs/bench/glue-quick
+      seeds: [1, 2, 3]
+      max_steps: 150            # the budget of every cell (null: each recipe's own schedule)
+    tasks:                      # name -> recipe (a path, relative to this file, or a bundled name)
+      sst2: glue/sst2
+      mrpc: {recipe: glue/mrpc, metric: f1, overrides: {training: {per_device_train_batch_size: 16}}}
+    strategies:                 # name -> recipe sections laid over every task recipe
+      full: {}
+      freeze-bottom-4: {strategy: {freeze_layers: 4}}
+      lora-r8: {peft: {method: lora, r: 8}, training: {learning_rate: 5.0e-4}}
+    overrides: {training: {logging_steps: 50}}   # laid over every cell
+
+writes ``results.jsonl`` (one line per finished cell, appended as it finishes), ``results.md`` (mean +- std
+over seeds per task x strategy) and ``results.png`` (score against training time) into ``bench.output_dir``.
+A re-run skips the cells already recorded as ``ok`` with the same settings, so an interrupted bench resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import SECTIONS, load_recipe, parse_yaml
+from .errors import FinetuneError, RecipeError, close_matches
+
+logger = logging.getLogger("hf_finetune")
+
+RESULTS = "results.jsonl"
+REPORT = "results.md"
+PLOT = "results.png"
+CELLS_DIR = "cells"
+BENCH_FIELDS = {
+    "output_dir": "directory for results.jsonl, results.md, results.png and the cells' run directories",
+    "seeds": "list of training seeds; each task x strategy runs once per seed",
+    "max_steps": "optimizer steps per cell (null: every recipe's own schedule)",
+    "cell_timeout_s": "a cell still running after this many seconds is stopped and recorded as failed",
+    "keep_models": "keep each cell's trained weights (default false: only metrics and logs are kept)",
+}
+TOP_LEVEL = ("bench", "tasks", "strategies", "overrides")
+#: the headline metric per GLUE config (as the GLUE leaderboard ranks them); other tasks: see `default_metric`
+GLUE_METRIC = {
+    "cola": "matthews_correlation",
+    "stsb": "pearson",
+    "mrpc": "f1",
+    "qqp": "f1",
+}
+RECORD_FIELDS = (
+    "task",
+    "strategy",
+    "seed",
+    "metric",
+    "score",
+    "train_runtime",
+    "train_samples_per_second",
+    "train_tokens_per_second",
+    "peak_memory_mb",
+    "trainable_params",
+    "total_params",
+    "mfu",
+    "status",
+)
+
+
+@dataclass
+class Cell:
+    task: str
+    strategy: str
+    seed: int
+    recipe_path: str
+    overrides: list[str]
+    metric: str | None
+    run_dir: Path
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.task, self.strategy, self.seed)
+
+    @property
+    def label(self) -> str:
+        return f"{self.task}/{self.strategy}/seed{self.seed}"
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes when the recipe file or the cell's overrides change: such a cell is not 'done'."""
+        text = Path(self.recipe_path).read_text(encoding="utf-8")
+        blob = json.dumps([text, self.overrides, self.metric], sort_keys=True)
+        return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Bench:
+    path: Path
+    output_dir: Path
+    seeds: list[int]
+    max_steps: int | None
+    cell_timeout_s: float | None
+    keep_models: bool
+    tasks: dict[str, dict[str, Any]]
+    strategies: dict[str, list[str]]
+    overrides: list[str]
+    cli_overrides: list[str] = field(default_factory=list)
+
+    def cells(self) -> list[Cell]:
+        import torch
+
+        cells = []
+        for task, spec in self.tasks.items():
+            for strategy, overlay in self.strategies.items():
+                for seed in self.seeds:
+                    run_dir = self.output_dir / CELLS_DIR / task / strategy / f"seed{seed}"
+                    overrides = [
+                        *spec["overrides"],
+                        *overlay,
+                        *self.overrides,
+                        *self.cli_overrides,
+                        *([f"training.max_steps={self.max_steps}"] if self.max_steps is not None else []),
+                        f"training.seed={seed}",
+                        "training.eval_strategy=no",  # one evaluation, at the end
+                        "training.save_strategy=no",
+                        "training.load_best_model_at_end=false",
+                        "training.report_to=none",
+                        "training.disable_tqdm=true",
+                        f"training.output_dir={run_dir}",
+                    ]
+                    cells.append(
+                        Cell(task, strategy, seed, spec["recipe"], overrides, spec["metric"], run_dir)
+                    )
+        # every cell's recipe is read and type-checked now: a typo fails here, not an hour in
+        for cell in cells:
+            try:
+                recipe = load_recipe(cell.recipe_path, cell.overrides)
+            except RecipeError as exc:
+                raise FinetuneError(f"{self.path}: cell {cell.label}: {exc}") from None
+            args = recipe.training
+            cell.device = "cuda" if torch.cuda.is_available() and not args.use_cpu else "cpu"
+            cell.dtype = "bfloat16" if args.bf16 else "float16" if args.fp16 else "float32"
+        return cells
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading a bench file
+# ------------------------------------------------------------------------------------------------
+def load_bench(path: str | Path, overrides: list[str] = ()) -> Bench:
+    """Read and check a bench file; ``bench.FIELD=value`` overrides set bench fields, any other
+    ``section.field=value`` is laid over every cell's recipe."""
+    path = Path(path)
+    if not path.is_file():
+        raise FinetuneError(
+            f"bench file not found: {path}. Give a bench YAML file, e.g. recipes/bench/glue-quick.yaml."
+        )
+    raw = parse_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
+    if not isinstance(raw, dict):
+        raise FinetuneError(f"{path}: expected a mapping with the keys {', '.join(TOP_LEVEL)}.")
+    for key in raw:
+        if key not in TOP_LEVEL:
+            raise FinetuneError(
+                f"{path}: unknown key {key!r}{close_matches(str(key), TOP_LEVEL)}; "
+                f"a bench file has {', '.join(TOP_LEVEL)}."
+            )
+    settings = dict(raw.get("bench") or {})
+    cli_overrides = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise FinetuneError(f"override {item!r} is not `bench.field=value` or `section.field=value`.")
+        if key.startswith("bench."):
+            settings[key[len("bench.") :]] = parse_yaml(text, f"override {key}") if text.strip() else None
+        else:
+            cli_overrides.append(item)
+    for key in settings:
+        if key not in BENCH_FIELDS:
+            raise FinetuneError(
+                f"{path}: unknown field bench.{key}{close_matches(str(key), BENCH_FIELDS)}; fields: "
+                + "; ".join(f"{k} ({v})" for k, v in BENCH_FIELDS.items())
+            )
+
+    seeds = settings.get("seeds", [42])
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = [seeds]
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
+        raise FinetuneError(f"{path}: bench.seeds must be a non-empty list of integers, e.g. [1, 2, 3].")
+    if len(set(seeds)) != len(seeds):
+        raise FinetuneError(f"{path}: bench.seeds repeats a seed: {seeds}.")
+    max_steps = settings.get("max_steps")
+    if max_steps is not None and (
+        not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1
+    ):
+        raise FinetuneError(f"{path}: bench.max_steps must be a positive integer or null, got {max_steps!r}.")
+    timeout = settings.get("cell_timeout_s")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise FinetuneError(f"{path}: bench.cell_timeout_s must be a positive number of seconds or null.")
+    output_dir = settings.get("output_dir") or f"runs/bench/{path.stem}"
+
+    tasks = _read_tasks(path, raw.get("tasks"))
+    strategies = _read_strategies(path, raw.get("strategies"))
+    common = raw.get("overrides") or {}
+    if not isinstance(common, dict):
+        raise FinetuneError(
+            f"{path}: overrides must map recipe sections to fields, e.g. {{training: {{...}}}}."
+        )
+    return Bench(
+        path=path,
+        output_dir=Path(output_dir),
+        seeds=seeds,
+        max_steps=max_steps,
+        cell_timeout_s=float(timeout) if timeout is not None else None,
+        keep_models=bool(settings.get("keep_models", False)),
+        tasks=tasks,
+        strategies=strategies,
+        overrides=flatten_overrides(common, f"{path}: overrides"),
+        cli_overrides=cli_overrides,
+    )
+
+
+def _read_tasks(path: Path, tasks: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(tasks, dict) or not tasks:
+        raise FinetuneError(
+            f"{path}: `tasks` must map task names to recipes, e.g. tasks: {{sst2: glue/sst2, mrpc: glue/mrpc}}."
+        )
+    out = {}
+    for name, spec in tasks.items():
+        where = f"{path}: tasks.{name}"
+        _check_name(where, name)
+        if isinstance(spec, str):
+            spec = {"recipe": spec}
+        if not isinstance(spec, dict) or "recipe" not in spec:
+            raise FinetuneError(
+                f"{where}: give a recipe path or bundled name, or {{recipe: ..., metric: ...}}."
+            )
+        unknown = set(spec) - {"recipe", "metric", "overrides"}
+        if unknown:
+            raise FinetuneError(
+                f"{where}: unknown field(s) {sorted(unknown)}; fields: recipe, metric, overrides."
+            )
+        out[str(name)] = {
+            "recipe": _resolve_recipe(path, str(spec["recipe"]), where),
+            "metric": spec.get("metric"),
+            "overrides": flatten_overrides(spec.get("overrides") or {}, f"{where}.overrides"),
+        }
+    return out
+
+
+def _read_strategies(path: Path, strategies: Any) -> dict[str, list[str]]:
+    if not isinstance(strategies, dict) or not strategies:
+        raise FinetuneError(
+            f"{path}: `strategies` must map names to recipe overlays, e.g. "
+            "strategies: {full: {}, freeze-bottom-4: {strategy: {freeze_layers: 4}}}."
+        )
+    out = {}
+    for name, overlay in strategies.items():
+        where = f"{path}: strategies.{name}"
+        _check_name(where, name)
+        out[str(name)] = flatten_overrides(overlay or {}, where)
+    return out
+
+
+def _check_name(where: str, name: Any) -> None:
+    text = str(name)
+    if not text or any(c in text for c in "/\\ \t") or text.startswith("."):
+        raise FinetuneError(f"{where}: names become directories; use letters, digits, '-', '_' or '.'.")
+
+
+def _resolve_recipe(bench_path: Path, name: str, where: str) -> str:
+    from .cli import resolve_recipe_path
+
+    for candidate in (bench_path.parent / name, bench_path.parent / f"{name}.yaml"):
+        if candidate.is_file():
+            return str(candidate.resolve())
+    resolved = Path(resolve_recipe_path(name))
+    if resolved.is_file():
+        return str(resolved.resolve())
+    raise FinetuneError(
+        f"{where}: recipe {name!r} not found (next to the bench file, as a path, or as a bundled name; "
+        "`hf-finetune recipes` lists those)."
+    )
+
+
+def flatten_overrides(overlay: Any, where: str) -> list[str]:
+    """{training: {learning_rate: 5e-4}} -> ['training.learning_rate=0.0005'] (values as JSON, which YAML reads)."""
+    if not isinstance(overlay, dict):
+        raise FinetuneError(
+            f"{where}: expected a mapping of recipe sections, e.g. {{strategy: {{freeze_layers: 4}}}}."
+        )
+    out: list[str] = []
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(f"{prefix}.{key}", value)
+        else:
+            out.append(f"{prefix}={json.dumps(node)}")
+
+    for section, fields in overlay.items():
+        if "." in str(section):  # dotted keys: {"strategy.freeze_layers": 4}
+            out.append(f"{section}={json.dumps(fields)}")
+            continue
+        if section not in SECTIONS:
+            raise FinetuneError(
+                f"{where}: unknown recipe section {section!r}{close_matches(str(section), SECTIONS)}; "
+                f"sections: {', '.join(SECTIONS)}."
+            )
+        if not isinstance(fields, dict):
+            raise FinetuneError(f"{where}.{section}: expected a mapping of fields.")
+        walk(str(section), fields)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Running
+# ------------------------------------------------------------------------------------------------
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """The records of results.jsonl; a torn last line (a killed bench) is skipped."""
+    records = []
+    if not path.is_file():
+        return records
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            logger.warning(
+                "%s line %d is not complete JSON (an interrupted write); ignoring it", path, number
+            )
+    return records
+
+
+def latest_records(records: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
+    latest = {}
+    for record in records:
+        latest[(record["task"], record["strategy"], record["seed"])] = record
+    return latest
+
+
+def run_bench(bench: Bench, progress: bool = True) -> dict[str, Any]:
+    """Run every cell not already done; write the three outputs. Returns {'ran', 'skipped', 'failed', ...}."""
+    from .mfu import peak_flops
+
+    cells = bench.cells()
+    bench.output_dir.mkdir(parents=True, exist_ok=True)
+    results_path = bench.output_dir / RESULTS
+    _drop_torn_line(results_path)
+    done = {
+        key
+        for key, record in latest_records(read_results(results_path)).items()
+        if record.get("status") == "ok"
+    }
+    fingerprints = {c.key: c.fingerprint for c in cells}
+    previous = latest_records(read_results(results_path))
+    todo = [
+        c for c in cells if not (c.key in done and previous[c.key].get("fingerprint") == fingerprints[c.key])
+    ]
+    skipped = len(cells) - len(todo)
+    if skipped:
+        logger.info(
+            "%d of %d cells already done in %s; running the other %d",
+            skipped,
+            len(cells),
+            results_path,
+            len(todo),
+        )
+    peaks = {}
+    for device, dtype in sorted({(c.device, c.dtype) for c in todo}):
+        peaks[(device, dtype)] = peak_flops(device, dtype)
+
+    bar = _progress(len(cells), skipped, enabled=progress)
+    failed = 0
+    try:
+        for cell in todo:
+            bar.set_postfix_str(f"running {cell.label}", refresh=True)
+            record = run_cell(cell, bench, peaks.get((cell.device, cell.dtype)))
+            record["fingerprint"] = fingerprints[cell.key]
+            _append(results_path, record)
+            if record["status"] != "ok":
+                failed += 1
+                bar.write(
+                    f"cell {cell.label} failed: {record.get('error')} (log: {cell.run_dir / 'train.log'})"
+                )
+            else:
+                bar.write(
+                    f"cell {cell.label}: {record['metric']} {record['score']:.4f} in {record['train_runtime']:.0f}s"
+                )
+            bar.update(1)
+            write_report(bench)  # the table and plot grow as cells finish
+    finally:
+        bar.close()
+    write_report(bench)
+    return {
+        "cells": len(cells),
+        "ran": len(todo),
+        "skipped": skipped,
+        "failed": failed,
+        "output_dir": str(bench.output_dir),
+    }
+
+
+def _drop_torn_line(path: Path) -> None:
+    """A bench killed mid-write leaves a last line without its newline: cut it, so appends stay whole lines."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data[: data.rfind(b"\n") + 1]
+        logger.warning("%s: dropping an incomplete last line (an interrupted write)", path)
+        tmp = path.with_name(path.name + ".partial")
+        tmp.write_bytes(keep)
+        os.replace(tmp, path)
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total, initial=initial, desc="bench cells", unit="cell", disable=not enabled, dynamic_ncols=True
+    )
+
+
+def _append(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+_CHILD = """
+import json, resource, sys
+from hf_finetune import cli
+try:
+    code = cli.main(sys.argv[2:])
+finally:
+    peak = {"max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    try:
+        import torch
+        if torch.cuda.is_available():
+            peak["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    except ImportError:
+        pass
+    open(sys.argv[1], "w").write(json.dumps(peak))
+sys.exit(code)
+"""
+
+
+def run_cell(cell: Cell, bench: Bench, peak: float | None) -> dict[str, Any]:
+    """Train one cell in a fresh process; its record (status ok, or failed with the error)."""
+    import shutil
+
+    shutil.rmtree(cell.run_dir, ignore_errors=True)  # a cell interrupted earlier starts clean
+    cell.run_dir.mkdir(parents=True)
+    memory_file = cell.run_dir / "memory.json"
+    log_file = cell.run_dir / "train.log"
+    cmd = [sys.executable, "-c", _CHILD, str(memory_file), "train", cell.recipe_path, *cell.overrides]
+    record: dict[str, Any] = {
+        "task": cell.task,
+        "strategy": cell.strategy,
+        "seed": cell.seed,
+        "metric": cell.metric,
+    }
+    started = time.time()
+    with log_file.open("w", encoding="utf-8") as log:
+        log.write("$ hf-finetune train " + " ".join([cell.recipe_path, *cell.overrides]) + "\n")
+        log.flush()
+        try:
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=bench.cell_timeout_s)
+            code = proc.returncode
+        except subprocess.TimeoutExpired:
+            code = None
+    record["wall_s"] = round(time.time() - started, 2)
+    results_file = cell.run_dir / "all_results.json"
+    if code != 0 or not results_file.is_file():
+        record.update({k: None for k in RECORD_FIELDS if k not in record})
+        record["status"] = "failed"
+        record["error"] = (
+            f"stopped after bench.cell_timeout_s={bench.cell_timeout_s:g}s"
+            if code is None
+            else _last_error(log_file, code)
+        )
+        return record
+    results = json.loads(results_file.read_text())
+    memory = json.loads(memory_file.read_text()) if memory_file.is_file() else {}
+    metric = cell.metric or default_metric(cell.recipe_path, results)
+    score = results.get(f"eval_{metric}")
+    flops = results.get("train_model_flops")
+    runtime = results.get("train_runtime")
+    record.update(
+        {
+            "metric": metric,
+            "score": score,
+            "train_runtime": runtime,
+            "train_samples_per_second": results.get("train_samples_per_second"),
+            "train_tokens_per_second": results.get("train_tokens_per_second"),
+            "peak_memory_mb": round(memory["max_rss_mb"], 1) if "max_rss_mb" in memory else None,
+            "trainable_params": results.get("trainable_params"),
+            "total_params": results.get("total_params"),
+            "mfu": (flops / runtime / peak) if flops and runtime and peak else None,
+            "status": "ok",
+            "train_loss": results.get("train_loss"),
+            "train_steps": _steps(cell.run_dir),
+            "train_tokens": results.get("train_tokens"),
+            "train_model_flops": flops,
+            "peak_flops": peak,
+            "device": cell.device,
+            "dtype": cell.dtype,
+            "eval": {k: v for k, v in results.items() if k.startswith("eval_")},
+        }
+    )
+    if "cuda_max_allocated_mb" in memory:
+        record["cuda_peak_memory_mb"] = round(memory["cuda_max_allocated_mb"], 1)
+    if score is None:
+        record["status"] = "failed"
+        record["error"] = (
+            f"metric {metric!r} not among the eval results {sorted(record['eval'])}; set tasks.{cell.task}.metric"
+        )
+    if not bench.keep_models:
+        for pattern in ("*.safetensors", "*.bin", "*.pt"):
+            for weights in cell.run_dir.glob(pattern):
+                weights.unlink()
+    return record
+
+
+def _steps(run_dir: Path) -> int | None:
+    try:
+        return json.loads((run_dir / "trainer_state.json").read_text())["global_step"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _last_error(log_file: Path, code: int) -> str:
+    lines = [
+        line.strip()
+        for line in log_file.read_text(encoding="utf-8", errors="replace").splitlines()
+        if line.strip()
+    ]
+    for line in reversed(lines):
+        if line.startswith("hf-finetune: error:"):
+            return line[len("hf-finetune: error:") :].strip()
+    for line in reversed(lines):
+        if "Error" in line or "error" in line:
+            return line[:500]
+    return f"exit code {code}" + (f": {lines[-1][:300]}" if lines else "")
+
+
+def default_metric(recipe_path: str, results: dict[str, Any]) -> str:
+    """The headline metric: GLUE's own per task; F1 for NER and QA; else accuracy (Pearson for regression)."""
+    recipe = load_recipe(recipe_path)
+    data = recipe.data
+    if data.dataset and data.dataset.rstrip("/").split("/")[-1] == "glue" and data.config:
+        return GLUE_METRIC.get(data.config, "accuracy")
+    if recipe.task.name in ("token-classification", "question-answering"):
+        order = ("f1", "exact_match", "accuracy")
+    else:
+        order = ("accuracy", "pearson", "matthews_correlation", "f1")
+    return next((name for name in order if f"eval_{name}" in results), order[0])
+
+
+# ------------------------------------------------------------------------------------------------
+# Report
+# ------------------------------------------------------------------------------------------------
+def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per task x strategy (in first-seen order) over the latest record of each seed."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for record in latest_records(records).values():
+        groups.setdefault((record["task"], record["strategy"]), []).append(record)
+    rows = []
+    for (task, strategy), group in groups.items():
+        ok = [r for r in group if r.get("status") == "ok"]
+        row: dict[str, Any] = {
+            "task": task,
+            "strategy": strategy,
+            "metric": (ok or group)[0].get("metric") or "",
+            "seeds": len(ok),
+            "failed": len(group) - len(ok),
+        }
+        for key in (
+            "score",
+            "train_runtime",
+            "train_samples_per_second",
+            "train_tokens_per_second",
+            "peak_memory_mb",
+            "mfu",
+            "train_steps",
+        ):
+            values = [r[key] for r in ok if r.get(key) is not None]
+            row[key] = statistics.fmean(values) if values else None
+            row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0 if values else None
+        row["trainable_params"] = ok[0].get("trainable_params") if ok else None
+        row["total_params"] = ok[0].get("total_params") if ok else None
+        rows.append(row)
+    return rows
+
+
+def _fmt(value: Any, spec: str, missing: str = "-") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return missing
+    return format(value, spec)
+
+
+def format_markdown(bench: Bench, records: list[dict[str, Any]]) -> str:
+    rows = summarise(records)
+    seeds = ", ".join(map(str, bench.seeds))
+    budget = f"{bench.max_steps} steps per cell" if bench.max_steps else "each recipe's own schedule"
+    lines = [
+        f"# Bench: {bench.path.stem}",
+        "",
+        f"Bench file `{bench.path}`; seeds {seeds}; {budget}. Score: mean ± std over the seeds that finished. "
+        "Time: the Trainer's train_runtime (training only, no evaluation); memory: the cell process's peak RSS; "
+        "MFU: model FLOPs per second over the calibrated peak (see `hf_finetune/mfu.py`).",
+        "",
+        "| task | strategy | metric | score | seeds | steps | train s | samples/s | tokens/s | peak RSS MB | trainable | MFU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        trainable = (
+            f"{row['trainable_params'] / row['total_params']:.1%}"
+            if row["trainable_params"] and row["total_params"]
+            else "-"
+        )
+        score = f"{row['score']:.4f} ± {row['score_std']:.4f}" if row["score"] is not None else "failed"
+        seeds_cell = f"{row['seeds']}" + (f" ({row['failed']} failed)" if row["failed"] else "")
+        lines.append(
+            f"| {row['task']} | {row['strategy']} | {row['metric']} | {score} | {seeds_cell} | "
+            f"{_fmt(row['train_steps'], '.0f')} | "
+            f"{_fmt(row['train_runtime'], '.1f')} | {_fmt(row['train_samples_per_second'], '.1f')} | "
+            f"{_fmt(row['train_tokens_per_second'], ',.0f')} | {_fmt(row['peak_memory_mb'], ',.0f')} | "
+            f"{trainable} | {_fmt(None if row['mfu'] is None else row['mfu'] * 100, '.1f')}{'%' if row['mfu'] is not None else ''} |"
+        )
+    failures = [r for r in latest_records(records).values() if r.get("status") != "ok"]
+    if failures:
+        lines += ["", "## Failed cells", ""]
+        for r in failures:
+            lines.append(f"- {r['task']}/{r['strategy']}/seed{r['seed']}: {r.get('error')}")
+    return "\n".join(lines) + "\n"
+
+
+def plot_results(records: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Score against training time: one panel per task, one marker per strategy (seeds small, mean large)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in latest_records(records).values() if r.get("status") == "ok"]
+    tasks = list(dict.fromkeys(r["task"] for r in ok))
+    strategies = list(dict.fromkeys(r["strategy"] for r in ok))
+    markers = "osD^vP*Xh<>p"
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = plt.subplots(1, max(len(tasks), 1), figsize=(4.2 * max(len(tasks), 1), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for i, strategy in enumerate(strategies):
+            points = [
+                (r["train_runtime"], r["score"])
+                for r in ok
+                if r["task"] == task
+                and r["strategy"] == strategy
+                and r.get("score") is not None
+                and r.get("train_runtime") is not None
+            ]
+            if not points:
+                continue
+            style = {"marker": markers[i % len(markers)], "color": colors[i % len(colors)]}
+            xs, ys = zip(*points)
+            ax.scatter(xs, ys, s=18, alpha=0.45, **style)
+            ax.scatter(
+                [statistics.fmean(xs)],
+                [statistics.fmean(ys)],
+                s=90,
+                edgecolors="black",
+                label=strategy,
+                **style,
+            )
+        metric = next((r.get("metric") for r in ok if r["task"] == task), None) or "score"
+        ax.set_title(task)
+        ax.set_xlabel("train time (s)")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    if tasks:
+        axes[0][0].legend(fontsize=8, loc="best")
+    else:
+        axes[0][0].text(0.5, 0.5, "no finished cells", ha="center", va="center")
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".partial.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_report(bench: Bench) -> None:
+    records = read_results(bench.output_dir / RESULTS)
+    report = bench.output_dir / REPORT
+    tmp = report.with_name(report.name + ".partial")
+    tmp.write_text(format_markdown(bench, records), encoding="utf-8")
+    os.replace(tmp, report)
+    plot_results(records, bench.output_dir / PLOT, f"{bench.path.stem}: score vs training time")

@@ -1,0 +1,243 @@
+"""`hf-finetune bench`: cells in their own processes, the three outputs, resume, failures; MFU inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from hf_finetune import cli, mfu
+from hf_finetune.bench import RECORD_FIELDS, load_bench, read_results
+
+from .conftest import sentiment_rows, tiny_recipe, write_jsonl, write_sentiment_files
+
+FAKE_PEAK = 2.0e11  # FLOP/s written into the calibration cache, so the expected MFU is known exactly
+
+
+@pytest.fixture()
+def calibrated(tmp_path, monkeypatch):
+    """A private calibration cache holding FAKE_PEAK for the CPU in every dtype."""
+    monkeypatch.setenv("HF_FINETUNE_CACHE", str(tmp_path / "cache"))
+    path = mfu.cache_path()
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({mfu.cache_key("cpu", d): {"flops": FAKE_PEAK} for d in mfu.DTYPES}))
+    return path
+
+
+def _bench_file(tmp_path, model_dir, strategies, tasks=("alpha", "beta"), seeds=(1,), max_steps=4) -> str:
+    entries = {}
+    for i, name in enumerate(tasks):
+        data_dir = tmp_path / "data" / name
+        files = write_sentiment_files(data_dir)
+        if i:  # a second task with different training data, so the two tasks are distinct
+            files["train"] = str(write_jsonl(data_dir / "train2.jsonl", sentiment_rows(320, seed=11)))
+        recipe = tiny_recipe(model_dir, files, tmp_path / "unused", training={"learning_rate": 3e-3})
+        recipe_path = tmp_path / f"{name}.yaml"
+        recipe_path.write_text(yaml.safe_dump(recipe))
+        entries[name] = {"recipe": recipe_path.name}  # relative to the bench file
+    bench = {
+        "bench": {"output_dir": str(tmp_path / "bench-out"), "seeds": list(seeds), "max_steps": max_steps},
+        "tasks": entries,
+        "strategies": strategies,
+        "overrides": {"training": {"per_device_train_batch_size": 16}},
+    }
+    path = tmp_path / "tiny-bench.yaml"
+    path.write_text(yaml.safe_dump(bench, sort_keys=False))
+    return str(path)
+
+
+def test_tiny_bench_writes_the_three_outputs_and_resumes(tmp_path, tiny_model_dir, calibrated, capsys):
+    strategies = {"full": {}, "frozen-emb": {"strategy": {"freeze_embeddings": True}}}
+    bench_file = _bench_file(tmp_path, tiny_model_dir, strategies)
+    out = tmp_path / "bench-out"
+
+    assert cli.main(["bench", bench_file, "--no-progress"]) == 0
+    assert "4 cells: 4 ran, 0 already done, 0 failed" in capsys.readouterr().out
+
+    records = read_results(out / "results.jsonl")
+    assert len(records) == 4
+    assert {(r["task"], r["strategy"]) for r in records} == {
+        (t, s) for t in ("alpha", "beta") for s in strategies
+    }
+    for r in records:
+        assert set(RECORD_FIELDS) <= set(r), set(RECORD_FIELDS) - set(r)
+        assert r["status"] == "ok", r
+        assert r["seed"] == 1 and r["metric"] == "accuracy"
+        assert 0.0 <= r["score"] <= 1.0
+        assert r["train_steps"] == 4  # bench.max_steps reached the cell
+        assert r["train_runtime"] > 0 and r["train_samples_per_second"] > 0
+        assert r["train_tokens_per_second"] > 0 and r["peak_memory_mb"] > 100
+        assert r["mfu"] == pytest.approx(r["train_model_flops"] / r["train_runtime"] / FAKE_PEAK)
+        assert 0 < r["mfu"] < 1
+        assert r["total_params"] >= r["trainable_params"] > 0
+        assert not list((out / "cells" / r["task"] / r["strategy"] / "seed1").glob("*.safetensors"))
+    by = {(r["task"], r["strategy"]): r for r in records}
+    # the overlay took effect: frozen embeddings train fewer parameters, and fewer FLOPs per token
+    # (no weight gradients and no input gradients below layer 0)
+    full, frozen = by[("alpha", "full")], by[("alpha", "frozen-emb")]
+    assert frozen["trainable_params"] < full["trainable_params"]
+    assert frozen["total_params"] == full["total_params"]
+    assert (
+        frozen["train_model_flops"] / frozen["train_tokens"]
+        == full["train_model_flops"] / full["train_tokens"]
+    )
+
+    table = (out / "results.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| alpha") or line.startswith("| beta")]
+    assert len(rows) == 4
+    assert all(" ± " in row and "%" in row for row in rows)
+    assert "peak RSS MB" in table and "MFU" in table
+    png = (out / "results.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+    # resume: nothing to do when every cell is recorded
+    assert cli.main(["bench", bench_file, "--no-progress"]) == 0
+    assert "4 cells: 0 ran, 4 already done" in capsys.readouterr().out
+    assert len(read_results(out / "results.jsonl")) == 4
+
+    # an interrupted bench: the last cell never got its line; a torn half line is ignored
+    lines = (out / "results.jsonl").read_text().splitlines()
+    (out / "results.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:40])
+    assert cli.main(["bench", bench_file, "--no-progress"]) == 0
+    assert "4 cells: 1 ran, 3 already done" in capsys.readouterr().out
+    assert len(read_results(out / "results.jsonl")) == 4
+
+
+def test_a_failing_cell_is_recorded_and_the_others_run(tmp_path, tiny_model_dir, calibrated, capsys):
+    # the tiny model has 2 layers: freezing 5 fails inside the cell (model-level check), not at load time
+    strategies = {"broken": {"strategy": {"freeze_layers": 5}}, "full": {}}
+    bench_file = _bench_file(tmp_path, tiny_model_dir, strategies, tasks=("alpha",), max_steps=2)
+    out = tmp_path / "bench-out"
+
+    assert cli.main(["bench", bench_file, "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert "2 cells: 2 ran, 0 already done, 1 failed" in captured.out
+    by = {r["strategy"]: r for r in read_results(out / "results.jsonl")}
+    assert by["broken"]["status"] == "failed"
+    assert "strategy.freeze_layers" in by["broken"]["error"] and "2 layers" in by["broken"]["error"]
+    assert by["broken"]["score"] is None
+    assert by["full"]["status"] == "ok" and by["full"]["score"] is not None
+    table = (out / "results.md").read_text()
+    assert "## Failed cells" in table and "alpha/broken/seed1" in table
+    assert "failed" in next(line for line in table.splitlines() if line.startswith("| alpha | broken"))
+
+    # a re-run retries the failed cell only
+    assert cli.main(["bench", bench_file, "--no-progress"]) == 1
+    assert "2 cells: 1 ran, 1 already done, 1 failed" in capsys.readouterr().out
+
+
+def test_changed_settings_rerun_a_recorded_cell(tmp_path, tiny_model_dir, calibrated):
+    bench_file = _bench_file(tmp_path, tiny_model_dir, {"full": {}}, tasks=("alpha",))
+    bench = load_bench(bench_file)
+    (bench.output_dir).mkdir(parents=True)
+    (cell,) = bench.cells()
+    record = {"task": "alpha", "strategy": "full", "seed": 1, "status": "ok", "fingerprint": cell.fingerprint}
+    (bench.output_dir / "results.jsonl").write_text(json.dumps(record) + "\n")
+    from hf_finetune.bench import run_bench
+
+    assert run_bench(bench, progress=False)["ran"] == 0
+    changed = load_bench(bench_file, ["training.learning_rate=1e-3"])
+    assert [c.fingerprint for c in changed.cells()] != [cell.fingerprint]
+
+
+def test_bench_overrides_and_overlays_reach_the_cell_recipes(tmp_path, tiny_model_dir):
+    strategies = {
+        "lora": {"peft": {"method": "lora", "r": 4, "target_modules": ["query", "value"]}},
+        "gradual": {"strategy": {"gradual_unfreezing": {"every": 2, "unit": "steps"}}},
+    }
+    bench_file = _bench_file(tmp_path, tiny_model_dir, strategies, tasks=("alpha",), seeds=(1, 2))
+    bench = load_bench(bench_file, ["bench.seeds=[3]", "bench.max_steps=7", "training.weight_decay=0.05"])
+    from hf_finetune.config import load_recipe
+
+    cells = bench.cells()
+    assert [(c.strategy, c.seed) for c in cells] == [("lora", 3), ("gradual", 3)]
+    lora = load_recipe(cells[0].recipe_path, cells[0].overrides)
+    assert lora.peft.method == "lora" and lora.peft.r == 4 and lora.peft.target_modules == ["query", "value"]
+    assert lora.training.max_steps == 7 and lora.training.seed == 3 and lora.training.weight_decay == 0.05
+    assert lora.training.per_device_train_batch_size == 16  # the bench file's common overrides
+    assert str(lora.training.output_dir).endswith("cells/alpha/lora/seed3")
+    gradual = load_recipe(cells[1].recipe_path, cells[1].overrides)
+    assert (
+        gradual.strategy.gradual_unfreezing.every == 2 and gradual.strategy.gradual_unfreezing.unit == "steps"
+    )
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        ({"benchh": {}}, "unknown key 'benchh'"),
+        ({"bench": {"seeds": []}}, "bench.seeds must be a non-empty list"),
+        ({"bench": {"seed": [1]}}, "unknown field bench.seed"),
+        ({"bench": {"max_steps": 0}}, "bench.max_steps must be a positive integer"),
+        ({"strategies": {"x": {"stratgy": {"freeze_embeddings": True}}}}, "unknown recipe section 'stratgy'"),
+        (
+            {"strategies": {"x": {"strategy": {"freeze_layer": 2}}}},
+            "cell alpha/x/seed1: `strategy.freeze_layer`: unknown field",
+        ),
+        ({"tasks": {"alpha": {"recipe": "nope.yaml"}}}, "tasks.alpha: recipe 'nope.yaml' not found"),
+        ({"tasks": {"a/b": "x.yaml"}}, "names become directories"),
+    ],
+)
+def test_bad_bench_files_fail_before_anything_runs(tmp_path, tiny_model_dir, capsys, edit, expected):
+    bench_file = _bench_file(tmp_path, tiny_model_dir, {"full": {}}, tasks=("alpha",))
+    raw = yaml.safe_load(open(bench_file))
+    for key, value in edit.items():
+        if isinstance(raw.get(key), dict) and key != "tasks":
+            raw[key].update(value)
+        else:
+            raw[key] = value
+    open(bench_file, "w").write(yaml.safe_dump(raw))
+    assert cli.main(["bench", bench_file, "--no-progress"]) == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "bench-out" / "results.jsonl").exists()
+
+
+def test_flops_per_token_follow_what_trains(tiny_model_dir):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert mfu.training_flops_per_token(model)["total"] == 6 * linear  # full fine-tuning: the 6N rule
+
+    for p in model.bert.embeddings.parameters():
+        p.requires_grad_(False)
+    assert mfu.training_flops_per_token(model)["total"] == 6 * linear  # embeddings are lookups, no matmul
+
+    for p in model.bert.encoder.layer[0].parameters():
+        p.requires_grad_(False)
+    layer0 = sum(
+        m.weight.numel() for m in model.bert.encoder.layer[0].modules() if isinstance(m, torch.nn.Linear)
+    )
+    # layer 0 gets neither weight nor input gradients: 2 FLOPs/weight forward only
+    assert mfu.training_flops_per_token(model)["total"] == 6 * linear - 4 * layer0
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in model.classifier.parameters():
+        p.requires_grad_(True)
+    head = model.classifier.weight.numel()
+    assert mfu.training_flops_per_token(model) == {
+        "forward": 2 * linear,
+        "backward": 4 * head,
+        "total": 2 * linear + 4 * head,
+    }
+
+
+def test_calibration_measures_and_caches_a_plausible_peak(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_FINETUNE_CACHE", str(tmp_path))
+    monkeypatch.setattr(mfu, "measure_peak_flops", _quick_measure)
+    assert mfu.read_cache() == {}
+    peak = mfu.peak_flops("cpu", "float32")
+    assert 1e8 < peak < 1e14  # a real matmul rate on a CPU
+    assert mfu.read_cache()[mfu.cache_key("cpu", "float32")]["flops"] == peak
+    monkeypatch.setattr(mfu, "measure_peak_flops", lambda *a, **k: pytest.fail("measured again"))
+    assert mfu.peak_flops("cpu", "float32") == peak  # cached
+
+
+_real_measure = mfu.measure_peak_flops
+
+
+def _quick_measure(device, dtype, min_seconds=0.05):
+    return _real_measure(device, dtype, min_seconds=min_seconds, sizes=(256, 512))
