@@ -40,7 +40,7 @@ demo: $(STAMP)
 
 # strategies x GLUE tasks x seeds (recipes/bench/glue-quick.yaml, about 45 minutes on 2 CPU cores)
 bench: $(STAMP)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/hf-finetune bench recipes/bench/glue-quick.yaml
+	$(VENV)/bin/hf-finetune bench recipes/bench/glue-quick.yaml
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info
