@@ -143,15 +143,25 @@ class Bench:
                         Cell(task, strategy, seed, spec["recipe"], overrides, spec["metric"], run_dir)
                     )
         # every cell's recipe is read and type-checked now: a typo fails here, not an hour in
-        for cell in cells:
-            try:
-                recipe = load_recipe(cell.recipe_path, cell.overrides)
-            except RecipeError as exc:
-                raise FinetuneError(f"{self.path}: cell {cell.label}: {exc}") from None
+        # (quietly: the cells themselves log what their recipes resolve to)
+        config_logger = logging.getLogger("hf_finetune.config")
+        level = config_logger.level
+        config_logger.setLevel(logging.WARNING)
+        try:
+            recipes = [self._cell_recipe(cell) for cell in cells]
+        finally:
+            config_logger.setLevel(level)
+        for cell, recipe in zip(cells, recipes):
             args = recipe.training
             cell.device = "cuda" if torch.cuda.is_available() and not args.use_cpu else "cpu"
             cell.dtype = "bfloat16" if args.bf16 else "float16" if args.fp16 else "float32"
         return cells
+
+    def _cell_recipe(self, cell: Cell):
+        try:
+            return load_recipe(cell.recipe_path, cell.overrides)
+        except RecipeError as exc:
+            raise FinetuneError(f"{self.path}: cell {cell.label}: {exc}") from None
 
 
 # ------------------------------------------------------------------------------------------------
