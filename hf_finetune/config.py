@@ -126,6 +126,12 @@ class DataConfig:
         "longest",
     )
     preprocessing_num_workers: int | None = _help("Processes for tokenisation (datasets.map num_proc).", None)
+    cache_tokenised: bool = _help(
+        "Keep tokenised splits on disk (~/.cache/hf_finetune/tokenised, keyed by data, tokenizer and "
+        "preprocessing settings) so the next run with the same settings skips tokenisation; false: "
+        "tokenise in memory every run.",
+        True,
+    )
     fix_answer_starts: bool = _help(
         "Question answering: re-find an answer whose answer_start misses it (nearest occurrence in the context).",
         False,

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .cache import cache_dir
+
 logger = logging.getLogger("hf_finetune")
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -55,10 +57,7 @@ def training_flops_per_token(model) -> dict[str, int]:
 # Peak FLOPs: measured, cached
 # ------------------------------------------------------------------------------------------------
 def cache_path() -> Path:
-    root = os.environ.get("HF_FINETUNE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "hf_finetune"
-    )
-    return Path(root) / "peak_flops.json"
+    return cache_dir() / "peak_flops.json"
 
 
 def device_name(device: str) -> str:

@@ -5,14 +5,20 @@ Every test runs offline: the Hub is never contacted.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import random
+import shutil
+import tempfile
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.pop("HF_FINETUNE_DATA_MIRROR", None)  # tests name their data explicitly
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# tokenised splits and calibrations of this test session stay out of the user's ~/.cache
+os.environ["HF_FINETUNE_CACHE"] = tempfile.mkdtemp(prefix="hf-finetune-tests-")
+atexit.register(shutil.rmtree, os.environ["HF_FINETUNE_CACHE"], True)
 
 import pytest  # noqa: E402
 

@@ -88,30 +88,52 @@ def test_unreadable_file_names_the_file(tmp_path):
         load_splits(data_cfg(files={"train": str(bad)}), ["train"])
 
 
+TOKENISE = """
+import json, logging, sys
+logging.basicConfig(level=logging.INFO)
+from hf_finetune.config import load_recipe
+from hf_finetune.pipeline import prepare
+prepared = prepare(load_recipe(sys.argv[1]))
+split = prepared.task.preprocess(prepared.raw, prepared.tokenizer)["train"]
+print(json.dumps([f["filename"] for f in split.cache_files]))
+"""
+
+
 def test_tokenised_splits_are_cached_on_disk_by_tokenizer_and_settings(
     tiny_model_dir, sentiment_files, tmp_path
 ):
-    """A second run with the same tokenizer and preprocessing settings reuses the tokenised Arrow file
-    (datasets' fingerprint cache: the key hashes the encode function with its tokenizer and settings)."""
+    """A new run (a fresh process) with the same data, tokenizer and preprocessing settings reads the
+    tokenised split back from the cache; a changed setting or tokenizer tokenises again."""
+    import os
     import shutil
+    import subprocess
+    import sys
 
-    from hf_finetune.pipeline import prepare
+    from .conftest import tiny_recipe, write_recipe
 
-    from .conftest import tiny_recipe
+    cache = tmp_path / "cache"
+    env = {**os.environ, "HF_FINETUNE_CACHE": str(cache)}
 
-    def tokenised_file(model_dir, **data):
-        recipe = load_recipe(tiny_recipe(model_dir, sentiment_files, tmp_path / "out", data=data))
-        prepared = prepare(recipe)
-        split = prepared.task.preprocess(prepared.raw, prepared.tokenizer)["train"]
-        (cache,) = split.cache_files
-        return cache["filename"]
+    def run(model_dir, **data):
+        recipe = tiny_recipe(model_dir, sentiment_files, tmp_path / "out", data=data)
+        path = write_recipe(tmp_path / "recipe.yaml", recipe)
+        done = subprocess.run(
+            [sys.executable, "-c", TOKENISE, path], env=env, capture_output=True, text=True, check=True
+        )
+        return json.loads(done.stdout.splitlines()[-1]), done.stderr
 
-    first = tokenised_file(tiny_model_dir)
-    assert tokenised_file(tiny_model_dir) == first  # cache hit: same file, not re-tokenised
-    assert tokenised_file(tiny_model_dir, max_seq_length=16) != first  # settings are part of the key
+    (first,), log = run(tiny_model_dir)
+    assert first.startswith(str(cache / "tokenised")) and "read from the cache" not in log
+    written = os.stat(first).st_mtime_ns
+    (again,), log = run(tiny_model_dir)
+    assert again == first and "train split: tokenised examples read from the cache" in log
+    assert os.stat(first).st_mtime_ns == written  # read back, not rewritten
+    assert run(tiny_model_dir, max_seq_length=16)[0] != [first]  # settings are part of the key
+    assert run(tiny_model_dir, padding="max_length")[0] == [first]  # padding happens in the collator
     other = tmp_path / "other-tokenizer"
     shutil.copytree(tiny_model_dir, other)
     config = json.loads((other / "tokenizer_config.json").read_text())
     config["do_lower_case"] = not config.get("do_lower_case", True)
     (other / "tokenizer_config.json").write_text(json.dumps(config))
-    assert tokenised_file(other) != first  # so is the tokenizer
+    assert run(other)[0] != [first]  # so is the tokenizer
+    assert run(tiny_model_dir, cache_tokenised=False)[0] == []  # off: in memory, nothing written

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
+from ..cache import preprocessing_key, tokenised_path
 from ..config import Recipe
 from ..data import DataSource, load_splits
 from ..errors import DataError, RecipeError
@@ -122,6 +123,33 @@ class Task:
 
     def preprocess(self, raw, tokenizer):
         raise NotImplementedError
+
+    def tokenise(self, ds, split: str, function, tokenizer, *, fn_kwargs=None, with_indices=False):
+        """``ds.map(function, batched=True)`` into model inputs (the raw columns dropped), cached on disk.
+
+        The cached split is keyed by the raw data, tokenizer, task/data settings and this task's code
+        (`hf_finetune.cache`), so a second run with the same settings reads it back instead of
+        tokenising; `data.cache_tokenised: false` tokenises in memory every time.
+        """
+        data = self.recipe.data
+        kwargs = {
+            "batched": True,
+            "with_indices": with_indices,
+            "fn_kwargs": fn_kwargs or {},
+            "remove_columns": ds.column_names,
+            "num_proc": data.preprocessing_num_workers,
+            "desc": f"Tokenising {split}",
+        }
+        if not data.cache_tokenised:
+            return ds.map(function, keep_in_memory=True, **kwargs)
+        key = preprocessing_key(self, ds, split, tokenizer, fn_kwargs)
+        path = tokenised_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() or any(path.parent.glob(f"{key}_*_of_*{path.suffix}")):
+            logger.info("%s split: tokenised examples read from the cache %s", split, path)
+        return ds.map(
+            function, cache_file_name=str(path), load_from_cache_file=True, new_fingerprint=key, **kwargs
+        )
 
     def data_collator(self, tokenizer, args):
         """Dynamic padding: each batch is padded to its own longest example (or to max_seq_length on request)."""

@@ -304,17 +304,16 @@ class QuestionAnsweringTask(Task):
         out = {}
         for split, ds in raw.items():
             train = split == data.train_split
-            encoded = ds.map(
+            encoded = self.tokenise(
+                ds,
+                split,
                 features,
-                batched=True,
+                tokenizer,
                 with_indices=True,
                 fn_kwargs={
                     "with_positions": split != data.test_split and cfg.answers_column in ds.column_names,
                     "keep_offsets": not train,
                 },
-                remove_columns=ds.column_names,
-                num_proc=data.preprocessing_num_workers,
-                desc=f"Tokenising {split}",
             )
             if not train:
                 self.eval_features[split] = encoded

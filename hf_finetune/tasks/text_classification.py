@@ -190,14 +190,7 @@ class TextClassificationTask(Task):
         out = {}
         for split, ds in raw.items():
             with_labels = split != self.recipe.data.test_split and cfg.label_column in ds.column_names
-            out[split] = ds.map(
-                encode,
-                batched=True,
-                fn_kwargs={"with_labels": with_labels},
-                remove_columns=ds.column_names,
-                num_proc=self.recipe.data.preprocessing_num_workers,
-                desc=f"Tokenising {split}",
-            )
+            out[split] = self.tokenise(ds, split, encode, tokenizer, fn_kwargs={"with_labels": with_labels})
         return out
 
     def metric_names(self) -> list[str]:

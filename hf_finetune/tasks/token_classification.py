@@ -386,13 +386,12 @@ class TokenClassificationTask(Task):
             all_subwords = cfg.label_all_tokens and split == data.train_split
             names = _classlabel_names(ds.features[cfg.tags_column]) if with_tags else None
             id_map = [label2id[n] for n in names] if names else None  # the data's ClassLabel ids -> model ids
-            encoded = ds.map(
+            encoded = self.tokenise(
+                ds,
+                split,
                 encode,
-                batched=True,
+                tokenizer,
                 fn_kwargs={"with_tags": with_tags, "all_subwords": all_subwords, "id_map": id_map},
-                remove_columns=ds.column_names,
-                num_proc=data.preprocessing_num_workers,
-                desc=f"Tokenising {split}",
             )
             cut = sum(encoded["_cut"])
             if cut:
