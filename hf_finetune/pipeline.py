@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Recipe, load_recipe
-from .errors import DataError, FinetuneError, RecipeError
+from .errors import DataError, FinetuneError, RecipeError, close_matches
 from .hub import ensure_hub_mode
 from .mfu import training_flops_per_token
 from .outputs import CURVES_FILE, plot_curves, write_environment
@@ -126,11 +126,13 @@ def load_tokenizer(recipe: Recipe, **kwargs):
 
 
 def load_model_config(recipe: Recipe, overrides: dict[str, Any]):
+    """The checkpoint's config with the task's settings (labels, problem type) and the recipe's
+    ``model.config_overrides``; an override of an attribute the config does not have is an error."""
     from transformers import AutoConfig
 
     name = recipe.model.name_or_path
     try:
-        return AutoConfig.from_pretrained(
+        config = AutoConfig.from_pretrained(
             name,
             revision=recipe.model.revision,
             trust_remote_code=recipe.model.trust_remote_code,
@@ -145,6 +147,17 @@ def load_model_config(recipe: Recipe, overrides: dict[str, Any]):
         raise RecipeError(
             "model.name_or_path", f"could not load a model config from {name!r}: {_first_line(exc)}.{hint}"
         ) from None
+    for key, value in recipe.model.config_overrides.items():
+        where = f"model.config_overrides.{key}"
+        if key in overrides:
+            raise RecipeError(where, f"is set by the task from the `task` section ({key}); set it there.")
+        if not hasattr(config, key):
+            known = [k for k in config.to_dict() if not k.startswith("_")]
+            raise RecipeError(
+                where, f"{type(config).__name__} has no attribute {key!r}{close_matches(key, known)}."
+            )
+        setattr(config, key, value)
+    return config
 
 
 def _first_line(exc: Exception) -> str:

@@ -153,3 +153,19 @@ def test_validate_json_summary(capsys, good, tmp_path):
     assert code == 0
     assert summary["splits"] == {"train": 320, "validation": 96}
     assert summary["labels"] == ["0", "1"] and summary["metrics"] == ["classification/binary"]
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (
+            "model.config_overrides.hiden_dropout_prob=0",
+            "`model.config_overrides.hiden_dropout_prob`: BertConfig has no attribute 'hiden_dropout_prob' "
+            "(did you mean: hidden_dropout_prob",
+        ),
+        ("model.config_overrides.num_labels=3", "`model.config_overrides.num_labels`: is set by the task"),
+    ],
+)
+def test_bad_model_config_override(capsys, good, tmp_path, override, expected):
+    code, err = run_cli(capsys, "train", write_recipe(tmp_path / "r.yaml", good), override)
+    assert code == 2 and expected in err, err

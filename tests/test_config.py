@@ -190,6 +190,7 @@ def test_mixed_precision_without_accelerator_runs_on_cpu_and_stays_portable(monk
     from hf_finetune import config
 
     monkeypatch.setattr(config, "_accelerator_available", lambda: False)
+    monkeypatch.setattr(config, "_cpu_has_native", lambda dtype: True)
     recipe = load_recipe(BASE, ["training.bf16=true"])
     assert recipe.training.bf16 and recipe.training.use_cpu
     assert (
@@ -200,3 +201,33 @@ def test_mixed_precision_without_accelerator_runs_on_cpu_and_stays_portable(monk
         RecipeError, match=r"^`training`: .*use_cpu"
     ):  # an explicit setting is never overridden
         load_recipe(BASE, ["training.bf16=true", "training.use_cpu=false"])
+
+
+def test_mixed_precision_on_a_cpu_without_native_instructions_trains_in_fp32(monkeypatch, caplog):
+    """Emulated bf16 is far slower than fp32 on such CPUs: the run falls back to fp32 and says so; the
+    saved recipe keeps bf16 for a GPU, and an explicit use_cpu=true forces autocast on the CPU."""
+    from hf_finetune import config
+
+    monkeypatch.setattr(config, "_accelerator_available", lambda: False)
+    monkeypatch.setattr(config, "_cpu_has_native", lambda dtype: False)
+    with caplog.at_level("WARNING", logger="hf_finetune"):
+        recipe = load_recipe(BASE, ["training.bf16=true"])
+    assert not recipe.training.bf16 and not recipe.training.use_cpu
+    assert "training.bf16: no accelerator, and this CPU has no native bf16" in caplog.text
+    assert recipe.to_dict()["training"]["bf16"] is True
+    forced = load_recipe(BASE, ["training.bf16=true", "training.use_cpu=true"])
+    assert forced.training.bf16 and forced.training.use_cpu
+
+
+@pytest.mark.skipif(
+    not Path("/proc/cpuinfo").exists() or __import__("platform").machine() != "x86_64", reason="x86 Linux"
+)
+def test_native_bf16_detection_matches_the_cpu_flags():
+    from hf_finetune.config import _cpu_has_native
+
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    assert _cpu_has_native("bf16") == bool({"avx512_bf16", "amx_tile"} & flags)

@@ -23,8 +23,9 @@ def trained(tiny_model_dir, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("run")
     files = write_sentiment_files(root / "data", as_names=True)
-    recipe = load_recipe(tiny_recipe(tiny_model_dir, files, root / "out"))
-    metrics = train(recipe)
+    raw = tiny_recipe(tiny_model_dir, files, root / "out")
+    raw["model"]["config_overrides"] = {"attention_probs_dropout_prob": 0.05}
+    metrics = train(load_recipe(raw))
     return root / "out", metrics, files
 
 
@@ -54,6 +55,7 @@ def test_output_directory_contract(trained):
     config = json.loads((out / "config.json").read_text())
     assert config["id2label"] == {"0": "negative", "1": "positive"}
     assert config["label2id"] == {"negative": 0, "positive": 1}
+    assert config["attention_probs_dropout_prob"] == 0.05  # model.config_overrides reached the model
     results = json.loads((out / "all_results.json").read_text())
     assert {"eval_accuracy", "eval_f1", "eval_loss", "train_loss", "train_runtime"} <= set(results)
     env = json.loads((out / "environment.json").read_text())
