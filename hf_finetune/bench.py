@@ -87,6 +87,7 @@ class Cell:
     run_dir: Path
     device: str = "cpu"
     dtype: str = "float32"
+    recipe: Any = field(default=None, repr=False, compare=False)
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -137,7 +138,7 @@ class Bench:
                         "training.load_best_model_at_end=false",
                         "training.report_to=none",
                         "training.disable_tqdm=true",
-                        f"training.output_dir={run_dir}",
+                        f"training.output_dir={json.dumps(str(run_dir))}",
                     ]
                     cells.append(
                         Cell(task, strategy, seed, spec["recipe"], overrides, spec["metric"], run_dir)
@@ -152,10 +153,33 @@ class Bench:
         finally:
             config_logger.setLevel(level)
         for cell, recipe in zip(cells, recipes):
+            cell.recipe = recipe
             args = recipe.training
             cell.device = "cuda" if torch.cuda.is_available() and not args.use_cpu else "cpu"
             cell.dtype = "bfloat16" if args.bf16 else "float16" if args.fp16 else "float32"
         return cells
+
+    def preflight(self, cells: list[Cell]) -> None:
+        """`hf-finetune validate` for each task x strategy among ``cells`` (data, labels, tokenizer, the
+        strategy on a weightless model): a missing file or an impossible strategy fails the bench now,
+        naming the cell, instead of failing every one of its cells later."""
+        from .pipeline import validate
+
+        checked = set()
+        quiet = logging.getLogger("hf_finetune")
+        level = quiet.level
+        quiet.setLevel(logging.WARNING)
+        try:
+            for cell in cells:
+                if (cell.task, cell.strategy) in checked:
+                    continue
+                checked.add((cell.task, cell.strategy))
+                try:
+                    validate(cell.recipe)
+                except FinetuneError as exc:
+                    raise FinetuneError(f"{self.path}: cell {cell.label}: {exc}") from None
+        finally:
+            quiet.setLevel(level)
 
     def _cell_recipe(self, cell: Cell):
         try:
@@ -218,8 +242,13 @@ def load_bench(path: str | Path, overrides: list[str] = ()) -> Bench:
     ):
         raise FinetuneError(f"{path}: bench.max_steps must be a positive integer or null, got {max_steps!r}.")
     timeout = settings.get("cell_timeout_s")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+    if timeout is not None and (
+        not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0
+    ):
         raise FinetuneError(f"{path}: bench.cell_timeout_s must be a positive number of seconds or null.")
+    keep_models = settings.get("keep_models", False)
+    if not isinstance(keep_models, bool):
+        raise FinetuneError(f"{path}: bench.keep_models must be true or false, got {keep_models!r}.")
     output_dir = settings.get("output_dir") or f"runs/bench/{path.stem}"
 
     tasks = _read_tasks(path, raw.get("tasks"))
@@ -235,7 +264,7 @@ def load_bench(path: str | Path, overrides: list[str] = ()) -> Bench:
         seeds=seeds,
         max_steps=max_steps,
         cell_timeout_s=float(timeout) if timeout is not None else None,
-        keep_models=bool(settings.get("keep_models", False)),
+        keep_models=keep_models,
         tasks=tasks,
         strategies=strategies,
         overrides=flatten_overrides(common, f"{path}: overrides"),
@@ -390,12 +419,14 @@ def run_bench(bench: Bench, progress: bool = True) -> dict[str, Any]:
             results_path,
             len(todo),
         )
+    bench.preflight(todo)
     peaks = {}
     for device, dtype in sorted({(c.device, c.dtype) for c in todo}):
         peaks[(device, dtype)] = peak_flops(device, dtype)
 
     bar = _progress(len(cells), skipped, enabled=progress)
     failed = 0
+    restore = _sigterm_as_exit()
     try:
         for cell in todo:
             bar.set_postfix_str(f"running {cell.label}", refresh=True)
@@ -412,10 +443,11 @@ def run_bench(bench: Bench, progress: bool = True) -> dict[str, Any]:
                     f"cell {cell.label}: {record['metric']} {record['score']:.4f} in {record['train_runtime']:.0f}s"
                 )
             bar.update(1)
-            write_report(bench)  # the table and plot grow as cells finish
+            write_report(bench, fingerprints)  # the table and plot grow as cells finish
     finally:
         bar.close()
-    write_report(bench)
+        restore()
+    write_report(bench, fingerprints)
     return {
         "cells": len(cells),
         "ran": len(todo),
@@ -423,6 +455,22 @@ def run_bench(bench: Bench, progress: bool = True) -> dict[str, Any]:
         "failed": failed,
         "output_dir": str(bench.output_dir),
     }
+
+
+def _sigterm_as_exit():
+    """Turn SIGTERM into SystemExit while cells run, so the running cell's process group is stopped
+    (see `_run_child`) instead of being orphaned; returns the function that restores the old handler."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def _drop_torn_line(path: Path) -> None:
@@ -490,11 +538,7 @@ def run_cell(cell: Cell, bench: Bench, peak: float | None) -> dict[str, Any]:
     with log_file.open("w", encoding="utf-8") as log:
         log.write("$ hf-finetune train " + " ".join([cell.recipe_path, *cell.overrides]) + "\n")
         log.flush()
-        try:
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=bench.cell_timeout_s)
-            code = proc.returncode
-        except subprocess.TimeoutExpired:
-            code = None
+        code = _run_child(cmd, log, bench.cell_timeout_s)
     record["wall_s"] = round(time.time() - started, 2)
     results_file = cell.run_dir / "all_results.json"
     if code != 0 or not results_file.is_file():
@@ -508,7 +552,7 @@ def run_cell(cell: Cell, bench: Bench, peak: float | None) -> dict[str, Any]:
         return record
     results = json.loads(results_file.read_text())
     memory = json.loads(memory_file.read_text()) if memory_file.is_file() else {}
-    metric = cell.metric or default_metric(cell.recipe_path, results)
+    metric = cell.metric or default_metric(cell.recipe, results)
     score = results.get(f"eval_{metric}")
     flops = results.get("train_model_flops")
     runtime = results.get("train_runtime")
@@ -548,6 +592,43 @@ def run_cell(cell: Cell, bench: Bench, peak: float | None) -> dict[str, Any]:
     return record
 
 
+def _run_child(cmd: list[str], log, timeout: float | None) -> int | None:
+    """Run a cell's process in its own process group; its exit code, or None when it ran out of time.
+
+    On a timeout, Ctrl-C or SIGTERM the whole group is stopped (TERM, then KILL after 10 s), so
+    tokenisation workers and dataloader workers the cell started go with it.
+    """
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _stop_group(proc)
+        return None
+    except BaseException:  # KeyboardInterrupt, SystemExit from SIGTERM: leave nothing running
+        _stop_group(proc)
+        raise
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    import signal
+
+    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=grace)
+            if sig == signal.SIGTERM:
+                os.killpg(proc.pid, signal.SIGKILL)  # workers the leader left behind
+            break
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            break
+    proc.wait()
+
+
 def _steps(run_dir: Path) -> int | None:
     try:
         return json.loads((run_dir / "trainer_state.json").read_text())["global_step"]
@@ -570,9 +651,9 @@ def _last_error(log_file: Path, code: int) -> str:
     return f"exit code {code}" + (f": {lines[-1][:300]}" if lines else "")
 
 
-def default_metric(recipe_path: str, results: dict[str, Any]) -> str:
-    """The headline metric: GLUE's own per task; F1 for NER and QA; else accuracy (Pearson for regression)."""
-    recipe = load_recipe(recipe_path)
+def default_metric(recipe, results: dict[str, Any]) -> str:
+    """The headline metric of a cell's resolved recipe: GLUE's own per task; F1 for NER and QA; else
+    accuracy (Pearson for regression)."""
     data = recipe.data
     if data.dataset and data.dataset.rstrip("/").split("/")[-1] == "glue" and data.config:
         return GLUE_METRIC.get(data.config, "accuracy")
@@ -612,7 +693,7 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ):
             values = [r[key] for r in ok if r.get(key) is not None]
             row[key] = statistics.fmean(values) if values else None
-            row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0 if values else None
+            row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else None  # one seed: no spread
         row["trainable_params"] = ok[0].get("trainable_params") if ok else None
         row["total_params"] = ok[0].get("total_params") if ok else None
         rows.append(row)
@@ -625,14 +706,15 @@ def _fmt(value: Any, spec: str, missing: str = "-") -> str:
     return format(value, spec)
 
 
-def format_markdown(bench: Bench, records: list[dict[str, Any]]) -> str:
+def format_markdown(bench: Bench, records: list[dict[str, Any]], hidden: int = 0) -> str:
     rows = summarise(records)
     seeds = ", ".join(map(str, bench.seeds))
     budget = f"{bench.max_steps} steps per cell" if bench.max_steps else "each recipe's own schedule"
     lines = [
         f"# Bench: {bench.path.stem}",
         "",
-        f"Bench file `{bench.path}`; seeds {seeds}; {budget}. Score: mean ± std over the seeds that finished. "
+        f"Bench file `{bench.path}`; seeds {seeds}; {budget}. Score: mean ± std over the seeds that finished "
+        "(no ± with one seed). "
         "Time: the Trainer's train_runtime (training only, no evaluation); memory: the cell process's peak RSS; "
         "MFU: model FLOPs per second over the calibrated peak (see `hf_finetune/mfu.py`).",
         "",
@@ -645,7 +727,9 @@ def format_markdown(bench: Bench, records: list[dict[str, Any]]) -> str:
             if row["trainable_params"] and row["total_params"]
             else "-"
         )
-        score = f"{row['score']:.4f} ± {row['score_std']:.4f}" if row["score"] is not None else "failed"
+        score = "failed" if row["score"] is None else f"{row['score']:.4f}"
+        if row["score_std"] is not None:
+            score += f" ± {row['score_std']:.4f}"
         seeds_cell = f"{row['seeds']}" + (f" ({row['failed']} failed)" if row["failed"] else "")
         lines.append(
             f"| {row['task']} | {row['strategy']} | {row['metric']} | {score} | {seeds_cell} | "
@@ -653,6 +737,10 @@ def format_markdown(bench: Bench, records: list[dict[str, Any]]) -> str:
             f"{_fmt(row['train_runtime'], '.1f')} | {_fmt(row['train_samples_per_second'], '.1f')} | "
             f"{_fmt(row['train_tokens_per_second'], ',.0f')} | {_fmt(row['peak_memory_mb'], ',.0f')} | "
             f"{trainable} | {_fmt(None if row['mfu'] is None else row['mfu'] * 100, '.1f')}{'%' if row['mfu'] is not None else ''} |"
+        )
+    if hidden:
+        lines[2] += (
+            f" Not shown: {hidden} record(s) in {RESULTS} from cells or settings this bench no longer has."
         )
     failures = [r for r in latest_records(records).values() if r.get("status") != "ok"]
     if failures:
@@ -675,6 +763,7 @@ def plot_results(records: list[dict[str, Any]], path: Path, title: str) -> None:
     markers = "osD^vP*Xh<>p"
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fig, axes = plt.subplots(1, max(len(tasks), 1), figsize=(4.2 * max(len(tasks), 1), 3.8), squeeze=False)
+    handles = {}  # strategy -> its mean marker, for one legend over all panels
     for ax, task in zip(axes[0], tasks):
         for i, strategy in enumerate(strategies):
             points = [
@@ -690,7 +779,7 @@ def plot_results(records: list[dict[str, Any]], path: Path, title: str) -> None:
             style = {"marker": markers[i % len(markers)], "color": colors[i % len(colors)]}
             xs, ys = zip(*points)
             ax.scatter(xs, ys, s=18, alpha=0.45, **style)
-            ax.scatter(
+            handles[strategy] = ax.scatter(
                 [statistics.fmean(xs)],
                 [statistics.fmean(ys)],
                 s=90,
@@ -703,10 +792,10 @@ def plot_results(records: list[dict[str, Any]], path: Path, title: str) -> None:
         ax.set_xlabel("train time (s)")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-    if tasks:
-        axes[0][0].legend(fontsize=8, loc="best")
+    if handles:
+        axes[0][0].legend(handles=[handles[s] for s in strategies if s in handles], fontsize=8, loc="best")
     else:
-        axes[0][0].text(0.5, 0.5, "no finished cells", ha="center", va="center")
+        axes[0][0].text(0.5, 0.5, "no scored cells", ha="center", va="center")
     fig.suptitle(title)
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".partial.png")
@@ -715,10 +804,14 @@ def plot_results(records: list[dict[str, Any]], path: Path, title: str) -> None:
     os.replace(tmp, path)
 
 
-def write_report(bench: Bench) -> None:
-    records = read_results(bench.output_dir / RESULTS)
+def write_report(bench: Bench, fingerprints: dict[tuple, str]) -> None:
+    """results.md and results.png from the records of this bench's cells at their current settings
+    (``fingerprints``: cell key -> fingerprint); older records stay in results.jsonl, out of the report."""
+    latest = latest_records(read_results(bench.output_dir / RESULTS))
+    records = [r for key, r in latest.items() if fingerprints.get(key) == r.get("fingerprint")]
+    hidden = len(latest) - len(records)
     report = bench.output_dir / REPORT
     tmp = report.with_name(report.name + ".partial")
-    tmp.write_text(format_markdown(bench, records), encoding="utf-8")
+    tmp.write_text(format_markdown(bench, records, hidden), encoding="utf-8")
     os.replace(tmp, report)
     plot_results(records, bench.output_dir / PLOT, f"{bench.path.stem}: score vs training time")

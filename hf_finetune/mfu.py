@@ -10,7 +10,8 @@ spirit of the usual ``6 x parameters x tokens`` estimate, but aware of what the 
 
 Full fine-tuning gives exactly ``6 x N`` per token with N the linear (non-embedding) weights. Embedding
 lookups, attention scores, layer norms, padding tokens and activation-checkpointing recomputation are not
-counted, so MFU measures useful work. The *peak* is the best dense matmul rate measured on this machine
+counted, so MFU measures useful work. One approximation: the pooler and a sequence-classification
+head run once per sequence but are counted per token (for MiniLM 1.4% of its linear weights). The *peak* is the best dense matmul rate measured on this machine
 in the training dtype (`hf-finetune bench --calibrate`), cached per device, dtype, thread count and
 torch version.
 """
@@ -106,6 +107,11 @@ def measure_peak_flops(device: str, dtype: str, min_seconds: float = 0.5, sizes=
         rate = 2 * n**3 * runs / elapsed
         if rate > best:
             best, best_n = rate, n
+        del a, b
+        if runs == 1:
+            break  # one product already took min_seconds: the next size (8x the work) would only be slower
+    if device == "cuda":
+        torch.cuda.empty_cache()  # give the calibration's matrices back before the cells need the memory
     return {"flops": best, "matmul_size": best_n, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 

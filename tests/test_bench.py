@@ -86,7 +86,8 @@ def test_tiny_bench_writes_the_three_outputs_and_resumes(tmp_path, tiny_model_di
     table = (out / "results.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| alpha") or line.startswith("| beta")]
     assert len(rows) == 4
-    assert all(" ± " in row and "%" in row for row in rows)
+    assert all(" ± " not in row for row in rows)  # one seed: a mean, no spread to show
+    assert all(row.count("%") == 2 for row in rows)  # the trainable share and the MFU
     assert "peak RSS MB" in table and "MFU" in table
     png = (out / "results.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
@@ -105,8 +106,14 @@ def test_tiny_bench_writes_the_three_outputs_and_resumes(tmp_path, tiny_model_di
 
 
 def test_a_failing_cell_is_recorded_and_the_others_run(tmp_path, tiny_model_dir, calibrated, capsys):
-    # the tiny model has 2 layers: freezing 5 fails inside the cell (model-level check), not at load time
-    strategies = {"broken": {"strategy": {"freeze_layers": 5}}, "full": {}}
+    # a checkpoint whose weights file is corrupt passes every pre-flight check (config and tokenizer load)
+    # and fails inside its cell, when the weights load
+    import shutil
+
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    strategies = {"broken": {"model": {"name_or_path": str(broken)}}, "full": {}}
     bench_file = _bench_file(tmp_path, tiny_model_dir, strategies, tasks=("alpha",), max_steps=2)
     out = tmp_path / "bench-out"
 
@@ -115,7 +122,7 @@ def test_a_failing_cell_is_recorded_and_the_others_run(tmp_path, tiny_model_dir,
     assert "2 cells: 2 ran, 0 already done, 1 failed" in captured.out
     by = {r["strategy"]: r for r in read_results(out / "results.jsonl")}
     assert by["broken"]["status"] == "failed"
-    assert "strategy.freeze_layers" in by["broken"]["error"] and "2 layers" in by["broken"]["error"]
+    assert by["broken"]["error"] and "safetensors" in (out / "cells/alpha/broken/seed1/train.log").read_text()
     assert by["broken"]["score"] is None
     assert by["full"]["status"] == "ok" and by["full"]["score"] is not None
     table = (out / "results.md").read_text()
@@ -125,6 +132,60 @@ def test_a_failing_cell_is_recorded_and_the_others_run(tmp_path, tiny_model_dir,
     # a re-run retries the failed cell only
     assert cli.main(["bench", bench_file, "--no-progress"]) == 1
     assert "2 cells: 1 ran, 1 already done, 1 failed" in capsys.readouterr().out
+
+
+def test_a_cell_that_runs_out_of_time_is_stopped_and_recorded(tmp_path, tiny_model_dir, calibrated, capsys):
+    bench_file = _bench_file(tmp_path, tiny_model_dir, {"full": {}}, tasks=("alpha",))
+    assert cli.main(["bench", bench_file, "bench.cell_timeout_s=0.5", "--no-progress"]) == 1
+    (record,) = read_results(tmp_path / "bench-out" / "results.jsonl")
+    assert record["status"] == "failed" and record["error"] == "stopped after bench.cell_timeout_s=0.5s"
+    assert record["wall_s"] < 15  # stopped, not waited for
+
+
+def test_stopping_a_cell_stops_the_processes_it_started(tmp_path):
+    """A timeout (or Ctrl-C / SIGTERM of the bench) stops the cell's whole process group, workers too."""
+    import os
+    import sys
+    import time
+
+    from hf_finetune.bench import _run_child
+
+    pids = tmp_path / "pids"
+    child = (
+        "import os, subprocess, sys, time\n"
+        "worker = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{worker.pid}}')\n"
+        "time.sleep(600)\n"
+    )
+    with (tmp_path / "log").open("w") as log:
+        started = time.time()
+        assert _run_child([sys.executable, "-c", child], log, timeout=3) is None
+    assert time.time() - started < 30
+    for pid in map(int, pids.read_text().split()):
+        for _ in range(50):  # the worker is re-parented to init, which reaps it shortly
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"process {pid} is still running")
+
+
+def test_impossible_strategies_and_missing_data_fail_before_any_cell_runs(tmp_path, tiny_model_dir, capsys):
+    # the tiny model has 2 layers: freezing 5 is caught on the weightless model, before the first cell
+    bench_file = _bench_file(
+        tmp_path, tiny_model_dir, {"full": {}, "broken": {"strategy": {"freeze_layers": 5}}}, tasks=("alpha",)
+    )
+    assert cli.main(["bench", bench_file, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "cell alpha/broken/seed1: `strategy.freeze_layers`" in err and "2 layers" in err
+    assert not (tmp_path / "bench-out" / "results.jsonl").exists()
+
+    missing = tmp_path / "nowhere.jsonl"
+    assert cli.main(["bench", bench_file, f"data.files.train={missing}", "--no-progress"]) == 2
+    assert "nowhere.jsonl" in capsys.readouterr().err
+    assert not (tmp_path / "bench-out" / "results.jsonl").exists()
 
 
 def test_changed_settings_rerun_a_recorded_cell(tmp_path, tiny_model_dir, calibrated):
@@ -139,6 +200,65 @@ def test_changed_settings_rerun_a_recorded_cell(tmp_path, tiny_model_dir, calibr
     assert run_bench(bench, progress=False)["ran"] == 0
     changed = load_bench(bench_file, ["training.learning_rate=1e-3"])
     assert [c.fingerprint for c in changed.cells()] != [cell.fingerprint]
+    summary = run_bench(changed, progress=True)  # the changed cell runs again, under a progress bar
+    assert summary["ran"] == 1 and summary["failed"] == 0
+    records = read_results(bench.output_dir / "results.jsonl")
+    assert len(records) == 2 and records[-1]["status"] == "ok"
+    table = (bench.output_dir / "results.md").read_text()
+    (row,) = [line for line in table.splitlines() if line.startswith("| alpha | full |")]
+    assert row.split(" | ")[3] == f"{records[-1]['score']:.4f}"  # the newest record is the one reported
+    assert "Not shown" not in table  # the older record of the same cell is replaced, not hidden
+
+
+def test_the_report_shows_this_benchs_cells_at_their_current_settings(tmp_path, tiny_model_dir):
+    """Mean and sample std over the seeds; records of other settings (an earlier quick run into the same
+    directory) or of cells the bench no longer has stay in results.jsonl but out of the table."""
+    from hf_finetune.bench import write_report
+
+    bench_file = _bench_file(tmp_path, tiny_model_dir, {"full": {}}, tasks=("alpha",), seeds=(1, 2, 3))
+    bench = load_bench(bench_file)
+    cells = bench.cells()
+    fingerprints = {c.key: c.fingerprint for c in cells}
+    bench.output_dir.mkdir(parents=True)
+
+    def record(seed, score, fingerprint, task="alpha", runtime=10.0):
+        return {
+            **dict.fromkeys(RECORD_FIELDS),
+            "task": task,
+            "strategy": "full",
+            "seed": seed,
+            "metric": "accuracy",
+            "score": score,
+            "train_runtime": runtime,
+            "status": "ok",
+            "fingerprint": fingerprint,
+        }
+
+    lines = [
+        record(1, 0.10, "an-older-setting", runtime=1.0),  # replaced by the newer record below
+        record(1, 0.80, fingerprints[("alpha", "full", 1)]),
+        record(2, 0.90, fingerprints[("alpha", "full", 2)], runtime=20.0),
+        record(3, 0.99, "a-quick-run"),  # seed 3 last ran at other settings: not this bench's result
+        record(1, 0.50, "x", task="gone"),  # a task no longer in the bench file
+    ]
+    (bench.output_dir / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    write_report(bench, fingerprints)
+    table = (bench.output_dir / "results.md").read_text()
+    (row,) = [line for line in table.splitlines() if line.startswith("| alpha")]
+    assert "| 0.8500 ± 0.0707 | 2 |" in row  # mean and sample std of 0.80 and 0.90
+    assert "| 15.0 |" in row  # mean train time
+    assert "Not shown: 2 record(s)" in table and "| gone" not in table
+    assert (bench.output_dir / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_calibrate_from_the_command_line_caches_a_peak_per_dtype(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_FINETUNE_CACHE", str(tmp_path))
+    monkeypatch.setattr(mfu, "measure_peak_flops", _quick_measure)
+    assert cli.main(["bench", "--calibrate"]) == 0
+    out = capsys.readouterr().out
+    for dtype in mfu.DTYPES:
+        assert f") {dtype}: " in out and "TFLOP/s" in out
+        assert mfu.read_cache()[mfu.cache_key("cpu", dtype)]["flops"] > 0
 
 
 def test_bench_overrides_and_overlays_reach_the_cell_recipes(tmp_path, tiny_model_dir):
