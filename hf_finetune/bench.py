@@ -119,8 +119,6 @@ class Bench:
     cli_overrides: list[str] = field(default_factory=list)
 
     def cells(self) -> list[Cell]:
-        import torch
-
         cells = []
         for task, spec in self.tasks.items():
             for strategy, overlay in self.strategies.items():
@@ -155,8 +153,10 @@ class Bench:
         for cell, recipe in zip(cells, recipes):
             cell.recipe = recipe
             args = recipe.training
-            cell.device = "cuda" if torch.cuda.is_available() and not args.use_cpu else "cpu"
+            cell.device = _training_device(args)
             cell.dtype = "bfloat16" if args.bf16 else "float16" if args.fp16 else "float32"
+            if cell.dtype == "float32" and cell.device == "cuda" and getattr(args, "tf32", None):
+                cell.dtype = "tfloat32"  # fp32 matmuls on tensor cores: measured against the TF32 peak
         return cells
 
     def preflight(self, cells: list[Cell]) -> None:
@@ -422,7 +422,9 @@ def run_bench(bench: Bench, progress: bool = True) -> dict[str, Any]:
     bench.preflight(todo)
     peaks = {}
     for device, dtype in sorted({(c.device, c.dtype) for c in todo}):
-        peaks[(device, dtype)] = peak_flops(device, dtype)
+        if device != "cpu" and peak_flops(device, dtype, measure_if_missing=False) is None:
+            _calibrate_in_child(device, dtype)  # keeps the bench process free of a CUDA context
+        peaks[(device, dtype)] = peak_flops(device, dtype, measure_if_missing=device == "cpu")
 
     bar = _progress(len(cells), skipped, enabled=progress)
     failed = 0
@@ -457,6 +459,14 @@ def run_bench(bench: Bench, progress: bool = True) -> dict[str, Any]:
     }
 
 
+def _calibrate_in_child(device: str, dtype: str) -> None:
+    logger.info("no peak FLOPs cached for %s %s; measuring it now in a child process", device, dtype)
+    code = f"from hf_finetune.mfu import calibrate; calibrate({device!r}, [{dtype!r}])"
+    proc = subprocess.run([sys.executable, "-c", code], env=_cell_env(), capture_output=True, text=True)
+    if proc.returncode != 0:
+        logger.warning("calibrating %s %s failed (MFU left empty): %s", device, dtype, proc.stderr[-500:])
+
+
 def _sigterm_as_exit():
     """Turn SIGTERM into SystemExit while cells run, so the running cell's process group is stopped
     (see `_run_child`) instead of being orphaned; returns the function that restores the old handler."""
@@ -471,6 +481,33 @@ def _sigterm_as_exit():
 
     previous = signal.signal(signal.SIGTERM, terminate)
     return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _training_device(args) -> str:
+    """The device a cell's Trainer trains on, as torch names it (the Trainer's own order of preference)."""
+    import torch
+
+    if args.use_cpu:
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    for name in ("xpu", "mps"):
+        backend = getattr(torch, name, None) if name == "xpu" else getattr(torch.backends, name, None)
+        if backend is not None and backend.is_available():
+            return name
+    return "cpu"
+
+
+def _cell_env() -> dict[str, str]:
+    """A cell trains on one device: with several GPUs visible and no CUDA_VISIBLE_DEVICES, the Trainer would
+    wrap the model in DataParallel over all of them, and its speed and MFU would not compare across machines
+    (multi-GPU runs are `accelerate launch`'s job)."""
+    import torch
+
+    env = dict(os.environ)
+    if "CUDA_VISIBLE_DEVICES" not in env and torch.cuda.device_count() > 1:
+        env["CUDA_VISIBLE_DEVICES"] = "0"
+    return env
 
 
 def _drop_torn_line(path: Path) -> None:
@@ -507,13 +544,11 @@ from hf_finetune import cli
 try:
     code = cli.main(sys.argv[2:])
 finally:
-    peak = {"max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    try:
-        import torch
-        if torch.cuda.is_available():
-            peak["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    except ImportError:
-        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    peak = {"max_rss_mb": rss / (2**20 if sys.platform == "darwin" else 1024)}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        peak["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
     open(sys.argv[1], "w").write(json.dumps(peak))
 sys.exit(code)
 """
@@ -538,7 +573,7 @@ def run_cell(cell: Cell, bench: Bench, peak: float | None) -> dict[str, Any]:
     with log_file.open("w", encoding="utf-8") as log:
         log.write("$ hf-finetune train " + " ".join([cell.recipe_path, *cell.overrides]) + "\n")
         log.flush()
-        code = _run_child(cmd, log, bench.cell_timeout_s)
+        code = _run_child(cmd, log, bench.cell_timeout_s, env=_cell_env())
     record["wall_s"] = round(time.time() - started, 2)
     results_file = cell.run_dir / "all_results.json"
     if code != 0 or not results_file.is_file():
@@ -553,12 +588,13 @@ def run_cell(cell: Cell, bench: Bench, peak: float | None) -> dict[str, Any]:
     results = json.loads(results_file.read_text())
     memory = json.loads(memory_file.read_text()) if memory_file.is_file() else {}
     metric = cell.metric or default_metric(cell.recipe, results)
-    score = results.get(f"eval_{metric}")
+    key = metric_key(cell.recipe, metric)
+    score = results.get(key)
     flops = results.get("train_model_flops")
     runtime = results.get("train_runtime")
     record.update(
         {
-            "metric": metric,
+            "metric": key.removeprefix("eval_"),  # e.g. validation_matched_accuracy for MNLI
             "score": score,
             "train_runtime": runtime,
             "train_samples_per_second": results.get("train_samples_per_second"),
@@ -575,7 +611,7 @@ def run_cell(cell: Cell, bench: Bench, peak: float | None) -> dict[str, Any]:
             "peak_flops": peak,
             "device": cell.device,
             "dtype": cell.dtype,
-            "eval": {k: v for k, v in results.items() if k.startswith("eval_")},
+            "eval": {k: _finite(v) for k, v in results.items() if k.startswith("eval_")},
         }
     )
     if "cuda_max_allocated_mb" in memory:
@@ -583,8 +619,14 @@ def run_cell(cell: Cell, bench: Bench, peak: float | None) -> dict[str, Any]:
     if score is None:
         record["status"] = "failed"
         record["error"] = (
-            f"metric {metric!r} not among the eval results {sorted(record['eval'])}; set tasks.{cell.task}.metric"
+            f"{key} is not among the eval results {sorted(record['eval'])}; set tasks.{cell.task}.metric "
+            "to one of them"
         )
+    elif not math.isfinite(score):
+        record["status"] = "failed"
+        record["score"] = None
+        record["error"] = f"{key} is {score} (a constant prediction leaves a correlation undefined)"
+
     if not bench.keep_models:
         for pattern in ("*.safetensors", "*.bin", "*.pt"):
             for weights in cell.run_dir.glob(pattern):
@@ -592,13 +634,18 @@ def run_cell(cell: Cell, bench: Bench, peak: float | None) -> dict[str, Any]:
     return record
 
 
-def _run_child(cmd: list[str], log, timeout: float | None) -> int | None:
+def _finite(value: Any) -> Any:
+    """NaN and infinities as None: results.jsonl stays strict JSON."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _run_child(cmd: list[str], log, timeout: float | None, env: dict[str, str] | None = None) -> int | None:
     """Run a cell's process in its own process group; its exit code, or None when it ran out of time.
 
     On a timeout, Ctrl-C or SIGTERM the whole group is stopped (TERM, then KILL after 10 s), so
     tokenisation workers and dataloader workers the cell started go with it.
     """
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -651,6 +698,16 @@ def _last_error(log_file: Path, code: int) -> str:
     return f"exit code {code}" + (f": {lines[-1][:300]}" if lines else "")
 
 
+def metric_key(recipe, metric: str) -> str:
+    """The all_results.json key of ``metric`` on the recipe's (first) eval split: ``eval_<metric>``, or
+    ``eval_<split>_<metric>`` when the recipe evaluates several splits (MNLI's matched and mismatched)."""
+    metric = metric.removeprefix("eval_")
+    splits = recipe.data.eval_splits
+    if len(splits) > 1 and not metric.startswith(tuple(f"{split}_" for split in splits)):
+        return f"eval_{splits[0]}_{metric}"
+    return f"eval_{metric}"
+
+
 def default_metric(recipe, results: dict[str, Any]) -> str:
     """The headline metric of a cell's resolved recipe: GLUE's own per task; F1 for NER and QA; else
     accuracy (Pearson for regression)."""
@@ -661,7 +718,7 @@ def default_metric(recipe, results: dict[str, Any]) -> str:
         order = ("f1", "exact_match", "accuracy")
     else:
         order = ("accuracy", "pearson", "matthews_correlation", "f1")
-    return next((name for name in order if f"eval_{name}" in results), order[0])
+    return next((name for name in order if metric_key(recipe, name) in results), order[0])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -688,6 +745,7 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "train_samples_per_second",
             "train_tokens_per_second",
             "peak_memory_mb",
+            "cuda_peak_memory_mb",
             "mfu",
             "train_steps",
         ):
@@ -708,6 +766,7 @@ def _fmt(value: Any, spec: str, missing: str = "-") -> str:
 
 def format_markdown(bench: Bench, records: list[dict[str, Any]], hidden: int = 0) -> str:
     rows = summarise(records)
+    cuda = any(row["cuda_peak_memory_mb"] is not None for row in rows)  # a GPU column only for GPU cells
     seeds = ", ".join(map(str, bench.seeds))
     budget = f"{bench.max_steps} steps per cell" if bench.max_steps else "each recipe's own schedule"
     lines = [
@@ -715,11 +774,14 @@ def format_markdown(bench: Bench, records: list[dict[str, Any]], hidden: int = 0
         "",
         f"Bench file `{bench.path}`; seeds {seeds}; {budget}. Score: mean ± std over the seeds that finished "
         "(no ± with one seed). "
-        "Time: the Trainer's train_runtime (training only, no evaluation); memory: the cell process's peak RSS; "
-        "MFU: model FLOPs per second over the calibrated peak (see `hf_finetune/mfu.py`).",
+        "Time: the Trainer's train_runtime (training only, no evaluation); memory: the cell process's peak RSS"
+        + (" and peak CUDA memory allocated" if cuda else "")
+        + "; MFU: model FLOPs per second over the calibrated peak (see `hf_finetune/mfu.py`).",
         "",
-        "| task | strategy | metric | score | seeds | steps | train s | samples/s | tokens/s | peak RSS MB | trainable | MFU |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| task | strategy | metric | score | seeds | steps | train s | samples/s | tokens/s | peak RSS MB | "
+        + ("CUDA peak MB | " if cuda else "")
+        + "trainable | MFU |",
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if cuda else "") + "---|---|",
     ]
     for row in rows:
         trainable = (
@@ -736,7 +798,8 @@ def format_markdown(bench: Bench, records: list[dict[str, Any]], hidden: int = 0
             f"{_fmt(row['train_steps'], '.0f')} | "
             f"{_fmt(row['train_runtime'], '.1f')} | {_fmt(row['train_samples_per_second'], '.1f')} | "
             f"{_fmt(row['train_tokens_per_second'], ',.0f')} | {_fmt(row['peak_memory_mb'], ',.0f')} | "
-            f"{trainable} | {_fmt(None if row['mfu'] is None else row['mfu'] * 100, '.1f')}{'%' if row['mfu'] is not None else ''} |"
+            + (f"{_fmt(row['cuda_peak_memory_mb'], ',.0f')} | " if cuda else "")
+            + f"{trainable} | {_fmt(None if row['mfu'] is None else row['mfu'] * 100, '.1f')}{'%' if row['mfu'] is not None else ''} |"
         )
     if hidden:
         lines[2] += (
@@ -750,15 +813,18 @@ def format_markdown(bench: Bench, records: list[dict[str, Any]], hidden: int = 0
     return "\n".join(lines) + "\n"
 
 
-def plot_results(records: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Score against training time: one panel per task, one marker per strategy (seeds small, mean large)."""
+def plot_results(
+    records: list[dict[str, Any]], path: Path, title: str, tasks: list[str] | None = None
+) -> None:
+    """Score against training time: one panel per task (``tasks``, by default those with records; a task
+    whose cells all failed keeps an empty panel), one marker per strategy (seeds small, mean large)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ok = [r for r in latest_records(records).values() if r.get("status") == "ok"]
-    tasks = list(dict.fromkeys(r["task"] for r in ok))
+    tasks = list(tasks) if tasks is not None else list(dict.fromkeys(r["task"] for r in ok))
     strategies = list(dict.fromkeys(r["strategy"] for r in ok))
     markers = "osD^vP*Xh<>p"
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -788,14 +854,16 @@ def plot_results(records: list[dict[str, Any]], path: Path, title: str) -> None:
                 **style,
             )
         metric = next((r.get("metric") for r in ok if r["task"] == task), None) or "score"
+        if not ax.collections:
+            ax.text(0.5, 0.5, "no finished cells", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(task)
         ax.set_xlabel("train time (s)")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     if handles:
         axes[0][0].legend(handles=[handles[s] for s in strategies if s in handles], fontsize=8, loc="best")
-    else:
-        axes[0][0].text(0.5, 0.5, "no scored cells", ha="center", va="center")
+    elif not tasks:
+        axes[0][0].text(0.5, 0.5, "no finished cells", ha="center", va="center")
     fig.suptitle(title)
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".partial.png")
@@ -814,4 +882,6 @@ def write_report(bench: Bench, fingerprints: dict[tuple, str]) -> None:
     tmp = report.with_name(report.name + ".partial")
     tmp.write_text(format_markdown(bench, records, hidden), encoding="utf-8")
     os.replace(tmp, report)
-    plot_results(records, bench.output_dir / PLOT, f"{bench.path.stem}: score vs training time")
+    plot_results(
+        records, bench.output_dir / PLOT, f"{bench.path.stem}: score vs training time", list(bench.tasks)
+    )

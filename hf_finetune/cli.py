@@ -225,10 +225,10 @@ def _bench(args: argparse.Namespace) -> int:
     if args.calibrate:
         import torch
 
-        from .mfu import DTYPES, cache_path, calibrate, device_name
+        from .mfu import CUDA_DTYPES, DTYPES, cache_path, calibrate, device_name
 
         for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
-            for dtype, entry in calibrate(device, DTYPES).items():
+            for dtype, entry in calibrate(device, CUDA_DTYPES if device == "cuda" else DTYPES).items():
                 print(
                     f"{device} ({device_name(device)}) {dtype}: {entry['flops'] / 1e12:.3f} TFLOP/s "
                     f"(matmul {entry['matmul_size']})"

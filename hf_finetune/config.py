@@ -483,7 +483,9 @@ def build_training_arguments(raw: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
             # Without the instructions, autocast emulates the dtype: slower than fp32, not faster (bf16
             # matmuls ran at 1/160 of the fp32 rate on an AVX2-only EPYC). The saved recipe keeps the
             # setting, so the same recipe still uses mixed precision on a GPU.
-            logger.warning(
+            log = logger.warning if mixed not in _WARNED_EMULATED else logger.debug  # once per process
+            _WARNED_EMULATED.add(mixed)
+            log(
                 "training.%s: no accelerator, and this CPU has no native %s instructions, where autocast "
                 "would emulate %s at a fraction of fp32 speed; training in fp32 instead. To force it on "
                 "the CPU anyway, set training.use_cpu=true.",
@@ -498,6 +500,9 @@ def build_training_arguments(raw: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     except (ValueError, TypeError, ImportError) as exc:
         raise RecipeError("training", f"{exc}") from None
     return args, values
+
+
+_WARNED_EMULATED: set[str] = set()
 
 
 def _cpu_has_native(dtype: str) -> bool:

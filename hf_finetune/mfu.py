@@ -31,6 +31,7 @@ from .cache import cache_dir
 logger = logging.getLogger("hf_finetune")
 
 DTYPES = ("float32", "bfloat16", "float16")
+CUDA_DTYPES = ("tfloat32", *DTYPES)  # tfloat32: fp32 matmuls on tensor cores (training.tf32=true)
 
 
 def training_flops_per_token(model) -> dict[str, int]:
@@ -39,7 +40,7 @@ def training_flops_per_token(model) -> dict[str, int]:
 
     linear_weights, after_first_trainable, trainable_linear = 0, 0, 0
     seen_trainable = False
-    for module in model.modules():
+    for module in _computing_modules(model):
         if not seen_trainable and any(p.requires_grad for p in module.parameters(recurse=False)):
             seen_trainable = True
         if isinstance(module, torch.nn.Linear):
@@ -54,6 +55,18 @@ def training_flops_per_token(model) -> dict[str, int]:
     return {"forward": forward, "backward": backward, "total": forward + backward}
 
 
+def _computing_modules(model):
+    """``model.modules()`` less the copies a forward pass never runs: peft's ``modules_to_save`` wrapper
+    keeps the original head beside the trained copy and runs only the latter."""
+    skipped: set[int] = set()
+    for module in model.modules():
+        if id(module) in skipped:
+            continue
+        if type(module).__name__ == "ModulesToSaveWrapper" and hasattr(module, "original_module"):
+            skipped.update(id(m) for m in module.original_module.modules())
+        yield module
+
+
 # ------------------------------------------------------------------------------------------------
 # Peak FLOPs: measured, cached
 # ------------------------------------------------------------------------------------------------
@@ -66,6 +79,8 @@ def device_name(device: str) -> str:
 
     if device == "cuda":
         return torch.cuda.get_device_name()
+    if device != "cpu":
+        return device
     model = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -88,7 +103,11 @@ def measure_peak_flops(device: str, dtype: str, min_seconds: float = 0.5, sizes=
     """The best dense ``n x n`` matmul rate over a few sizes, in FLOP/s, on ``device`` in ``dtype``."""
     import torch
 
-    torch_dtype = getattr(torch, dtype)
+    tf32 = dtype == "tfloat32"
+    torch_dtype = torch.float32 if tf32 else getattr(torch, dtype)
+    if device == "cuda":
+        previous_tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     sizes = sizes or ((1024, 2048, 4096) if device == "cpu" else (4096, 8192))
     best, best_n = 0.0, 0
     for n in sizes:
@@ -111,15 +130,16 @@ def measure_peak_flops(device: str, dtype: str, min_seconds: float = 0.5, sizes=
         if runs == 1:
             break  # one product already took min_seconds: the next size (8x the work) would only be slower
     if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = previous_tf32
         torch.cuda.empty_cache()  # give the calibration's matrices back before the cells need the memory
     return {"flops": best, "matmul_size": best_n, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def _sync(device: str) -> None:
-    if device == "cuda":
+    if device != "cpu":
         import torch
 
-        torch.cuda.synchronize()
+        getattr(torch, device).synchronize()  # torch.cuda / torch.xpu / torch.mps
 
 
 def read_cache() -> dict[str, Any]:

@@ -12,16 +12,19 @@ from hf_finetune.bench import RECORD_FIELDS, load_bench, read_results
 
 from .conftest import sentiment_rows, tiny_recipe, write_jsonl, write_sentiment_files
 
-FAKE_PEAK = 2.0e11  # FLOP/s written into the calibration cache, so the expected MFU is known exactly
+FAKE_PEAK = 2.0e11  # FLOP/s cached for fp32 (the tiny cells' dtype), so the expected MFU is known exactly
 
 
 @pytest.fixture()
 def calibrated(tmp_path, monkeypatch):
-    """A private calibration cache holding FAKE_PEAK for the CPU in every dtype."""
+    """A private calibration cache: FAKE_PEAK for the CPU in fp32, other peaks for the other dtypes (a cell
+    that picked the wrong dtype's peak would show in its MFU)."""
     monkeypatch.setenv("HF_FINETUNE_CACHE", str(tmp_path / "cache"))
     path = mfu.cache_path()
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({mfu.cache_key("cpu", d): {"flops": FAKE_PEAK} for d in mfu.DTYPES}))
+    peaks = {d: FAKE_PEAK * (i + 1) for i, d in enumerate(mfu.DTYPES)}
+    assert peaks["float32"] == FAKE_PEAK
+    path.write_text(json.dumps({mfu.cache_key("cpu", d): {"flops": p} for d, p in peaks.items()}))
     return path
 
 
@@ -73,8 +76,8 @@ def test_tiny_bench_writes_the_three_outputs_and_resumes(tmp_path, tiny_model_di
         assert r["total_params"] >= r["trainable_params"] > 0
         assert not list((out / "cells" / r["task"] / r["strategy"] / "seed1").glob("*.safetensors"))
     by = {(r["task"], r["strategy"]): r for r in records}
-    # the overlay took effect: frozen embeddings train fewer parameters, and fewer FLOPs per token
-    # (no weight gradients and no input gradients below layer 0)
+    # the overlay took effect: frozen embeddings train fewer parameters, at the same model FLOPs per token
+    # (embeddings are lookups, not matmuls: nothing below layer 0 needed gradients in the first place)
     full, frozen = by[("alpha", "full")], by[("alpha", "frozen-emb")]
     assert frozen["trainable_params"] < full["trainable_params"]
     assert frozen["total_params"] == full["total_params"]
@@ -249,6 +252,15 @@ def test_the_report_shows_this_benchs_cells_at_their_current_settings(tmp_path, 
     assert "| 15.0 |" in row  # mean train time
     assert "Not shown: 2 record(s)" in table and "| gone" not in table
     assert (bench.output_dir / "results.png").read_bytes()[:4] == b"\x89PNG"
+    assert "CUDA peak MB" not in table  # CPU cells: no GPU column
+
+    from hf_finetune.bench import format_markdown
+
+    on_gpu = [{**r, "cuda_peak_memory_mb": 1234.0} for r in lines[1:3]]
+    gpu_table = format_markdown(bench, on_gpu)
+    assert "| peak RSS MB | CUDA peak MB | trainable | MFU |" in gpu_table
+    (gpu_row,) = [line for line in gpu_table.splitlines() if line.startswith("| alpha")]
+    assert "| 1,234 |" in gpu_row and gpu_row.count("|") == gpu_table.splitlines()[4].count("|")
 
 
 def test_calibrate_from_the_command_line_caches_a_peak_per_dtype(tmp_path, monkeypatch, capsys):
@@ -361,3 +373,70 @@ _real_measure = mfu.measure_peak_flops
 
 def _quick_measure(device, dtype, min_seconds=0.05):
     return _real_measure(device, dtype, min_seconds=min_seconds, sizes=(256, 512))
+
+
+def test_lora_flops_count_the_adapters_and_the_trained_head_once(tiny_model_dir):
+    """peft keeps the original head beside the trained copy (modules_to_save); only the copy runs."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
+    model = get_peft_model(base, LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"]))
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    heads = [m for m in linears if m.weight.shape[0] == 2]
+    assert len(heads) == 2  # the original classifier and the trained copy
+    every_linear = sum(m.weight.numel() for m in linears)
+    trainable = sum(m.weight.numel() for m in linears if m.weight.requires_grad)
+    flops = mfu.training_flops_per_token(model)
+    assert flops["forward"] == 2 * (every_linear - heads[0].weight.numel())
+    assert trainable < every_linear // 10 and flops["backward"] > 2 * trainable  # adapters + input grads
+
+
+def test_the_headline_metric_follows_the_task_and_its_eval_splits():
+    from hf_finetune.bench import default_metric, metric_key
+    from hf_finetune.cli import resolve_recipe_path
+    from hf_finetune.config import load_recipe
+
+    sst2, mrpc, mnli = (load_recipe(resolve_recipe_path(f"glue/{name}")) for name in ("sst2", "mrpc", "mnli"))
+    assert metric_key(sst2, "accuracy") == metric_key(sst2, "eval_accuracy") == "eval_accuracy"
+    assert default_metric(mrpc, {"eval_f1": 0.8, "eval_accuracy": 0.7}) == "f1"
+    # MNLI evaluates matched and mismatched: the headline is the first split's
+    assert mnli.data.eval_splits[0] == "validation_matched" and len(mnli.data.eval_splits) == 2
+    assert metric_key(mnli, "accuracy") == "eval_validation_matched_accuracy"
+    assert metric_key(mnli, "validation_mismatched_accuracy") == "eval_validation_mismatched_accuracy"
+    assert default_metric(mnli, {"eval_validation_matched_accuracy": 0.8}) == "accuracy"
+
+
+@pytest.mark.parametrize(
+    ("results", "status", "error"),
+    [
+        ({"eval_validation_matched_accuracy": 0.71}, "ok", None),
+        ({"eval_validation_matched_pearson": float("nan")}, "failed", "validation_matched_pearson is nan"),
+        ({"eval_loss": 0.5}, "failed", "eval_validation_matched_accuracy is not among the eval results"),
+    ],
+)
+def test_a_cells_score_is_read_from_its_results(tmp_path, monkeypatch, results, status, error):
+    """The score key on a multi-split task; a NaN score (constant predictions) or a missing one fails the cell."""
+    from hf_finetune import bench as bench_mod
+    from hf_finetune.bench import Cell
+    from hf_finetune.cli import resolve_recipe_path
+    from hf_finetune.config import load_recipe
+
+    recipe = load_recipe(resolve_recipe_path("glue/mnli"))
+    metric = "pearson" if any("pearson" in k for k in results) else None
+    cell = Cell("mnli", "full", 1, "glue/mnli", [], metric, tmp_path / "cell", recipe=recipe)
+
+    def fake_child(cmd, log, timeout, env=None):
+        (cell.run_dir / "all_results.json").write_text(json.dumps({**results, "train_runtime": 3.0}))
+        return 0
+
+    monkeypatch.setattr(bench_mod, "_run_child", fake_child)
+    fake_bench = type("B", (), {"cell_timeout_s": None, "keep_models": False})()
+    record = bench_mod.run_cell(cell, fake_bench, peak=None)
+    assert record["status"] == status
+    if status == "ok":
+        assert record["metric"] == "validation_matched_accuracy" and record["score"] == 0.71
+    else:
+        assert record["score"] is None and error in record["error"], record["error"]
+    json.dumps(record, allow_nan=False)  # the record stays strict JSON
