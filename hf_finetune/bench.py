@@ -99,9 +99,14 @@ class Cell:
 
     @property
     def fingerprint(self) -> str:
-        """Changes when the recipe file or the cell's overrides change: such a cell is not 'done'."""
+        """Changes when the recipe file, the cell's overrides or the machine (device, its name, dtype,
+        threads, torch version) change: such a cell is not 'done', so one table never mixes machines."""
+        from .mfu import cache_key
+
         text = Path(self.recipe_path).read_text(encoding="utf-8")
-        blob = json.dumps([text, self.overrides, self.metric], sort_keys=True)
+        blob = json.dumps(
+            [text, self.overrides, self.metric, cache_key(self.device, self.dtype)], sort_keys=True
+        )
         return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 

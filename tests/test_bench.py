@@ -203,6 +203,11 @@ def test_changed_settings_rerun_a_recorded_cell(tmp_path, tiny_model_dir, calibr
     assert run_bench(bench, progress=False)["ran"] == 0
     changed = load_bench(bench_file, ["training.learning_rate=1e-3"])
     assert [c.fingerprint for c in changed.cells()] != [cell.fingerprint]
+    here = cell.fingerprint
+    with pytest.MonkeyPatch.context() as patch:  # the same settings on another machine: not done there
+        patch.setattr(mfu, "device_name", lambda device: "another CPU")
+        assert [c.fingerprint for c in bench.cells()] != [here]
+    assert [c.fingerprint for c in bench.cells()] == [here]
     summary = run_bench(changed, progress=True)  # the changed cell runs again, under a progress bar
     assert summary["ran"] == 1 and summary["failed"] == 0
     records = read_results(bench.output_dir / "results.jsonl")
