@@ -22,6 +22,7 @@ A re-run skips the cells already recorded as ``ok`` with the same settings, so a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import SECTIONS, load_recipe, parse_yaml
+from .config import SECTIONS, accelerator, load_recipe, parse_yaml
 from .errors import FinetuneError, RecipeError, close_matches
 
 logger = logging.getLogger("hf_finetune")
@@ -148,17 +149,12 @@ class Bench:
                     )
         # every cell's recipe is read and type-checked now: a typo fails here, not an hour in
         # (quietly: the cells themselves log what their recipes resolve to)
-        config_logger = logging.getLogger("hf_finetune.config")
-        level = config_logger.level
-        config_logger.setLevel(logging.WARNING)
-        try:
+        with _quiet():
             recipes = [self._cell_recipe(cell) for cell in cells]
-        finally:
-            config_logger.setLevel(level)
         for cell, recipe in zip(cells, recipes):
             cell.recipe = recipe
             args = recipe.training
-            cell.device = _training_device(args)
+            cell.device = "cpu" if args.use_cpu else accelerator() or "cpu"
             cell.dtype = "bfloat16" if args.bf16 else "float16" if args.fp16 else "float32"
             if cell.dtype == "float32" and cell.device == "cuda" and getattr(args, "tf32", None):
                 cell.dtype = "tfloat32"  # fp32 matmuls on tensor cores: measured against the TF32 peak
@@ -171,10 +167,7 @@ class Bench:
         from .pipeline import validate
 
         checked = set()
-        quiet = logging.getLogger("hf_finetune")
-        level = quiet.level
-        quiet.setLevel(logging.WARNING)
-        try:
+        with _quiet():
             for cell in cells:
                 if (cell.task, cell.strategy) in checked:
                     continue
@@ -183,8 +176,6 @@ class Bench:
                     validate(cell.recipe)
                 except FinetuneError as exc:
                     raise FinetuneError(f"{self.path}: cell {cell.label}: {exc}") from None
-        finally:
-            quiet.setLevel(level)
 
     def _cell_recipe(self, cell: Cell):
         try:
@@ -405,16 +396,14 @@ def run_bench(bench: Bench, progress: bool = True) -> dict[str, Any]:
     bench.output_dir.mkdir(parents=True, exist_ok=True)
     results_path = bench.output_dir / RESULTS
     _drop_torn_line(results_path)
-    done = {
-        key
-        for key, record in latest_records(read_results(results_path)).items()
-        if record.get("status") == "ok"
-    }
     fingerprints = {c.key: c.fingerprint for c in cells}
     previous = latest_records(read_results(results_path))
-    todo = [
-        c for c in cells if not (c.key in done and previous[c.key].get("fingerprint") == fingerprints[c.key])
-    ]
+
+    def done(cell: Cell) -> bool:
+        record = previous.get(cell.key, {})
+        return record.get("status") == "ok" and record.get("fingerprint") == fingerprints[cell.key]
+
+    todo = [c for c in cells if not done(c)]
     skipped = len(cells) - len(todo)
     if skipped:
         logger.info(
@@ -488,19 +477,16 @@ def _sigterm_as_exit():
     return lambda: signal.signal(signal.SIGTERM, previous)
 
 
-def _training_device(args) -> str:
-    """The device a cell's Trainer trains on, as torch names it (the Trainer's own order of preference)."""
-    import torch
-
-    if args.use_cpu:
-        return "cpu"
-    if torch.cuda.is_available():
-        return "cuda"
-    for name in ("xpu", "mps"):
-        backend = getattr(torch, name, None) if name == "xpu" else getattr(torch.backends, name, None)
-        if backend is not None and backend.is_available():
-            return name
-    return "cpu"
+@contextlib.contextmanager
+def _quiet():
+    """hf_finetune's info logging off (warnings stay) while the bench reads and checks every cell."""
+    package = logging.getLogger("hf_finetune")
+    level = package.level
+    package.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        package.setLevel(level)
 
 
 def _cell_env() -> dict[str, str]:

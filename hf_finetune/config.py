@@ -528,15 +528,22 @@ def _cpu_has_native(dtype: str) -> bool:
         return False
 
 
-def _accelerator_available() -> bool:
+def accelerator() -> str | None:
+    """The accelerator the Trainer would train on, as torch names it ("cuda", "xpu", "mps"), or None."""
     import torch
 
+    if torch.cuda.is_available():
+        return "cuda"
     xpu = getattr(torch, "xpu", None)
-    return bool(
-        torch.cuda.is_available()
-        or torch.backends.mps.is_available()
-        or (xpu is not None and xpu.is_available())
-    )
+    if xpu is not None and xpu.is_available():
+        return "xpu"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return None
+
+
+def _accelerator_available() -> bool:
+    return accelerator() is not None
 
 
 def build_section(cls: type, raw: Any, section: str) -> Any:
