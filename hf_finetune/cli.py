@@ -1,4 +1,4 @@
-"""`hf-finetune train|validate|plan|eval|predict|export|recipes|tasks`.
+"""`hf-finetune train|validate|plan|eval|predict|export|push|bench|recipes|tasks`.
 
 Input mistakes print one message naming the field or file and the fix, and exit with code 2.
 """
@@ -106,6 +106,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="new directory for the merged model")
 
     p = sub.add_parser(
+        "push",
+        help="upload a trained output directory (model or PEFT adapter, with its model card) to the Hub",
+    )
+    p.add_argument("output_dir", help="the training.output_dir of a finished run")
+    p.add_argument("--repo-id", required=True, help="user/name or org/name; created if missing")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--revision", help="branch to push to (created if missing; default main)")
+    p.add_argument(
+        "--merge", action="store_true", help="PEFT runs: push the adapter merged into the base weights"
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="list the files that would be uploaded; contact nothing"
+    )
+    p.add_argument("--commit-message", help="commit message on the Hub")
+
+    p = sub.add_parser(
         "bench",
         help="run a bench file: task recipes x strategies x seeds, one process per cell (resumable)",
     )
@@ -200,6 +216,23 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         target = export_merged(args.output_dir, args.output)
         print(f"wrote the merged model to {target}")
+        return 0
+    if args.command == "push":
+        from .publish import push
+
+        result = push(
+            args.output_dir,
+            args.repo_id,
+            private=args.private,
+            revision=args.revision,
+            merge=args.merge,
+            dry_run=args.dry_run,
+            commit_message=args.commit_message,
+        )
+        if result["dry_run"]:
+            print(result["description"])
+        else:
+            print(f"pushed {len(result['files'])} files to {args.repo_id}: {result['commit_url']}")
         return 0
     if args.command == "predict":
         from .pipeline import predict_output

@@ -22,12 +22,13 @@ from typing import Any, ClassVar, Literal, Union
 
 import yaml
 
+from .distributed import launched_world_size
 from .errors import RecipeError, close_matches
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-SECTIONS = ("task", "model", "data", "strategy", "peft", "training")
+SECTIONS = ("task", "model", "data", "strategy", "peft", "training", "hub")
 PEFT_METHODS = ("lora", "ia3", "prefix_tuning", "prompt_tuning", "p_tuning")
 
 
@@ -316,6 +317,48 @@ class PeftSection:
         return self.method is not None
 
 
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+
+
+@dataclass
+class HubConfig:
+    """Publishing: push the trained model (or PEFT adapter) with its model card to the Hugging Face Hub.
+
+    The token is the usual one (``HF_TOKEN`` or `hf auth login`); it never goes into a recipe.
+    """
+
+    section: ClassVar[str] = "hub"
+    push: bool = _help("Push the output to the Hub at the end of training (main process only).", False)
+    repo_id: str | None = _help("The model repository, `user/name` or `org/name`; created if missing.", None)
+    private: bool = _help("Create the repository as private (an existing one keeps its visibility).", False)
+    revision: str | None = _help("Branch to push to (created from main if missing); default main.", None)
+    merge: bool = _help(
+        "PEFT runs: push the adapter merged into the base weights instead of the adapter.", False
+    )
+    license: str | None = _help("License in the model card (default: the base model's, when known).", None)
+    base_model: str | None = _help(
+        "Hub id of the base model for the card, when model.name_or_path is a local directory.", None
+    )
+
+    def __post_init__(self) -> None:
+        if self.repo_id is not None:
+            check_repo_id(self.repo_id, "hub.repo_id")
+        if self.push and not self.repo_id:
+            raise RecipeError(
+                "hub.repo_id", "is required with `hub.push: true`; give `user/name` or `org/name`."
+            )
+
+
+def check_repo_id(repo_id: str, where: str) -> str:
+    if not _REPO_ID.match(repo_id) or ".." in repo_id or repo_id.endswith((".git", ".")):
+        raise RecipeError(
+            where,
+            f"{repo_id!r} is not a Hub repository id: give `user/name` or `org/name` (letters, digits, "
+            "'-', '_', '.'; at most 96 characters each).",
+        )
+    return repo_id
+
+
 def _absolute(path: str) -> str:
     return str(Path(os.path.expanduser(path)).absolute())
 
@@ -331,6 +374,7 @@ class Recipe:
     training: Any  # transformers.TrainingArguments
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     peft: PeftSection = field(default_factory=PeftSection)
+    hub: HubConfig = field(default_factory=HubConfig)
     source: str | None = None
     # The training fields the recipe and overrides set explicitly (the rest are Trainer defaults).
     training_fields: dict[str, Any] = field(default_factory=dict)
@@ -344,6 +388,7 @@ class Recipe:
             "data": _plain(dataclasses.asdict(self.data)),
             "strategy": _plain(dataclasses.asdict(self.strategy)),
             "peft": _plain(dataclasses.asdict(self.peft)),
+            "hub": _plain(dataclasses.asdict(self.hub)),
             "training": _plain(training),
         }
 
@@ -418,6 +463,18 @@ def load_recipe(
     data = build_section(DataConfig, raw.get("data"), "data")
     strategy = build_section(StrategyConfig, raw.get("strategy"), "strategy")
     peft = build_section(PeftSection, raw.get("peft"), "peft")
+    hub = build_section(HubConfig, raw.get("hub"), "hub")
+    if hub.merge and peft.method not in ("lora", "ia3"):
+        raise RecipeError(
+            "hub.merge",
+            "merges a LoRA or IA3 adapter into the weights; "
+            + (
+                f"a {peft.method} adapter cannot be merged."
+                if peft.enabled
+                else "this recipe trains no adapter."
+            )
+            + " Drop it.",
+        )
     _check_strategy_with_peft(strategy, peft)
 
     training_raw = raw.get("training") or {}
@@ -439,6 +496,7 @@ def load_recipe(
         training=training,
         strategy=strategy,
         peft=peft,
+        hub=hub,
         source=origin,
         training_fields=training_fields,
     )
@@ -471,7 +529,25 @@ def build_training_arguments(raw: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     from transformers import TrainingArguments
 
     values = _coerce_fields(TrainingArguments, raw, "training")
+    init = derived_training_init(values)
+    try:
+        args = TrainingArguments(**init)
+    except (ValueError, TypeError, ImportError) as exc:
+        raise RecipeError("training", f"{exc}") from None
+    return args, values
+
+
+def derived_training_init(values: dict[str, Any]) -> dict[str, Any]:
+    """The TrainingArguments kwargs: the recipe's values plus what this machine and launch imply
+    (``use_cpu``, or mixed precision turned off), which are not written into the saved recipe."""
     init = dict(values)
+    if "use_cpu" not in values and launched_world_size() > 1 and not _accelerator_available():
+        # a multi-process launch (torchrun, accelerate launch) on a machine without a GPU: without use_cpu,
+        # Accelerate finds no device to spread over and every process would train alone on all the data
+        logger.info(
+            "training: %d processes and no accelerator: DDP on the CPU over gloo", launched_world_size()
+        )
+        init["use_cpu"] = True
     mixed = "bf16" if values.get("bf16") else "fp16" if values.get("fp16") else None
     if mixed and "use_cpu" not in values and not _accelerator_available():
         if _cpu_has_native(mixed):
@@ -495,11 +571,7 @@ def build_training_arguments(raw: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
             )
             for key in (mixed, f"{mixed}_full_eval"):
                 init[key] = False
-    try:
-        args = TrainingArguments(**init)
-    except (ValueError, TypeError, ImportError) as exc:
-        raise RecipeError("training", f"{exc}") from None
-    return args, values
+    return init
 
 
 _WARNED_EMULATED: set[str] = set()

@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .card import STRATEGY_FILE, write_card
 from .config import Recipe, load_recipe
+from .distributed import check_launch
+from .distributed import configure as configure_parallel
 from .errors import DataError, FinetuneError, RecipeError, close_matches
 from .hub import ensure_hub_mode
 from .mfu import training_flops_per_token
@@ -188,8 +191,18 @@ def train(recipe: Recipe) -> dict[str, Any]:
     from transformers import set_seed
 
     started = time.time()
-    prepared = prepare(recipe, stage="train")
-    task, args = prepared.task, recipe.training
+    args = recipe.training
+    if recipe.hub.push:  # a missing token or offline mode fails now, not after training
+        from .publish import check_can_push
+
+        check_can_push()
+    check_launch(args)  # the world size the launcher started; sets up the process group
+    if not args.should_log:  # replicas of a multi-process run: warnings only, no progress bars
+        logger.setLevel(logging.WARNING)
+        _quiet_datasets()
+    with args.main_process_first(desc="loading the data"):  # one process fills the datasets cache
+        prepared = prepare(recipe, stage="train")
+    task = prepared.task
     logger.info(
         "task %s | model %s | data %s | %s",
         recipe.task.name,
@@ -203,7 +216,16 @@ def train(recipe: Recipe) -> dict[str, Any]:
     plan_ = strategy_plan(recipe, model)
     plan_.apply(model)
     logger.info("strategy: %s", plan_.summary())
-    tokenised = task.preprocess(prepared.raw, prepared.tokenizer)
+    with args.main_process_first(desc="tokenising"):  # the others then read the tokenised cache
+        tokenised = task.preprocess(prepared.raw, prepared.tokenizer)
+    collator = task.data_collator(prepared.tokenizer, args)
+    train_data = tokenised[recipe.data.train_split]
+    parallel = configure_parallel(
+        model,
+        args,
+        lambda: _probe_batch(model, train_data, collator),
+        gradual_unfreezing=plan_.unfreeze_every is not None,
+    )
 
     output_dir = Path(args.output_dir)
     if args.should_save:
@@ -212,6 +234,7 @@ def train(recipe: Recipe) -> dict[str, Any]:
             recipe.data.mirror = task.source.mirror_root  # eval/predict find the same data later
         recipe.save(output_dir / RECIPE_FILE, header=recipe_header(recipe))
         write_environment(output_dir)
+        (output_dir / STRATEGY_FILE).write_text(json.dumps(plan_.to_dict(), indent=2) + "\n")
 
     if args.include_num_input_tokens_seen == "no":
         args.include_num_input_tokens_seen = "non_padding"  # for train_tokens_per_second and MFU
@@ -219,10 +242,10 @@ def train(recipe: Recipe) -> dict[str, Any]:
     trainer = FinetuneTrainer(
         model=model,
         args=args,
-        train_dataset=tokenised[recipe.data.train_split],
+        train_dataset=train_data,
         eval_dataset=_eval_datasets(recipe, tokenised),
         processing_class=prepared.tokenizer,
-        data_collator=task.data_collator(prepared.tokenizer, args),
+        data_collator=collator,
         compute_metrics=task.compute_metrics(),
         preprocess_logits_for_metrics=task.preprocess_logits_for_metrics(),
         recipe=recipe,
@@ -241,6 +264,9 @@ def train(recipe: Recipe) -> dict[str, Any]:
         # the matmul FLOPs of the real tokens trained on (see hf_finetune.mfu); the basis of bench's MFU
         train_metrics["train_model_flops"] = float(tokens * flops_per_token)
     train_metrics["total_params"] = plan_.total_params
+    train_metrics["world_size"] = args.world_size
+    if "find_unused_parameters" in parallel:
+        train_metrics["ddp_find_unused_parameters"] = parallel["find_unused_parameters"]
     trainer.log_metrics("train", train_metrics)
     trainer.save_metrics("train", {**train_metrics, "strategy": plan_.description})
 
@@ -255,11 +281,51 @@ def train(recipe: Recipe) -> dict[str, Any]:
             output_dir / CURVES_FILE,
             title=f"{recipe.model.name_or_path} on {prepared.summary['data']}",
         )
+        try:
+            write_card(output_dir, repo_id=recipe.hub.repo_id)
+        except Exception as exc:  # the model is saved; a card problem must not cost the run
+            logger.warning("could not write the model card (%s: %s)", type(exc).__name__, exc)
+            if recipe.hub.push:
+                raise
         logger.info("done in %.0fs; outputs in %s", time.time() - started, output_dir)
+        if recipe.hub.push:
+            _push_after_training(recipe, output_dir)
     results_file = output_dir / "all_results.json"
     return (
         json.loads(results_file.read_text()) if results_file.is_file() else {**train_metrics, **eval_metrics}
     )
+
+
+def _push_after_training(recipe: Recipe, output_dir: Path) -> None:
+    from .publish import push
+
+    hub = recipe.hub
+    try:
+        result = push(output_dir, hub.repo_id, private=hub.private, revision=hub.revision, merge=hub.merge)
+    except FinetuneError as exc:
+        retry = f"hf-finetune push {output_dir} --repo-id {hub.repo_id}" + (" --merge" if hub.merge else "")
+        raise FinetuneError(
+            f"{exc} The trained model is saved in {output_dir}; retry with `{retry}`."
+        ) from None
+    logger.info("pushed to %s: %s", hub.repo_id, result["commit_url"])
+
+
+def _probe_batch(model, dataset, collator, size: int = 2):
+    """A collated batch of the first training examples, with only the columns the model's forward takes
+    (as the Trainer's column removal does), for `distributed.unused_parameters`."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    accepted = set(inspect.signature(base.forward).parameters)
+    rows = [{k: v for k, v in dataset[i].items() if k in accepted} for i in range(min(size, len(dataset)))]
+    return collator(rows)
+
+
+def _quiet_datasets() -> None:
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_warning()
 
 
 def _evaluate_splits(trainer, recipe: Recipe, tokenised, raw) -> dict[str, Any]:

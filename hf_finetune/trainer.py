@@ -38,6 +38,12 @@ class FinetuneTrainer(Trainer):
         if self.unfreezing is not None:
             callbacks.append(self.unfreezing)
         super().__init__(*args, callbacks=callbacks or None, **kwargs)
+        if self.model_accepts_loss_kwargs and not loss_counts_items(self.model):
+            # transformers takes a forward(**kwargs) to mean that the loss divides by the batch's label count
+            # (num_items_in_batch), and then neither divides it by the gradient-accumulation steps nor leaves it
+            # to DDP's averaging (it multiplies it by the world size). Encoder heads compute a local mean
+            # (CrossEntropyLoss), so that would scale the gradients by accumulation steps x processes.
+            self.model_accepts_loss_kwargs = False
 
     def create_optimizer(self, model=None):
         """The strategy's parameter groups (trainable parameters only), each with its own lr and decay.
@@ -86,6 +92,27 @@ class FinetuneTrainer(Trainer):
                 self.model.get_base_model().config.save_pretrained(target)
             if self.recipe is not None:
                 self.recipe.save(target / RECIPE_FILE, header=recipe_header(self.recipe))
+
+
+def loss_counts_items(model) -> bool:
+    """Whether ``model``'s loss normalises by ``num_items_in_batch`` (the Trainer's global label count).
+
+    transformers models that do route the loss through ``self.loss_function(..., **kwargs)`` (causal and
+    masked LM heads); the sequence-classification, token-classification and question-answering heads
+    of BERT-style encoders call ``CrossEntropyLoss()`` and ignore it. A model may say so itself with an
+    ``accepts_loss_kwargs`` attribute; when the source cannot be read, transformers' decision stands.
+    """
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    declared = getattr(base, "accepts_loss_kwargs", None)
+    if declared is not None:
+        return bool(declared)
+    try:
+        source = inspect.getsource(type(base).forward)
+    except (OSError, TypeError):
+        return True
+    return "loss_function" in source
 
 
 class _TokensThisRun(TrainerCallback):

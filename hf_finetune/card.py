@@ -1,0 +1,410 @@
+"""The model card: ``README.md`` with YAML metadata, built from what a training run leaves in its output dir.
+
+Inputs, all in the output directory: ``recipe.yaml`` (task, base model, data, strategy, PEFT, Trainer
+settings), ``strategy.json`` (the parameter groups trained), ``all_results.json`` (final metrics),
+``trainer_state.json`` (the per-evaluation log) and, for adapters, ``adapter_config.json``. So a card
+can be rebuilt for any finished run, e.g. by `hf-finetune push` with the repository id it is pushed to.
+
+Metadata (``huggingface_hub.ModelCardData``): ``base_model`` as a Hub id (a local path is never
+written; a local hf-finetune output or a cached Hub snapshot is traced back to its Hub id),
+``datasets``, ``pipeline_tag``, ``library_name``, ``tags``, ``license`` (the recipe's ``hub.license``,
+else the base model's card when it is available locally) and ``model-index`` with the final eval
+results (``huggingface_hub.EvalResult``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+logger = logging.getLogger("hf_finetune")
+
+CARD_FILE = "README.md"
+STRATEGY_FILE = "strategy.json"
+ADAPTER_CONFIG = "adapter_config.json"
+
+TASK_TITLES = {
+    "text-classification": "Text Classification",
+    "token-classification": "Token Classification",
+    "question-answering": "Question Answering",
+}
+AUTO_CLASSES = {
+    "text-classification": "AutoModelForSequenceClassification",
+    "token-classification": "AutoModelForTokenClassification",
+    "question-answering": "AutoModelForQuestionAnswering",
+}
+_NOT_METRICS = ("loss", "runtime", "samples_per_second", "steps_per_second", "epoch", "samples")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_CACHE_SNAPSHOT = re.compile(r"models--([^/]+?)--([^/]+)/snapshots/[^/]+/?$")
+
+
+# ------------------------------------------------------------------------------------------------
+# What the run was
+# ------------------------------------------------------------------------------------------------
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def run_recipe(output_dir: Path) -> dict[str, Any]:
+    """The raw resolved recipe of a run (plain data, as written by `hf-finetune train`)."""
+    from .trainer import RECIPE_FILE
+
+    path = Path(output_dir) / RECIPE_FILE
+    if not path.is_file():
+        from .errors import FinetuneError
+
+        raise FinetuneError(
+            f"{output_dir}: has no {RECIPE_FILE}, so it is not an hf-finetune output directory "
+            "(train one with `hf-finetune train RECIPE`)."
+        )
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
+def hub_base_model(name: str | None, seen: int = 0) -> str | None:
+    """The Hub id of a base model given as a Hub id or a local path, or None when it has none.
+
+    A cached Hub snapshot (``.../models--org--name/snapshots/<sha>``) gives ``org/name``; an
+    hf-finetune output directory gives its own base model (followed back, e.g. through a merge).
+    """
+    if not name:
+        return None
+    path = Path(name).expanduser()
+    if not path.exists():
+        return name if _HUB_ID.match(name) and not name.startswith((".", "/")) else None
+    match = _CACHE_SNAPSHOT.search(str(path.resolve()))
+    if match:
+        return f"{match.group(1)}/{match.group(2)}"
+    recipe_file = path / "recipe.yaml"
+    if recipe_file.is_file() and seen < 5:
+        raw = yaml.safe_load(recipe_file.read_text(encoding="utf-8")) or {}
+        parent = (raw.get("model") or {}).get("name_or_path")
+        if parent and Path(parent).expanduser().resolve() != path.resolve():
+            return hub_base_model(parent, seen + 1)
+    return None
+
+
+def base_model_license(repo_id: str | None, revision: str | None = None) -> str | None:
+    """The ``license`` in the base model's own card, if that card is in the local Hub cache."""
+    if repo_id is None:
+        return None
+    try:
+        from huggingface_hub import ModelCard, try_to_load_from_cache
+
+        path = try_to_load_from_cache(repo_id, CARD_FILE, revision=revision or "main")
+        if not isinstance(path, str):
+            return None
+        return ModelCard.load(path, ignore_metadata_errors=True).data.to_dict().get("license")
+    except Exception:  # a card we cannot parse only costs the license field
+        return None
+
+
+def eval_metrics(results: dict[str, Any]) -> dict[str, float]:
+    """Final evaluation metrics by name (``eval_accuracy`` -> ``accuracy``; MNLI ``eval_<split>_x`` kept whole)."""
+    out = {}
+    for key, value in results.items():
+        if not key.startswith("eval_") or key.endswith(_NOT_METRICS) or isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)):
+            out[key[len("eval_") :]] = float(value)
+    return out
+
+
+def _by_split(metrics: dict[str, float], splits: list[str]) -> list[tuple[str, str, float]]:
+    """(split, metric, value): with several eval splits the Trainer prefixes each metric with its split."""
+    out = []
+    for key, value in metrics.items():
+        split = next((s for s in splits if len(splits) > 1 and key.startswith(f"{s}_")), splits[0])
+        out.append(
+            (split, key[len(split) + 1 :] if key.startswith(f"{split}_") and len(splits) > 1 else key, value)
+        )
+    return out
+
+
+def results_table(log_history: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Rows of (epoch, step, training loss, validation loss, metrics...) at each evaluation."""
+    evals, seen = [], set()
+    for entry in log_history:  # the final evaluation repeats the last in-training one at the same step
+        keys = tuple(sorted(k for k in entry if k.startswith("eval_")))
+        if keys and "step" in entry and (entry["step"], keys) not in seen:
+            evals.append(entry)
+            seen.add((entry["step"], keys))
+    metrics: list[str] = []
+    for entry in evals:
+        for key in eval_metrics(entry):
+            if key not in metrics:
+                metrics.append(key)
+    header = ["Epoch", "Step", "Training loss", "Validation loss", *metrics]
+    rows = []
+    for entry in evals:
+        losses = [e["loss"] for e in log_history if "loss" in e and e.get("step", 0) <= entry["step"]]
+        values = eval_metrics(entry)
+        rows.append(
+            [
+                f"{entry.get('epoch', 0):.2f}",
+                str(entry["step"]),
+                f"{losses[-1]:.4f}" if losses else "-",
+                f"{entry['eval_loss']:.4f}" if "eval_loss" in entry else "-",
+                *[f"{values[m]:.4f}" if m in values else "-" for m in metrics],
+            ]
+        )
+    return header, rows
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# The card
+# ------------------------------------------------------------------------------------------------
+def build_card(output_dir: str | Path, repo_id: str | None = None, merged_from_adapter: bool = False):
+    """The `huggingface_hub.ModelCard` of the run in ``output_dir``.
+
+    ``repo_id``: where the model is (or will be) on the Hub, for the usage snippet; the directory
+    path otherwise. ``merged_from_adapter``: the directory holds a PEFT run merged into full weights.
+    """
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    from . import __version__
+
+    output_dir = Path(output_dir)
+    raw = run_recipe(output_dir)
+    task_name = (raw.get("task") or {}).get("name", "text-classification")
+    model = raw.get("model") or {}
+    data = raw.get("data") or {}
+    training = raw.get("training") or {}
+    peft = raw.get("peft") or {}
+    hub = raw.get("hub") or {}
+    results = read_json(output_dir / "all_results.json") or {}
+    state = read_json(output_dir / "trainer_state.json") or {}
+    plan = read_json(output_dir / STRATEGY_FILE) or {}
+    adapter = read_json(output_dir / ADAPTER_CONFIG)
+    environment = read_json(output_dir / "environment.json") or {}
+
+    base = hub.get("base_model") or hub_base_model(model.get("name_or_path"))
+    if base is None:
+        logger.warning(
+            "model card: the base model %r is a local path with no Hub id; base_model is left out "
+            "(set hub.base_model to name it).",
+            model.get("name_or_path"),
+        )
+    dataset_id = data.get("dataset") if data.get("dataset") and not data.get("files") else None
+    dataset_label = (
+        f"{dataset_id} ({data['config']})" if dataset_id and data.get("config") else dataset_id
+    ) or "a local dataset"
+    eval_splits = data.get("eval_split") or "validation"
+    eval_splits = eval_splits if isinstance(eval_splits, list) else [eval_splits]
+    eval_split = eval_splits[0]
+    metrics = eval_metrics(results)
+    name = (repo_id or output_dir.resolve().name).split("/")[-1]
+    is_adapter = adapter is not None and not merged_from_adapter
+    method = peft.get("method")
+
+    tags = ["hf-finetune", task_name]
+    if method:
+        tags += ["peft", method] + (["merged"] if merged_from_adapter else [])
+    strategy = raw.get("strategy") or {}
+    if any(
+        strategy.get(k)
+        for k in ("freeze_embeddings", "freeze_layers", "freeze_all_but_head", "freeze_modules")
+    ):
+        tags.append("frozen-layers")
+    if strategy.get("layerwise_lr_decay", 1.0) != 1.0:
+        tags.append("llrd")
+    if strategy.get("gradual_unfreezing"):
+        tags.append("gradual-unfreezing")
+
+    eval_results = [
+        EvalResult(
+            task_type=task_name,
+            task_name=TASK_TITLES.get(task_name, task_name),
+            dataset_type=dataset_id or "json",
+            dataset_name=dataset_label,
+            dataset_config=data.get("config") if dataset_id else None,
+            dataset_split=split,
+            metric_type=metric,
+            metric_name=metric.replace("_", " ").title(),
+            metric_value=round(value, 6),
+        )
+        for split, metric, value in _by_split(metrics, eval_splits)
+    ]
+    card_data = ModelCardData(
+        base_model=base,
+        datasets=[dataset_id] if dataset_id else None,
+        library_name="peft" if is_adapter else "transformers",
+        license=hub.get("license") or base_model_license(base, model.get("revision")),
+        pipeline_tag=task_name,
+        tags=tags,
+        metrics=sorted({m.split("_")[-1] for m in metrics}) or None,
+        model_name=name,
+        eval_results=eval_results or None,
+    )
+
+    base_link = f"[{base}](https://huggingface.co/{base})" if base else "a local checkpoint"
+    lines = [
+        f"# {name}",
+        "",
+        f"This model is {base_link} fine-tuned for {task_name} on {dataset_label}, with "
+        f"[hf-finetune](https://pypi.org/project/hf-finetune/) {__version__} from the recipe in `recipe.yaml` "
+        "(`hf-finetune train recipe.yaml` reproduces it)."
+        + (
+            " It is a PEFT adapter plus the task head; the base model weights are not in this repository."
+            if is_adapter
+            else ""
+        )
+        + (f" The {method} adapter has been merged into the weights." if merged_from_adapter else ""),
+    ]
+    if metrics:
+        lines += ["", f"Results on the `{eval_split}` split:", ""]
+        lines += [f"- {m}: {v:.4f}" for m, v in metrics.items()]
+
+    lines += ["", "## Strategy", "", _strategy_text(plan, peft, training)]
+    if plan:
+        lines += [
+            "",
+            "## Trainable parameters",
+            "",
+            f"{plan.get('trainable_params', 0):,} of {plan.get('total_params', 0):,} parameters trained "
+            f"({plan.get('trainable_percent', 0):.2f}%).",
+        ]
+    lines += ["", "## Training hyperparameters", "", _hyperparameters(training, results)]
+    header, rows = results_table(state.get("log_history") or [])
+    if rows:
+        lines += ["", "## Training results", "", _markdown_table(header, rows)]
+    lines += ["", "## Usage", "", _usage(task_name, repo_id or str(output_dir), is_adapter, adapter)]
+    versions = environment.get("packages") or {}
+    if versions:
+        lines += ["", "## Framework versions", ""]
+        lines += [f"- {pkg} {ver}" for pkg, ver in versions.items() if ver]
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
+
+
+def write_card(output_dir: str | Path, repo_id: str | None = None, merged_from_adapter: bool = False) -> Path:
+    """Build the card and write it as ``README.md`` in ``output_dir`` (atomically)."""
+    import os
+
+    path = Path(output_dir) / CARD_FILE
+    text = str(build_card(output_dir, repo_id, merged_from_adapter))
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _strategy_text(plan: dict[str, Any], peft: dict[str, Any], training: dict[str, Any]) -> str:
+    parts = [f"**{plan.get('strategy', 'full fine-tuning')}**."]
+    method = peft.get("method")
+    if method:
+        fields = {
+            "lora": (
+                "r",
+                "alpha",
+                "dropout",
+                "target_modules",
+                "use_dora",
+                "use_rslora",
+                "loraplus_lr_ratio",
+            ),
+            "ia3": ("target_modules",),
+        }.get(method, ("num_virtual_tokens",))
+        settings = ", ".join(f"{k}={peft[k]}" for k in fields if peft.get(k) not in (None, False))
+        extra = peft.get("modules_to_save") or []
+        parts.append(
+            f"PEFT: {method} ({settings}); the task head trains whole and is saved with the adapter"
+            + (f", as do {', '.join(extra)}" if extra else "")
+            + "."
+        )
+    groups = plan.get("groups") or []
+    if groups:
+        lr = training.get("learning_rate")
+        gradual = any(g.get("unfreeze_at") for g in groups)
+        header = ["Group", "Parameters", "Trains", "Learning rate", "Weight decay"] + (
+            ["From"] if gradual else []
+        )
+        rows = []
+        for g in groups:
+            row = [
+                g["name"],
+                f"{g['params']:,}",
+                "yes" if g["trainable"] else "frozen",
+                "-" if g.get("lr") is None else f"{g['lr']:.3g}",
+                "-" if g.get("weight_decay") is None else f"{g['weight_decay']:g}",
+            ]
+            if gradual:
+                row.append("-" if not g["trainable"] else str(g.get("unfreeze_at") or 0))
+            rows.append(row)
+        unit = (plan.get("gradual_unfreezing") or {}).get("unit")
+        note = (
+            f" (gradual unfreezing: `From` is the {unit} a group starts training)" if gradual and unit else ""
+        )
+        parts.append(
+            f"Parameter groups, bottom to top (base learning rate {lr}){note}:\n\n"
+            + _markdown_table(header, rows)
+        )
+    return "\n\n".join(parts)
+
+
+def _hyperparameters(training: dict[str, Any], results: dict[str, Any]) -> str:
+    world = int(results.get("world_size") or 1)
+    per_device = training.get("per_device_train_batch_size", 8)
+    accumulation = training.get("gradient_accumulation_steps", 1)
+    shown = {
+        "learning_rate": training.get("learning_rate", 5e-5),
+        "train_batch_size (per device)": per_device,
+        "eval_batch_size (per device)": training.get("per_device_eval_batch_size", 8),
+        "gradient_accumulation_steps": accumulation,
+        "processes": world,
+        "total_train_batch_size": per_device * accumulation * world,
+        "optimizer": training.get("optim", "adamw_torch"),
+        "weight_decay": training.get("weight_decay", 0.0),
+        "lr_scheduler_type": training.get("lr_scheduler_type", "linear"),
+        "warmup_steps": training.get("warmup_steps"),
+        "num_train_epochs": training.get("num_train_epochs", 3) if not training.get("max_steps") else None,
+        "max_steps": training.get("max_steps"),
+        "mixed_precision": "bf16" if training.get("bf16") else "fp16" if training.get("fp16") else "no",
+        "seed": training.get("seed", 42),
+        "train_runtime (s)": results.get("train_runtime"),
+        "train_samples_per_second": results.get("train_samples_per_second"),
+    }
+    return "\n".join(f"- {k}: {v}" for k, v in shown.items() if v not in (None, ""))
+
+
+def _usage(task_name: str, where: str, is_adapter: bool, adapter: dict[str, Any] | None) -> str:
+    example = {
+        "text-classification": 'model("a gripping, beautifully acted film")',
+        "token-classification": 'model("Hugging Face is based in New York City")',
+        "question-answering": 'model(question="Where is it based?", context="Hugging Face is based in New York City.")',
+    }[task_name]
+    extra = ', aggregation_strategy="simple"' if task_name == "token-classification" else ""
+    if not is_adapter:
+        code = [
+            "from transformers import pipeline",
+            "",
+            f'model = pipeline("{task_name}", model="{where}"{extra})',
+            f"print({example})",
+        ]
+    else:
+        base = (adapter or {}).get("base_model_name_or_path") or "BASE_MODEL"
+        auto = AUTO_CLASSES[task_name]
+        # LoRA and IA3 fold into the weights; prompt methods add virtual tokens at run time
+        mergeable = str((adapter or {}).get("peft_type", "")).upper() in ("LORA", "IA3")
+        merged = "adapted.merge_and_unload()" if mergeable else "adapted"
+        code = [
+            "from peft import PeftModel",
+            f"from transformers import AutoConfig, AutoTokenizer, {auto}, pipeline",
+            "",
+            f'config = AutoConfig.from_pretrained("{where}")  # the label names of this run',
+            f'base = {auto}.from_pretrained("{base}", config=config)',
+            f'adapted = PeftModel.from_pretrained(base, "{where}")',
+            f'tokenizer = AutoTokenizer.from_pretrained("{where}")',
+            f'model = pipeline("{task_name}", model={merged}, tokenizer=tokenizer{extra})',
+            f"print({example})",
+        ]
+    return "```python\n" + "\n".join(code) + "\n```"

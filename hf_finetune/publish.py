@@ -1,0 +1,224 @@
+"""`hf-finetune push`: upload a trained output directory to the Hugging Face Hub, with its model card.
+
+What is uploaded: the top-level files of the output directory that make up the model and its record:
+weights (full model or PEFT adapter), config, tokenizer, ``README.md`` (the card, rebuilt for the target
+repository), ``recipe.yaml``, ``strategy.json``, the results JSON files, ``trainer_state.json``,
+``environment.json`` and the training-curve plot. Not uploaded: ``checkpoint-*`` and other
+subdirectories, ``training_args.bin`` (a pickle; ``recipe.yaml`` is the reproducible record), hidden,
+partial and lock files. ``--dry-run`` prints exactly that list and contacts nothing.
+
+One commit per push (``create_commit``), so a failed upload changes nothing on the Hub. The token is
+`huggingface_hub`'s (``HF_TOKEN`` or `hf auth login`); it is passed to the client and never printed,
+logged or written anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .card import ADAPTER_CONFIG, CARD_FILE, write_card
+from .config import check_repo_id
+from .errors import FinetuneError
+
+logger = logging.getLogger("hf_finetune")
+
+#: top-level files never uploaded
+EXCLUDED = ("training_args.bin",)
+EXCLUDED_SUFFIXES = (".partial", ".lock", ".tmp")
+#: files of the training record copied next to a merged model
+RECORD_FILES = (
+    "recipe.yaml",
+    "strategy.json",
+    "all_results.json",
+    "train_results.json",
+    "eval_results.json",
+    "trainer_state.json",
+    "environment.json",
+    "training_curves.png",
+)
+
+
+@dataclass
+class PushPlan:
+    repo_id: str
+    folder: Path
+    files: list[str]
+    revision: str | None = None
+    private: bool = False
+    merged: bool = False
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        where = f"{self.repo_id}" + (f" (branch {self.revision})" if self.revision else "")
+        total = sum(self.sizes.values())
+        lines = [
+            f"would upload {len(self.files)} files ({total / 1e6:.1f} MB) to {where}"
+            + (" as a private repository" if self.private else "")
+            + (", the adapter merged into the base weights" if self.merged else "")
+            + ":"
+        ]
+        lines += [f"  {name}  ({self.sizes.get(name, 0):,} bytes)" for name in self.files]
+        return "\n".join(lines)
+
+
+def upload_files(folder: Path) -> list[str]:
+    """The files of ``folder`` that a push uploads (see the module docstring), sorted."""
+    names = []
+    for path in sorted(Path(folder).iterdir()):
+        name = path.name
+        if not path.is_file() or path.is_symlink():
+            continue
+        if name.startswith(".") or name in EXCLUDED or name.endswith(EXCLUDED_SUFFIXES):
+            continue
+        names.append(name)
+    return names
+
+
+def _check_output_dir(output_dir: Path) -> None:
+    from .trainer import RECIPE_FILE
+
+    if not output_dir.is_dir():
+        raise FinetuneError(
+            f"{output_dir}: no such output directory; give the training.output_dir of a finished run."
+        )
+    if not (output_dir / RECIPE_FILE).is_file():
+        raise FinetuneError(
+            f"{output_dir}: has no {RECIPE_FILE}, so it is not an hf-finetune output directory "
+            "(train one with `hf-finetune train RECIPE`)."
+        )
+    if not (output_dir / "config.json").is_file():
+        raise FinetuneError(
+            f"{output_dir}: has no saved model (config.json); the training run did not finish, so there is "
+            "nothing to push."
+        )
+
+
+def hub_token() -> str | None:
+    from huggingface_hub import get_token
+
+    return get_token()
+
+
+def check_can_push() -> None:
+    """Fail before any work when the Hub cannot be reached for a push: offline mode or no token."""
+    from .hub import _truthy
+
+    if _truthy(os.environ.get("HF_HUB_OFFLINE")):
+        raise FinetuneError(
+            "pushing needs the Hugging Face Hub, but HF_HUB_OFFLINE is set; unset it (or use --dry-run)."
+        )
+    if not hub_token():
+        raise FinetuneError(
+            "no Hugging Face token: log in with `hf auth login` or set HF_TOKEN (a token with write access), "
+            "or use --dry-run to see what would be pushed."
+        )
+
+
+def push(
+    output_dir: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    merge: bool = False,
+    dry_run: bool = False,
+    commit_message: str | None = None,
+) -> dict:
+    """Push ``output_dir`` to ``repo_id``; with ``dry_run``, only return what would be pushed.
+
+    Returns ``{"repo_id", "files", "commit_url"|None, "dry_run"}``.
+    """
+    output_dir = Path(output_dir)
+    check_repo_id(repo_id, "--repo-id")
+    _check_output_dir(output_dir)
+    is_adapter = (output_dir / ADAPTER_CONFIG).is_file()
+    if merge and not is_adapter:
+        raise FinetuneError(
+            f"--merge: {output_dir} holds a full model, not a PEFT adapter; push it without --merge."
+        )
+    if not dry_run:
+        check_can_push()
+
+    with tempfile.TemporaryDirectory(prefix="hf-finetune-push-") as scratch:
+        folder = Path(scratch) / "model"
+        if merge:
+            from .pipeline import export_merged
+
+            export_merged(output_dir, folder)
+            for name in RECORD_FILES:
+                source = output_dir / name
+                if source.is_file() and not (folder / name).exists():
+                    shutil.copy2(source, folder / name)
+            # the merged model's recipe points at the merged folder; the card's base model is the run's
+            shutil.copy2(output_dir / "recipe.yaml", folder / "recipe.yaml")
+        else:
+            folder.mkdir()
+            for name in upload_files(output_dir):
+                try:  # a hard link: no copy of multi-GB weights
+                    os.link(output_dir / name, folder / name)
+                except OSError:
+                    shutil.copy2(output_dir / name, folder / name)
+        # the card names the repository it is pushed to; the output dir's own card is left as written
+        (folder / CARD_FILE).unlink(missing_ok=True)
+        write_card(folder, repo_id=repo_id, merged_from_adapter=merge)
+        plan = PushPlan(
+            repo_id=repo_id,
+            folder=folder,
+            files=upload_files(folder),
+            revision=revision,
+            private=private,
+            merged=merge,
+        )
+        plan.sizes = {name: (folder / name).stat().st_size for name in plan.files}
+        if dry_run:
+            return {
+                "repo_id": repo_id,
+                "files": plan.files,
+                "sizes": plan.sizes,
+                "commit_url": None,
+                "dry_run": True,
+                "description": plan.describe(),
+            }
+        commit_url = _upload(plan, commit_message or f"Upload {output_dir.resolve().name} with hf-finetune")
+    return {
+        "repo_id": repo_id,
+        "files": plan.files,
+        "sizes": plan.sizes,
+        "commit_url": commit_url,
+        "dry_run": False,
+    }
+
+
+def _upload(plan: PushPlan, message: str) -> str:
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    # HF_ENDPOINT is read here rather than at import, so a private Hub (or a test server) set late applies
+    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=hub_token())
+    operations = [
+        CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(plan.folder / name)) for name in plan.files
+    ]
+    try:
+        # private=None: a new repository gets the namespace default; an existing one keeps its visibility
+        api.create_repo(plan.repo_id, private=plan.private or None, exist_ok=True, repo_type="model")
+        if plan.revision and plan.revision != "main":
+            api.create_branch(plan.repo_id, branch=plan.revision, exist_ok=True)
+        info = api.create_commit(
+            plan.repo_id, operations=operations, commit_message=message, revision=plan.revision
+        )
+    except HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        hint = {
+            401: " The token was refused: log in again (`hf auth login`) or check HF_TOKEN.",
+            403: " The token cannot write to this repository: use a write token, or a namespace you own.",
+        }.get(status, "")
+        raise FinetuneError(f"push to {plan.repo_id} failed: {str(exc).splitlines()[0]}.{hint}") from None
+    except OSError as exc:  # connection refused, DNS, timeouts
+        raise FinetuneError(f"push to {plan.repo_id} failed: the Hub could not be reached ({exc}).") from None
+    logger.info("pushed %d files to %s", len(plan.files), plan.repo_id)
+    return str(getattr(info, "commit_url", info))
