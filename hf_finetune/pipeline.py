@@ -291,9 +291,10 @@ def train(recipe: Recipe) -> dict[str, Any]:
         if recipe.hub.push:
             _push_after_training(recipe, output_dir)
     results_file = output_dir / "all_results.json"
-    return (
-        json.loads(results_file.read_text()) if results_file.is_file() else {**train_metrics, **eval_metrics}
-    )
+    if trainer.is_world_process_zero() and results_file.is_file():
+        return json.loads(results_file.read_text())
+    # the other processes never read it: the main process may be rewriting it at this moment
+    return {**train_metrics, **eval_metrics}
 
 
 def _push_after_training(recipe: Recipe, output_dir: Path) -> None:

@@ -41,7 +41,12 @@ def _env() -> dict[str, str]:
 
 def _run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout)
-    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-6000:])
+    if proc.returncode != 0:  # the first error of any rank, not only the launcher's summary at the end
+        lines = proc.stderr.splitlines()
+        first = next((i for i, line in enumerate(lines) if "Traceback" in line or "error:" in line), 0)
+        pytest.fail(
+            f"{' '.join(cmd[2:6])} exited {proc.returncode}:\n" + "\n".join(lines[first : first + 60])
+        )
     return proc
 
 
