@@ -22,8 +22,8 @@ import _train
 VARIANTS = {"dynamic": [], "pad-128": ["data.padding=max_length"]}
 
 
-def train(name: str, steps: int, seed: int, scratch: Path) -> dict:
-    overrides = [*VARIANTS[name], f"training.seed={seed}"]
+def train(name: str, steps: int, seed: int, scratch: Path, extra: list[str]) -> dict:
+    overrides = [*VARIANTS[name], *extra, f"training.seed={seed}"]
     return _train.train(name, _train.GLUE / "sst2.yaml", overrides, scratch, steps)
 
 
@@ -32,12 +32,19 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
     parser.add_argument("--output", default=str(_train.REPO / "runs" / "bench-padding.json"))
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="an extra recipe override for both runs, e.g. model.config_overrides.hidden_dropout_prob=0 "
+        "(dropout draws masks over the padded shape, so with it on the two runs also differ in their masks)",
+    )
     args = parser.parse_args()
     runs: dict[str, list[dict]] = {name: [] for name in VARIANTS}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             for name in VARIANTS:
-                result = train(name, args.steps, seed, Path(tmp))
+                result = train(name, args.steps, seed, Path(tmp), args.override)
                 runs[name].append(result)
                 print(
                     f"{name} seed {seed}: {result['train_samples_per_second']:.1f} samples/s, "
