@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .card import STRATEGY_FILE, write_card
+from .card import ADAPTER_CONFIG, STRATEGY_FILE, write_card
 from .config import Recipe, load_recipe
 from .distributed import check_launch
 from .distributed import configure as configure_parallel
@@ -343,15 +343,14 @@ def _evaluate_splits(trainer, recipe: Recipe, tokenised, raw) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 # Using an output directory
 # ------------------------------------------------------------------------------------------------
-def load_output_recipe(output_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    output_dir = Path(output_dir)
+def check_output_dir(output_dir: Path) -> None:
+    """A finished `hf-finetune train` output directory: recipe.yaml and a saved model, else FinetuneError."""
     if not output_dir.is_dir():
         raise FinetuneError(
             f"{output_dir}: no such output directory; give the `training.output_dir` of a "
             "finished `hf-finetune train` run."
         )
-    recipe_file = output_dir / RECIPE_FILE
-    if not recipe_file.is_file():
+    if not (output_dir / RECIPE_FILE).is_file():
         raise FinetuneError(
             f"{output_dir}: has no {RECIPE_FILE}, so it is not an hf-finetune output directory "
             "(train one with `hf-finetune train RECIPE`)."
@@ -361,6 +360,12 @@ def load_output_recipe(output_dir: str | Path, overrides: list[str] | tuple[str,
             f"{output_dir}: has no saved model (config.json); the training run did not finish. "
             "Use one of its checkpoint-* directories or train again."
         )
+
+
+def load_output_recipe(output_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    output_dir = Path(output_dir)
+    check_output_dir(output_dir)
+    recipe_file = output_dir / RECIPE_FILE
     # The saved model replaces the base checkpoint; the rest of the recipe (data, labels, metric) is the run's.
     recipe = load_recipe(recipe_file, [*overrides, f"model.name_or_path={output_dir}"])
     recipe.model.tokenizer_name_or_path = None
@@ -375,9 +380,6 @@ def _restore_task(output_dir: Path, recipe: Recipe):
     task = make_task(recipe)
     task.restore(AutoConfig.from_pretrained(output_dir))
     return task, AutoTokenizer.from_pretrained(output_dir)
-
-
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 def is_adapter_dir(output_dir: Path) -> bool:

@@ -21,9 +21,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .card import ADAPTER_CONFIG, CARD_FILE, write_card
+from .card import CARD_FILE, write_card
 from .config import check_repo_id
 from .errors import FinetuneError
+from .pipeline import check_output_dir, export_merged, is_adapter_dir
 
 logger = logging.getLogger("hf_finetune")
 
@@ -79,25 +80,6 @@ def upload_files(folder: Path) -> list[str]:
     return names
 
 
-def _check_output_dir(output_dir: Path) -> None:
-    from .trainer import RECIPE_FILE
-
-    if not output_dir.is_dir():
-        raise FinetuneError(
-            f"{output_dir}: no such output directory; give the training.output_dir of a finished run."
-        )
-    if not (output_dir / RECIPE_FILE).is_file():
-        raise FinetuneError(
-            f"{output_dir}: has no {RECIPE_FILE}, so it is not an hf-finetune output directory "
-            "(train one with `hf-finetune train RECIPE`)."
-        )
-    if not (output_dir / "config.json").is_file():
-        raise FinetuneError(
-            f"{output_dir}: has no saved model (config.json); the training run did not finish, so there is "
-            "nothing to push."
-        )
-
-
 def hub_token() -> str | None:
     from huggingface_hub import get_token
 
@@ -135,9 +117,8 @@ def push(
     """
     output_dir = Path(output_dir)
     check_repo_id(repo_id, "--repo-id")
-    _check_output_dir(output_dir)
-    is_adapter = (output_dir / ADAPTER_CONFIG).is_file()
-    if merge and not is_adapter:
+    check_output_dir(output_dir)
+    if merge and not is_adapter_dir(output_dir):
         raise FinetuneError(
             f"--merge: {output_dir} holds a full model, not a PEFT adapter; push it without --merge."
         )
@@ -147,8 +128,6 @@ def push(
     with tempfile.TemporaryDirectory(prefix="hf-finetune-push-") as scratch:
         folder = Path(scratch) / "model"
         if merge:
-            from .pipeline import export_merged
-
             export_merged(output_dir, folder)
             for name in RECORD_FILES:
                 source = output_dir / name
