@@ -431,9 +431,7 @@ def run_bench(bench: Bench, progress: bool = True) -> dict[str, Any]:
             _append(results_path, record)
             if record["status"] != "ok":
                 failed += 1
-                bar.write(
-                    f"cell {cell.label} failed: {record.get('error')} (log: {cell.run_dir / 'train.log'})"
-                )
+                bar.write(f"cell {cell.label} failed: {record.get('error')} (log: {cell_log(cell)})")
             else:
                 bar.write(
                     f"cell {cell.label}: {record['metric']} {record['score']:.4f} in {record['train_runtime']:.0f}s"
@@ -545,14 +543,20 @@ sys.exit(code)
 """
 
 
+def cell_log(cell: Cell) -> Path:
+    """The whole output of a cell's training process: cells/TASK/STRATEGY/seedN.log."""
+    return cell.run_dir.with_name(f"{cell.run_dir.name}.log")
+
+
 def run_cell(cell: Cell, bench: Bench, peak: float | None) -> dict[str, Any]:
     """Train one cell in a fresh process; its record (status ok, or failed with the error)."""
     import shutil
 
     shutil.rmtree(cell.run_dir, ignore_errors=True)  # a cell interrupted earlier starts clean
-    cell.run_dir.mkdir(parents=True)
-    memory_file = cell.run_dir / "memory.json"
-    log_file = cell.run_dir / "train.log"
+    cell.run_dir.parent.mkdir(parents=True, exist_ok=True)
+    # next to the run's output dir, not in it: training refuses an output dir with files of no run
+    memory_file = cell.run_dir.with_name(f"{cell.run_dir.name}.memory.json")
+    log_file = cell_log(cell)
     cmd = [sys.executable, "-c", _CHILD, str(memory_file), "train", cell.recipe_path, *cell.overrides]
     record: dict[str, Any] = {
         "task": cell.task,

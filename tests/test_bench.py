@@ -125,7 +125,7 @@ def test_a_failing_cell_is_recorded_and_the_others_run(tmp_path, tiny_model_dir,
     assert "2 cells: 2 ran, 0 already done, 1 failed" in captured.out
     by = {r["strategy"]: r for r in read_results(out / "results.jsonl")}
     assert by["broken"]["status"] == "failed"
-    assert by["broken"]["error"] and "safetensors" in (out / "cells/alpha/broken/seed1/train.log").read_text()
+    assert by["broken"]["error"] and "safetensors" in (out / "cells/alpha/broken/seed1.log").read_text()
     assert by["broken"]["score"] is None
     assert by["full"]["status"] == "ok" and by["full"]["score"] is not None
     table = (out / "results.md").read_text()
@@ -433,6 +433,7 @@ def test_a_cells_score_is_read_from_its_results(tmp_path, monkeypatch, results, 
     cell = Cell("mnli", "full", 1, "glue/mnli", [], metric, tmp_path / "cell", recipe=recipe)
 
     def fake_child(cmd, log, timeout, env=None):
+        cell.run_dir.mkdir()  # as training would
         (cell.run_dir / "all_results.json").write_text(json.dumps({**results, "train_runtime": 3.0}))
         return 0
 
