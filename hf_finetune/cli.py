@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune pretrained transformers from a YAML recipe on the Hugging Face Trainer.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--debug", action="store_true", help="print the traceback of input errors (normally one message)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     overrides_help = "dotted overrides, e.g. training.learning_rate=3e-5 data.max_train_samples=4000"
@@ -68,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="recipe YAML (or a bundled name such as glue/sst2)")
     p.add_argument("overrides", nargs="*", help=overrides_help)
     p.add_argument("--output-dir", help="same as training.output_dir=DIR")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest complete checkpoint in the output dir (training.resume=auto)",
+    )
+    p.add_argument("--resume-from", metavar="CHECKPOINT", help="continue from this checkpoint-N directory")
 
     p = sub.add_parser("validate", help="check a recipe and its data without loading weights (exit 0 or 2)")
     p.add_argument("recipe")
@@ -149,8 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except FinetuneError as exc:
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
         print(f"hf-finetune: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exc.exit_code
     except KeyboardInterrupt:
         print("hf-finetune: interrupted", file=sys.stderr)
         return 130
@@ -196,7 +209,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "train":
         from .pipeline import train
 
-        recipe = load_recipe(resolve_recipe_path(args.recipe), args.overrides, output_dir=args.output_dir)
+        overrides = list(args.overrides)
+        if args.resume and args.resume_from:
+            raise FinetuneError("--resume and --resume-from: give one of the two.")
+        if args.resume or args.resume_from:
+            overrides.append(f"training.resume={args.resume_from or 'auto'}")
+        recipe = load_recipe(resolve_recipe_path(args.recipe), overrides, output_dir=args.output_dir)
         metrics = train(recipe)
         shown = {
             k: v

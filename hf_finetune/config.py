@@ -89,7 +89,16 @@ class ModelConfig:
     name_or_path: str = _help("Hub id or local directory of the pretrained checkpoint.", DEFAULT_MODEL)
     revision: str = _help("Hub revision (branch, tag or commit).", "main")
     tokenizer_name_or_path: str | None = _help("Tokenizer, when it differs from the model.", None)
-    trust_remote_code: bool = _help("Run model code shipped in the checkpoint repository.", False)
+    trust_remote_code: bool = _help(
+        "Run Python code shipped in the checkpoint repository (custom architectures). Off unless set: "
+        "review that code first.",
+        False,
+    )
+    allow_pickle: bool = _help(
+        "Load pickle weights (pytorch_model.bin) when a checkpoint has no safetensors. Unpickling can run "
+        "code, so only for checkpoints you trust.",
+        False,
+    )
     config_overrides: dict[str, Any] = _help(
         "Model config attributes to change before the model is built, e.g. {hidden_dropout_prob: 0.0}; "
         "each must be an attribute the checkpoint's config has (checked before weights load).",
@@ -378,6 +387,9 @@ class Recipe:
     source: str | None = None
     # The training fields the recipe and overrides set explicitly (the rest are Trainer defaults).
     training_fields: dict[str, Any] = field(default_factory=dict)
+    # `training.resume`: None (start fresh), "auto" (the newest complete checkpoint in the output dir, if
+    # any) or a checkpoint directory. How to run, not what to train: it is not written to recipe.yaml.
+    resume: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved recipe as plain data; `load_recipe` of it gives the same recipe back."""
@@ -483,12 +495,21 @@ def load_recipe(
             "training", f"expected a mapping of TrainingArguments fields, got {type(training_raw).__name__}."
         )
     training_raw = dict(training_raw)
+    resume = _resume_setting(training_raw)
+    for key, value in training_raw.items():
+        if _is_secret(str(key)) and value is not None:
+            raise RecipeError(
+                f"training.{key}",
+                "a token in a recipe or an override ends up in saved files and shell history; remove it, "
+                "and set the HF_TOKEN environment variable or run `hf auth login` instead.",
+            )
     if output_dir is not None:
         training_raw["output_dir"] = output_dir
     if training_raw.get("output_dir") in (None, ""):
         stem = Path(origin).stem if origin else "run"
         training_raw["output_dir"] = os.path.join("runs", stem)
     training, training_fields = build_training_arguments(training_raw)
+    _check_training_values(training)
     return Recipe(
         task=task,
         model=model,
@@ -499,7 +520,49 @@ def load_recipe(
         hub=hub,
         source=origin,
         training_fields=training_fields,
+        resume=resume,
     )
+
+
+def _check_training_values(args: Any) -> None:
+    """Values the Trainer would accept and then train nothing (or diverge) with."""
+    if not args.learning_rate > 0:
+        raise RecipeError("training.learning_rate", f"must be positive, got {args.learning_rate}.")
+    if args.max_steps == 0 or (args.max_steps < 0 and not args.num_train_epochs > 0):
+        field_name = "training.max_steps" if args.max_steps == 0 else "training.num_train_epochs"
+        raise RecipeError(
+            field_name,
+            "trains nothing: give a positive `training.max_steps`, or `training.num_train_epochs` > 0 "
+            "with max_steps left at -1.",
+        )
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(args, name) < 1:
+            raise RecipeError(f"training.{name}", f"must be at least 1, got {getattr(args, name)}.")
+
+
+def _resume_setting(training_raw: dict[str, Any]) -> str | None:
+    """``training.resume`` (or the Trainer's own ``resume_from_checkpoint``), taken out of the section:
+    ``auto``/``true`` -> "auto", ``false``/absent -> None, anything else is a checkpoint directory."""
+    given = {k: training_raw.pop(k) for k in ("resume", "resume_from_checkpoint") if k in training_raw}
+    given = {k: v.parsed(empty=None) if isinstance(v, _Override) else v for k, v in given.items()}
+    given = {k: v for k, v in given.items() if v is not None}
+    if len(given) > 1:
+        raise RecipeError(
+            "training.resume", "and `training.resume_from_checkpoint` are both set; keep `training.resume`."
+        )
+    if not given:
+        return None
+    key, value = next(iter(given.items()))
+    if value is False or (isinstance(value, str) and value.lower() in ("", "no", "never", "false")):
+        return None
+    if value is True or (isinstance(value, str) and value.lower() in ("auto", "latest", "true")):
+        return "auto"
+    if not isinstance(value, str):
+        raise RecipeError(
+            f"training.{key}",
+            f"expected `auto`, `false` or the path of a checkpoint directory, got {value!r}.",
+        )
+    return _absolute(value)
 
 
 def _check_strategy_with_peft(strategy: StrategyConfig, peft: PeftSection) -> None:

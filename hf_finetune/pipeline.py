@@ -19,10 +19,19 @@ from .distributed import check_launch
 from .distributed import configure as configure_parallel
 from .errors import DataError, FinetuneError, RecipeError, close_matches
 from .hub import ensure_hub_mode
+from .interrupt import NOTE_FILE, Interrupted, StopOnSignal, write_note
 from .mfu import training_flops_per_token
 from .outputs import CURVES_FILE, plot_curves, write_environment
 from .tasks import get_task
-from .trainer import RECIPE_FILE, FinetuneTrainer, recipe_header
+from .trainer import (
+    PARTIAL_PREFIX,
+    RECIPE_FILE,
+    TRAINER_STATE,
+    FinetuneTrainer,
+    complete_checkpoints,
+    recipe_header,
+    remove_partial,
+)
 
 logger = logging.getLogger("hf_finetune")
 
@@ -57,6 +66,7 @@ def prepare(recipe: Recipe, stage: str = "train") -> Prepared:
         tokenizer = load_tokenizer(recipe, **extra)
     task.check_tokenizer(tokenizer)
     model_config = load_model_config(recipe, task.model_config_kwargs())
+    check_weight_files(recipe)
     summary = {
         "task": recipe.task.name,
         "model": recipe.model.name_or_path,
@@ -123,6 +133,7 @@ def load_tokenizer(recipe: Recipe, **kwargs):
             **kwargs,
         )
     except (OSError, ValueError) as exc:
+        _refuse_remote_code(recipe, name, exc)
         raise RecipeError(
             field_name, f"could not load a tokenizer from {name!r}: {_first_line(exc)}"
         ) from None
@@ -142,6 +153,7 @@ def load_model_config(recipe: Recipe, overrides: dict[str, Any]):
             **overrides,
         )
     except (OSError, ValueError) as exc:
+        _refuse_remote_code(recipe, name, exc)
         hint = (
             " It is neither a local model directory nor a cached Hub model; check the id, or run online once."
             if not Path(name).exists()
@@ -163,18 +175,68 @@ def load_model_config(recipe: Recipe, overrides: dict[str, Any]):
     return config
 
 
+def _refuse_remote_code(recipe: Recipe, name: str, exc: Exception) -> None:
+    """The error for a checkpoint whose classes are Python code in its repository, run only on request."""
+    if "trust_remote_code" in str(exc) and not recipe.model.trust_remote_code:
+        raise RecipeError(
+            "model.trust_remote_code",
+            f"{name!r} needs its own Python code (a custom architecture in the checkpoint repository), and "
+            "remote code is off. Read that code, then set `model.trust_remote_code: true` to run it.",
+        ) from None
+
+
+_SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+_PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def check_weight_files(recipe: Recipe) -> None:
+    """A local checkpoint must have safetensors weights unless `model.allow_pickle` is set.
+
+    (A Hub checkpoint is held to the same rule when it loads: `use_safetensors` in `_load_model`.)
+    """
+    path = Path(recipe.model.name_or_path)
+    if not path.is_dir():
+        return
+    names = {p.name for p in path.iterdir()}
+    if names & set(_SAFE_WEIGHTS) or any(n.endswith(".safetensors") for n in names):
+        return
+    pickled = sorted(names & set(_PICKLE_WEIGHTS)) or sorted(n for n in names if n.endswith((".bin", ".pt")))
+    if pickled and not recipe.model.allow_pickle:
+        raise RecipeError(
+            "model.allow_pickle",
+            f"{path} has only pickle weights ({', '.join(pickled)}), and unpickling a file can run code. "
+            "Convert them to safetensors, or set `model.allow_pickle: true` if you trust the checkpoint.",
+        )
+    if not pickled:
+        raise RecipeError(
+            "model.name_or_path",
+            f"{path} has a config but no model weights (model.safetensors); give a directory saved with "
+            "`save_pretrained`, or a Hub id.",
+        )
+
+
 def _first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
 
 
 def _load_model(prepared: Prepared):
     recipe = prepared.recipe
-    return prepared.task.auto_model_class.from_pretrained(
-        recipe.model.name_or_path,
-        config=prepared.model_config,
-        revision=recipe.model.revision,
-        trust_remote_code=recipe.model.trust_remote_code,
-    )
+    try:
+        return prepared.task.auto_model_class.from_pretrained(
+            recipe.model.name_or_path,
+            config=prepared.model_config,
+            revision=recipe.model.revision,
+            trust_remote_code=recipe.model.trust_remote_code,
+            use_safetensors=None if recipe.model.allow_pickle else True,
+        )
+    except OSError as exc:
+        if recipe.model.allow_pickle or "safetensors" not in str(exc):
+            raise
+        raise RecipeError(
+            "model.allow_pickle",
+            f"{recipe.model.name_or_path} has no safetensors weights ({_first_line(exc)}). Loading its pickle "
+            "weights can run code: set `model.allow_pickle: true` only if you trust the checkpoint.",
+        ) from None
 
 
 def _eval_datasets(recipe: Recipe, tokenised) -> Any:
@@ -192,6 +254,7 @@ def train(recipe: Recipe) -> dict[str, Any]:
 
     started = time.time()
     args = recipe.training
+    resume_from = resume_point(recipe)  # also refuses an output dir that holds another run
     if recipe.hub.push:  # a missing token or offline mode fails now, not after training
         from .publish import check_can_push
 
@@ -230,6 +293,9 @@ def train(recipe: Recipe) -> dict[str, Any]:
     output_dir = Path(args.output_dir)
     if args.should_save:
         output_dir.mkdir(parents=True, exist_ok=True)
+        removed = remove_partial(output_dir)
+        if removed:
+            logger.info("removed the unfinished checkpoint saves %s", ", ".join(removed))
         if task.source is not None and task.source.mirror_root and recipe.data.mirror is None:
             recipe.data.mirror = task.source.mirror_root  # eval/predict find the same data later
         recipe.save(output_dir / RECIPE_FILE, header=recipe_header(recipe))
@@ -251,7 +317,25 @@ def train(recipe: Recipe) -> dict[str, Any]:
         recipe=recipe,
         strategy_plan=plan_,
     )
-    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    if resume_from is not None:
+        logger.info("resuming from %s", resume_from)
+    stopper = StopOnSignal()
+    trainer.add_callback(stopper)
+    with stopper:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if stopper.signum is not None:
+        step = trainer.state.global_step
+        checkpoint = output_dir / f"checkpoint-{step}"
+        if not checkpoint.is_dir():  # the signal came after the last step: nothing was saved for it
+            checkpoint = None
+        if args.should_save:
+            write_note(output_dir, stopper.signum, step, trainer.state.max_steps, checkpoint)
+        raise Interrupted(
+            f"training stopped by {stopper.name} at step {step} of {trainer.state.max_steps}; "
+            + (f"checkpoint saved in {checkpoint}" if checkpoint else "no checkpoint saved")
+            + f". Continue with `hf-finetune train {output_dir / RECIPE_FILE} --resume`.",
+            stopper.signum,
+        )
     trainer.save_model()
 
     train_metrics = dict(result.metrics)
@@ -276,6 +360,7 @@ def train(recipe: Recipe) -> dict[str, Any]:
         trainer.save_metrics("eval", eval_metrics)
     trainer.save_state()
     if trainer.is_world_process_zero():
+        (output_dir / NOTE_FILE).unlink(missing_ok=True)  # a resumed run has now finished
         plot_curves(
             trainer.state.log_history,
             output_dir / CURVES_FILE,
@@ -295,6 +380,99 @@ def train(recipe: Recipe) -> dict[str, Any]:
         return json.loads(results_file.read_text())
     # the other processes never read it: the main process may be rewriting it at this moment
     return {**train_metrics, **eval_metrics}
+
+
+# Settings that change how a run is watched or where it is kept, not what it trains: the same run may be
+# resumed with different ones.
+_RUN_IRRELEVANT = (
+    "training.output_dir",
+    "training.logging_steps",
+    "training.logging_strategy",
+    "training.logging_first_step",
+    "training.logging_dir",
+    "training.disable_tqdm",
+    "training.report_to",
+    "training.run_name",
+    "training.save_steps",
+    "training.save_total_limit",
+    "data.mirror",
+)
+
+
+def resume_point(recipe: Recipe) -> Path | None:
+    """The checkpoint this training run continues from, or None; refuses output dirs it must not touch.
+
+    An output dir is used when it is empty, or holds a run of the same recipe (a rerun, or a resume).
+    One that holds another run, or files that are not a run, is an error: training would overwrite them.
+    """
+    out = Path(recipe.training.output_dir)
+    explicit = None
+    if recipe.resume not in (None, "auto"):
+        explicit = Path(recipe.resume)
+        if not (explicit / TRAINER_STATE).is_file():
+            raise RecipeError(
+                "training.resume",
+                f"{explicit} is not a complete checkpoint (no {TRAINER_STATE}); give a checkpoint-N directory "
+                "of an earlier run, or `auto` for the newest one in the output dir.",
+            )
+    if out.exists() and not out.is_dir():
+        raise RecipeError("training.output_dir", f"{out} is a file; give a directory.")
+    entries = [p.name for p in out.iterdir() if not p.name.startswith(PARTIAL_PREFIX)] if out.is_dir() else []
+    if not entries:
+        if recipe.resume == "auto":
+            logger.info("training.resume=auto: %s holds no checkpoint; starting from the beginning", out)
+        return explicit
+    if RECIPE_FILE not in entries:
+        raise RecipeError(
+            "training.output_dir",
+            f"{out} is not empty and holds no {RECIPE_FILE}, so it is not an hf-finetune run; training would "
+            "overwrite its files. Give a new or empty directory.",
+        )
+    changed = recipe_differences(out / RECIPE_FILE, recipe)
+    if changed:
+        raise RecipeError(
+            "training.output_dir",
+            f"{out} holds a different run: its {RECIPE_FILE} differs in {', '.join(changed)}. Give a new "
+            "output directory (`--output-dir`), or delete this one to start over.",
+        )
+    checkpoints = complete_checkpoints(out)
+    if explicit is not None:
+        return explicit
+    if recipe.resume == "auto":
+        if not checkpoints:
+            logger.info(
+                "training.resume=auto: %s holds no complete checkpoint; starting from the beginning", out
+            )
+        return checkpoints[-1] if checkpoints else None
+    if checkpoints:
+        raise RecipeError(
+            "training.output_dir",
+            f"{out} holds checkpoints of this run (newest: {checkpoints[-1].name}); continue it with "
+            "`--resume` (training.resume=auto), or delete the directory to start over.",
+        )
+    return None  # the same recipe again, without checkpoints: a rerun
+
+
+def recipe_differences(saved: Path, recipe: Recipe) -> list[str]:
+    """The dotted fields in which the recipe saved in an output dir and ``recipe`` differ."""
+    try:
+        before = _flatten(load_recipe(saved).to_dict())
+    except FinetuneError as exc:
+        return [f"(it no longer loads: {exc})"]
+    now = _flatten(recipe.to_dict())
+    keys = sorted(set(before) | set(now))
+    return [k for k in keys if k not in _RUN_IRRELEVANT and before.get(k) != now.get(k)]
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
 
 
 def _push_after_training(recipe: Recipe, output_dir: Path) -> None:
@@ -358,7 +536,8 @@ def check_output_dir(output_dir: Path) -> None:
     if not (output_dir / "config.json").is_file():
         raise FinetuneError(
             f"{output_dir}: has no saved model (config.json); the training run did not finish. "
-            "Use one of its checkpoint-* directories or train again."
+            "Use one of its checkpoint-* directories, or finish the run with "
+            f"`hf-finetune train {output_dir / RECIPE_FILE} --resume`."
         )
 
 

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .errors import RecipeError
 from .strategies.peft import is_peft_model
 
 RECIPE_FILE = "recipe.yaml"
+TRAINER_STATE = "trainer_state.json"
+# A checkpoint is written under this prefix and renamed to checkpoint-N once complete; the name never
+# matches transformers' checkpoint pattern, so resume and rotation never see a half-written one.
+PARTIAL_PREFIX = ".partial-"
 
 
 class FinetuneTrainer(Trainer):
@@ -20,7 +27,10 @@ class FinetuneTrainer(Trainer):
     The strategy plugs in through public hooks, not a custom loop: `create_optimizer` builds the
     parameter groups of the strategy plan (layer-wise learning rates, head multiplier), and gradual
     unfreezing is a callback whose not-yet-unfrozen gradients `training_step` drops after each backward.
+    Checkpoints are written to a ``.partial-checkpoint-N`` directory and renamed when complete.
     """
+
+    _staging_dir: Path | None = None
 
     def __init__(self, *args, recipe=None, strategy_plan=None, **kwargs):
         from .strategies.unfreezing import GradualUnfreezing
@@ -82,6 +92,46 @@ class FinetuneTrainer(Trainer):
             self.unfreezing.drop_held_gradients()
         return loss
 
+    def _get_output_dir(self, trial) -> str:
+        if self._staging_dir is not None:  # inside _save_checkpoint: everything goes to the staging dir
+            return str(self._staging_dir)
+        return super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, written into a staging directory and renamed into place when complete.
+
+        A process killed during the save leaves only the staging directory behind (ignored by resume and
+        by checkpoint rotation, deleted by the next save or resume); the previous checkpoints are intact.
+        """
+        run_dir = Path(super()._get_output_dir(trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = run_dir / f"{PARTIAL_PREFIX}{name}"
+        if self.args.should_save and staging.exists():
+            shutil.rmtree(staging)
+        self.accelerator.wait_for_everyone()
+        self._staging_dir = staging
+        try:
+            # the Trainer saves into <staging>/checkpoint-N; its rotation there sees only this checkpoint
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_dir = None
+        best = self.state.best_model_checkpoint
+        if best and Path(best).parent == staging:  # the best checkpoint is this one: record its final path
+            self.state.best_model_checkpoint = str(run_dir / Path(best).name)
+            if self.args.should_save:
+                self.state.save_to_json(str(staging / name / TRAINER_STATE))
+        self.accelerator.wait_for_everyone()  # every rank has written its part (RNG states, shards)
+        if self.args.should_save:
+            publish_dir(staging / name, run_dir / name)
+            staging.rmdir()
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         super().save_model(output_dir, _internal_call)
         if self.args.should_save:
@@ -92,6 +142,37 @@ class FinetuneTrainer(Trainer):
                 self.model.get_base_model().config.save_pretrained(target)
             if self.recipe is not None:
                 self.recipe.save(target / RECIPE_FILE, header=recipe_header(self.recipe))
+
+
+def publish_dir(source: Path, target: Path) -> None:
+    """Move the complete directory ``source`` to ``target`` with one rename (replacing an older ``target``)."""
+    old = None
+    if target.exists():  # a rename cannot replace a non-empty directory: move the old one aside first
+        old = target.with_name(f"{PARTIAL_PREFIX}old-{target.name}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(source, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    """The ``checkpoint-N`` directories of ``output_dir`` that hold a trainer state, oldest step first."""
+    found = []
+    for path in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        step = path.name[len(PREFIX_CHECKPOINT_DIR) + 1 :]
+        if step.isdigit() and path.is_dir() and (path / TRAINER_STATE).is_file():
+            found.append((int(step), path))
+    return [path for _, path in sorted(found)]
+
+
+def remove_partial(output_dir: Path) -> list[str]:
+    """Delete the staging directories that killed saves left behind; returns their names."""
+    removed = []
+    for path in Path(output_dir).glob(f"{PARTIAL_PREFIX}*"):
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path.name)
+    return removed
 
 
 def loss_counts_items(model) -> bool:
