@@ -35,8 +35,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check hf_finetune tests benchmarks
 	$(VENV)/bin/ruff format --check hf_finetune tests benchmarks
 
+# --resume: a demo stopped with Ctrl-C saved a checkpoint; running it again continues from there
 demo: $(STAMP)
-	$(VENV)/bin/hf-finetune train recipes/glue/sst2.yaml
+	$(VENV)/bin/hf-finetune train recipes/glue/sst2.yaml --resume
 
 # strategies x GLUE tasks x seeds (recipes/bench/glue-quick.yaml, about 45 minutes on 2 CPU cores)
 bench: $(STAMP)
