@@ -123,7 +123,7 @@ class FinetuneTrainer(Trainer):
         self.accelerator.wait_for_everyone()  # every rank has written its part (RNG states, shards)
         if self.args.should_save:
             publish_dir(staging / name, run_dir / name)
-            staging.rmdir()
+            shutil.rmtree(staging, ignore_errors=True)  # empty unless something else wrote there
             rotate_checkpoints(
                 output_dir=str(run_dir),
                 save_total_limit=self.args.save_total_limit,
