@@ -14,8 +14,6 @@ from pathlib import Path
 
 from .errors import FinetuneError
 
-EXIT_USAGE = 2
-
 
 def recipes_dir() -> Path | None:
     for candidate in (

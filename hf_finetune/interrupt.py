@@ -78,7 +78,7 @@ class StopOnSignal(TrainerCallback):
                 flag = torch.tensor([int(asked)], device=args.device)
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                 if flag.item() and not asked:  # another rank got the signal first
-                    self.signum = self.signum or signal.SIGTERM
+                    self.signum = signal.SIGTERM
                 asked = bool(flag.item())
         return asked
 

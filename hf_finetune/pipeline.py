@@ -185,7 +185,6 @@ def _refuse_remote_code(recipe: Recipe, name: str, exc: Exception) -> None:
         ) from None
 
 
-_SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
@@ -198,7 +197,7 @@ def check_weight_files(recipe: Recipe) -> None:
     if not path.is_dir():
         return
     names = {p.name for p in path.iterdir()}
-    if names & set(_SAFE_WEIGHTS) or any(n.endswith(".safetensors") for n in names):
+    if any(n.endswith((".safetensors", ".safetensors.index.json")) for n in names):
         return
     pickled = sorted(names & set(_PICKLE_WEIGHTS)) or sorted(n for n in names if n.endswith((".bin", ".pt")))
     if pickled and not recipe.model.allow_pickle:
@@ -418,24 +417,20 @@ def resume_point(recipe: Recipe) -> Path | None:
     if out.exists() and not out.is_dir():
         raise RecipeError("training.output_dir", f"{out} is a file; give a directory.")
     entries = [p.name for p in out.iterdir() if not p.name.startswith(PARTIAL_PREFIX)] if out.is_dir() else []
-    if not entries:
-        if recipe.resume == "auto":
-            logger.info("training.resume=auto: %s holds no checkpoint; starting from the beginning", out)
-        return explicit
-    if RECIPE_FILE not in entries:
+    if entries and RECIPE_FILE not in entries:
         raise RecipeError(
             "training.output_dir",
             f"{out} is not empty and holds no {RECIPE_FILE}, so it is not an hf-finetune run; training would "
             "overwrite its files. Give a new or empty directory.",
         )
-    changed = recipe_differences(out / RECIPE_FILE, recipe)
+    changed = recipe_differences(out / RECIPE_FILE, recipe) if entries else []
     if changed:
         raise RecipeError(
             "training.output_dir",
             f"{out} holds a different run: its {RECIPE_FILE} differs in {', '.join(changed)}. Give a new "
             "output directory (`--output-dir`), or delete this one to start over.",
         )
-    checkpoints = complete_checkpoints(out)
+    checkpoints = complete_checkpoints(out) if entries else []
     if explicit is not None:
         return explicit
     if recipe.resume == "auto":
