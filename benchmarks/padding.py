@@ -2,16 +2,24 @@
 
 Both runs use `recipes/glue/sst2.yaml` unchanged (model, data, batch size 32, learning rate, schedule,
 precision, seed, length-grouped batch order), for the same number of optimizer steps; the reference adds
-only `data.padding=max_length`, so every batch is padded to `data.max_seq_length` (128). Run back to back
-in one invocation, alternating, once per seed in `--seeds`; prints samples/s (median), the ratio, and
-dev accuracy on all 872 examples (mean over the seeds). Run one benchmark at a time on this machine.
+only `data.padding=max_length`, so every batch is padded to `data.max_seq_length` (128). The two run back
+to back, once per seed in `--seeds`. Prints samples/s (median), the ratio, dev accuracy on all 872
+examples, and the paired accuracy gap over the seeds (mean, sample std, standard error). Run one
+benchmark at a time on this machine.
 
-    .venv/bin/python benchmarks/padding.py [--steps 600] [--seeds 42 ...] [--output FILE]
+Every finished run is appended to `--runs` (JSON Lines) at once, and a run already recorded there with
+the same settings (variant, seed, steps, overrides, CPU capability) is not trained again: an interrupted
+benchmark continues, and more seeds can be added later. The report covers every seed recorded for the
+current settings.
+
+    .venv/bin/python benchmarks/padding.py [--steps 600] [--seeds 42 ...] [--override k=v ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import statistics
 import sys
 import tempfile
@@ -22,15 +30,47 @@ import _train
 VARIANTS = {"dynamic": [], "pad-128": ["data.padding=max_length"]}
 
 
-def train(name: str, steps: int, seed: int, scratch: Path, extra: list[str]) -> dict:
-    overrides = [*VARIANTS[name], *extra, f"training.seed={seed}"]
-    return _train.train(name, _train.GLUE / "sst2.yaml", overrides, scratch, steps)
+def machine() -> str:
+    import torch
+
+    return f"{torch.backends.cpu.get_cpu_capability()}/{torch.get_num_threads()} threads/torch {torch.__version__}"
+
+
+def settings_key(args: argparse.Namespace) -> dict:
+    return {"steps": args.steps, "overrides": sorted(args.override), "machine": machine()}
+
+
+def recorded(path: Path, key: dict) -> dict[tuple[str, int], dict]:
+    """The runs in ``path`` made with these settings, by (variant, seed); a torn last line is skipped."""
+    runs: dict[tuple[str, int], dict] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("settings") == key:
+                runs[(row["variant"], row["seed"])] = row
+    return runs
+
+
+def paired_gap(runs: dict[tuple[str, int], dict]) -> dict:
+    seeds = sorted(s for v, s in runs if v == "dynamic" and ("pad-128", s) in runs)
+    gaps = [100 * (runs["pad-128", s]["eval_accuracy"] - runs["dynamic", s]["eval_accuracy"]) for s in seeds]
+    out: dict = {"seeds": seeds, "gap_points_per_seed": gaps}
+    if gaps:
+        out["mean_gap_points"] = statistics.mean(gaps)
+    if len(gaps) > 1:
+        out["std_gap_points"] = statistics.stdev(gaps)
+        out["stderr_gap_points"] = out["std_gap_points"] / math.sqrt(len(gaps))
+    return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
+    parser.add_argument("--runs", default=str(_train.REPO / "runs" / "bench-padding.jsonl"))
     parser.add_argument("--output", default=str(_train.REPO / "runs" / "bench-padding.json"))
     parser.add_argument(
         "--override",
@@ -40,32 +80,50 @@ def main() -> int:
         "(dropout draws masks over the padded shape, so with it on the two runs also differ in their masks)",
     )
     args = parser.parse_args()
-    runs: dict[str, list[dict]] = {name: [] for name in VARIANTS}
+    key = settings_key(args)
+    log = Path(args.runs)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    done = recorded(log, key)
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             for name in VARIANTS:
-                result = train(name, args.steps, seed, Path(tmp), args.override)
-                runs[name].append(result)
+                if (name, seed) in done:
+                    continue
+                overrides = [*VARIANTS[name], *args.override, f"training.seed={seed}"]
+                result = _train.train(name, _train.GLUE / "sst2.yaml", overrides, Path(tmp), args.steps)
+                row = {"variant": name, "seed": seed, "settings": key, **result}
+                with log.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                done[name, seed] = row
                 print(
                     f"{name} seed {seed}: {result['train_samples_per_second']:.1f} samples/s, "
                     f"dev accuracy {result['eval_accuracy']:.4f}, train_runtime {result['train_runtime']:.0f}s",
                     flush=True,
                 )
-    speed = {name: statistics.median(r["train_samples_per_second"] for r in rs) for name, rs in runs.items()}
-    accuracy = {name: statistics.mean(r["eval_accuracy"] for r in rs) for name, rs in runs.items()}
+    by_variant = {name: [r for (v, _), r in sorted(done.items()) if v == name] for name in VARIANTS}
+    speed = {n: statistics.median(r["train_samples_per_second"] for r in rs) for n, rs in by_variant.items()}
+    accuracy = {n: statistics.mean(r["eval_accuracy"] for r in rs) for n, rs in by_variant.items()}
+    gap = paired_gap(done)
     report = {
-        "settings": vars(args),
+        "settings": {**vars(args), **key},
         "samples_per_second": speed,
         "eval_accuracy": accuracy,
-        "eval_accuracy_per_seed": {name: [r["eval_accuracy"] for r in rs] for name, rs in runs.items()},
+        "eval_accuracy_per_seed": {
+            n: {r["seed"]: r["eval_accuracy"] for r in rs} for n, rs in by_variant.items()
+        },
         "speed_ratio_dynamic_over_pad128": speed["dynamic"] / speed["pad-128"],
-        "accuracy_gap_points": 100 * (accuracy["pad-128"] - accuracy["dynamic"]),
+        "accuracy_gap": gap,
     }
     output = _train.write_report(args.output, report)
     print(
         f"dynamic padding {report['speed_ratio_dynamic_over_pad128']:.2f}x the samples/s of pad-to-128; "
         f"accuracy {accuracy['dynamic']:.4f} vs {accuracy['pad-128']:.4f}"
     )
+    if "stderr_gap_points" in gap:
+        print(
+            f"pad-128 minus dynamic over {len(gap['seeds'])} seeds: {gap['mean_gap_points']:+.2f} points "
+            f"(std {gap['std_gap_points']:.2f}, standard error {gap['stderr_gap_points']:.2f})"
+        )
     print(f"wrote {output}")
     return 0
 

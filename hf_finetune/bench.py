@@ -527,8 +527,23 @@ def _append(path: Path, record: dict[str, Any]) -> None:
         os.fsync(handle.fileno())
 
 
+def die_with_parent() -> None:
+    """Linux: this process is killed when its parent dies. A cell or trial runs in its own session (so a
+    timeout can stop its whole group), where a SIGKILLed bench or tune would otherwise leave it training on."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
 _CHILD = """
 import json, resource, sys
+from hf_finetune.bench import die_with_parent
+die_with_parent()
 from hf_finetune import cli
 try:
     code = cli.main(sys.argv[2:])

@@ -1,4 +1,4 @@
-"""`hf-finetune train|validate|plan|eval|predict|export|push|bench|recipes|tasks`.
+"""`hf-finetune train|validate|plan|eval|predict|export|push|bench|tune|recipes|tasks`.
 
 Input mistakes print one message naming the field or file and the fix, and exit with code 2.
 """
@@ -145,6 +145,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    p = sub.add_parser(
+        "tune",
+        help="search a recipe's strategy and Trainer settings on its validation score (optuna TPE + median "
+        "pruning; resumable)",
+    )
+    p.add_argument("recipe", help="the recipe to tune (a path or a bundled name such as glue/rte)")
+    p.add_argument("overrides", nargs="*", help=overrides_help + " (laid under every trial)")
+    p.add_argument("--trials", type=int, help="trials in the search (counted over resumed runs)")
+    p.add_argument(
+        "--budget-minutes",
+        type=float,
+        help="wall minutes for this run: no trial starts after them, and the running one is stopped",
+    )
+    p.add_argument(
+        "--space",
+        default="tune/default-space",
+        help="search space YAML (default: the bundled recipes/tune/default-space.yaml)",
+    )
+    p.add_argument("--output-dir", help="the tune directory (default runs/tune/<recipe name>)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default 0)")
+    p.add_argument("--metric", help="eval metric to optimise (default: the task's headline metric)")
+    p.add_argument(
+        "--direction", choices=["maximize", "minimize"], help="default: maximize (minimize for losses)"
+    )
+    p.add_argument(
+        "--confirm-seeds",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="SEED",
+        help="after the search, retrain the recipe as given and the best recipe once per seed and compare",
+    )
+    p.add_argument("--keep-models", action="store_true", help="keep each trial's trained weights")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     sub.add_parser("recipes", help="list the bundled recipes")
     sub.add_parser("tasks", help="list the tasks")
     return parser
@@ -172,6 +207,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "bench":
         return _bench(args)
+    if args.command == "tune":
+        return _tune(args)
     if args.command == "recipes":
         root = recipes_dir()
         if root is None:
@@ -291,6 +328,44 @@ def _bench(args: argparse.Namespace) -> int:
         f"{summary['failed']} failed; results in {summary['output_dir']}/(results.jsonl, results.md, results.png)"
     )
     return 1 if summary["failed"] else 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from .tune import prepare_tune, run_tune
+
+    space = args.space
+    if not Path(space).exists():
+        space = resolve_recipe_path(space)
+    tune = prepare_tune(
+        resolve_recipe_path(args.recipe),
+        args.overrides,
+        space,
+        output_dir=args.output_dir,
+        trials=args.trials,
+        budget_minutes=args.budget_minutes,
+        seed=args.seed,
+        metric=args.metric,
+        direction=args.direction,
+        confirm_seeds=args.confirm_seeds,
+        keep_models=args.keep_models,
+    )
+    summary = run_tune(tune, progress=not args.no_progress)
+    out = summary["output_dir"]
+    if summary["best_trial"] is None:
+        print(f"no trial finished; see {out}/leaderboard.md")
+        return 1
+    print(
+        f"{summary['counted']} trials ({summary['ran']} this run, stopped by {summary['stopped_by']}); best: trial "
+        f"{summary['best_trial']}, {summary['best_score']:.4f}. Results in {out}/ (leaderboard.md, trials.jsonl, "
+        f"importance.png); train the best with `hf-finetune train {out}/best_recipe.yaml`"
+    )
+    confirmed = summary.get("confirm")
+    if confirmed and confirmed["best"]["mean"] is not None and confirmed["recipe"]["mean"] is not None:
+        print(
+            f"retrained with seeds {confirmed['seeds']}: recipe {confirmed['recipe']['mean']:.4f}, "
+            f"best {confirmed['best']['mean']:.4f}"
+        )
+    return 0
 
 
 def format_plan(plan) -> str:

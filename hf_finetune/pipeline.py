@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,8 +248,11 @@ def _eval_datasets(recipe: Recipe, tokenised) -> Any:
     return {split: tokenised[split] for split in splits}
 
 
-def train(recipe: Recipe) -> dict[str, Any]:
-    """Fine-tune as the recipe says; returns the final metrics (also in all_results.json)."""
+def train(recipe: Recipe, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Fine-tune as the recipe says; returns the final metrics (also in all_results.json).
+
+    ``callbacks``: extra `TrainerCallback`s (`hf-finetune tune` reports each evaluation to its study with one).
+    """
     from transformers import set_seed
 
     started = time.time()
@@ -318,6 +322,8 @@ def train(recipe: Recipe) -> dict[str, Any]:
     )
     if resume_from is not None:
         logger.info("resuming from %s", resume_from)
+    for callback in callbacks:
+        trainer.add_callback(callback)
     stopper = StopOnSignal()
     trainer.add_callback(stopper)
     with stopper:

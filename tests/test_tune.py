@@ -1,0 +1,340 @@
+"""`hf-finetune tune`: the search space, a tiny search end to end, pruning, resume, interruption, budget."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hf_finetune import cli
+from hf_finetune.config import load_recipe
+from hf_finetune.tune import load_space
+
+from .conftest import REPO, tiny_recipe, write_recipe, write_sentiment_files
+
+
+def _recipe(tmp_path, model_dir, epochs=2, **training) -> str:
+    files = write_sentiment_files(tmp_path / "data")
+    recipe = tiny_recipe(
+        model_dir, files, tmp_path / "unused", training={"num_train_epochs": epochs, **training}
+    )
+    return write_recipe(tmp_path / "recipe.yaml", recipe)
+
+
+def _space(tmp_path, space: dict, name: str = "space.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return str(path)
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+
+
+SEARCH = {
+    "start_with": ["recipe"],
+    "sampler": {"n_startup_trials": 2},
+    "pruner": "none",
+    "parameters": {
+        "training.learning_rate": {"low": 1.0e-3, "high": 1.0e-2, "log": True},
+        "strategy.freeze_layers": {"low": 0, "high": "layers"},
+        "training.warmup_steps": {"low": 0.0, "high": 0.2},
+    },
+}
+
+
+def test_tiny_search_writes_every_output_resumes_the_count_and_its_best_recipe_retrains(
+    tmp_path, tiny_model_dir, capsys
+):
+    recipe = _recipe(tmp_path, tiny_model_dir)
+    space = _space(tmp_path, SEARCH)
+    out = tmp_path / "tune"
+    args = ["tune", recipe, "--space", space, "--output-dir", str(out), "--no-progress"]
+
+    assert cli.main([*args, "--trials", "2"]) == 0
+    first = _rows(out)
+    assert [r["trial"] for r in first] == [0, 1]
+    # trial 0 is the recipe as given (start_with: [recipe])
+    assert first[0]["start"] == "recipe"
+    assert first[0]["params"] == {
+        "training.learning_rate": 0.003,
+        "strategy.freeze_layers": 0,
+        "training.warmup_steps": 0.0,
+    }
+
+    # a second run with a larger count continues the study: trials 0 and 1 are not trained again
+    assert cli.main([*args, "--trials", "3"]) == 0
+    assert "3 trials (1 this run" in capsys.readouterr().out
+    rows = _rows(out)
+    assert [r["trial"] for r in rows] == [0, 1, 2]
+    assert rows[:2] == first
+    for r in rows:
+        assert r["status"] == "ok", r
+        assert r["metric"] == "accuracy" and 0.0 <= r["score"] <= 1.0
+        assert r["time_s"] > 0 and r["train_runtime"] > 0
+        assert set(r["params"]) == set(SEARCH["parameters"])
+        lr = r["params"]["training.learning_rate"]
+        assert 1.0e-3 <= lr <= 1.0e-2 and r["params"]["strategy.freeze_layers"] in (0, 1, 2)
+        assert list(r["intermediate"]) == ["50", "100"]  # an evaluation per epoch, at 50% and 100%
+        trial_dir = Path(r["output_dir"])
+        assert (trial_dir / "all_results.json").is_file() and not list(trial_dir.glob("*.safetensors"))
+        # the trial trained what trials.jsonl says (its recipe.yaml and strategy)
+        saved = load_recipe(trial_dir / "recipe.yaml")
+        assert saved.training.learning_rate == lr
+        assert saved.strategy.freeze_layers == r["params"]["strategy.freeze_layers"]
+    assert len({r["params"]["training.learning_rate"] for r in rows}) == 3  # a resumed sampler draws anew
+
+    best = max(rows, key=lambda r: (r["score"], -r["trial"]))
+    board = (out / "leaderboard.md").read_text()
+    assert f"Best: trial {best['trial']}, accuracy **{best['score']:.4f}**" in board
+    assert board.count("| ok") == 3 and "training.learning_rate" in board
+    assert "Parameter importance (PED-ANOVA over the finished trials): " in board
+    assert (out / "importance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # best_recipe.yaml is a complete recipe: it validates, and trains to the best trial's score (a fresh
+    # head seeded before it is built, in every trial as in a plain run)
+    best_recipe = out / "best_recipe.yaml"
+    header = best_recipe.read_text().splitlines()[:4]
+    assert header[1].startswith(f"# trial {best['trial']}, accuracy {best['score']:.4f}")
+    recipe_obj = load_recipe(best_recipe)
+    assert recipe_obj.training.learning_rate == best["params"]["training.learning_rate"]
+    assert recipe_obj.training.save_strategy == "no" and recipe_obj.training.output_dir == str(out / "best")
+    assert cli.main(["validate", str(best_recipe)]) == 0
+    capsys.readouterr()
+    assert cli.main(["train", str(best_recipe), "--output-dir", str(tmp_path / "retrained")]) == 0
+    retrained = json.loads((tmp_path / "retrained" / "all_results.json").read_text())
+    assert retrained["eval_accuracy"] == pytest.approx(best["score"], abs=1e-9)
+
+
+def test_the_median_rule_stops_a_clearly_worse_trial(tmp_path, tiny_model_dir):
+    # constructed: trial 0 learns (lr 3e-3), trial 1 cannot (lr 1e-7) and is at chance after its first epoch
+    recipe = _recipe(tmp_path, tiny_model_dir, epochs=4)
+    space = _space(
+        tmp_path,
+        {
+            "start_with": [{"training.learning_rate": 3.0e-3}, {"training.learning_rate": 1.0e-7}],
+            "pruner": {"n_startup_trials": 1, "n_warmup_steps": 0},
+            "parameters": {"training.learning_rate": {"choices": [3.0e-3, 1.0e-7]}},
+        },
+    )
+    out = tmp_path / "tune"
+    code = cli.main(
+        ["tune", recipe, "--space", space, "--trials", "2", "--output-dir", str(out), "--no-progress"]
+    )
+    assert code == 0
+    good, bad = _rows(out)
+    assert good["status"] == "ok" and list(good["intermediate"]) == ["25", "50", "75", "100"]
+    assert bad["status"] == "pruned" and bad["params"] == {"training.learning_rate": 1.0e-7}
+    assert list(bad["intermediate"]) == ["25"] and bad["pruned_at_percent"] == 25
+    assert bad["last_score"] < good["intermediate"]["25"]
+    # it stopped there: no final metrics, and a quarter of the training it would have done
+    assert not (Path(bad["output_dir"]) / "all_results.json").exists()
+    log = (out / "trials" / "trial-001.log").read_text()
+    assert "pruned at 25% of its schedule" in log and "train metrics" not in log
+    assert "0.0000001" not in (out / "best_recipe.yaml").read_text()
+    assert "| pruned |" in (out / "leaderboard.md").read_text()
+
+
+def _wait_for(path: Path, text: str, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.is_file() and text in path.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{path} never showed {text!r}")
+
+
+def _processes_with(text: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if text in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_and_sigkill_during_a_trial_leave_a_search_that_resumes(tmp_path, tiny_model_dir):
+    recipe = _recipe(tmp_path, tiny_model_dir)
+    space = _space(tmp_path, {**SEARCH, "start_with": []})
+    out = tmp_path / "tune"
+    cmd = [sys.executable, "-m", "hf_finetune", "tune", recipe, "--space", space, "--trials", "1"]
+    cmd += ["--output-dir", str(out), "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    # SIGTERM while trial 0 runs: the search stops it, records it as interrupted and exits 143
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for(out / "trials" / "trial-000.log", "$ hf-finetune train")
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 143, output
+    assert [(r["trial"], r["status"]) for r in _rows(out)] == [(0, "interrupted")]
+    assert not _processes_with(str(out / "trials" / "trial-000"))
+
+    # SIGKILL while its retry (trial 1) runs: nothing is recorded, and the trial process dies with the search
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(out / "trials" / "trial-001.log", "$ hf-finetune train")
+    time.sleep(1.0)
+    assert _processes_with(str(out / "trials" / "trial-001"))
+    proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.time() + 30
+    while _processes_with(str(out / "trials" / "trial-001")) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _processes_with(str(out / "trials" / "trial-001")), "the trial outlived the killed search"
+
+    # the next run finds trial 1 left running, runs its values again as trial 2, and ends at 1 counted trial
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = _rows(out)
+    assert [(r["trial"], r["status"]) for r in rows] == [(0, "interrupted"), (1, "interrupted"), (2, "ok")]
+    assert rows[1]["retry_of"] == 0 and rows[2]["retry_of"] == 1
+    assert rows[0]["params"] == rows[1]["params"] == rows[2]["params"]
+    assert "2 stopped and run again" in (out / "leaderboard.md").read_text()
+
+
+def test_the_budget_stops_the_running_trial_and_queues_it_again(tmp_path, tiny_model_dir, capsys):
+    import optuna
+
+    recipe = _recipe(tmp_path, tiny_model_dir, epochs=200)  # far longer than the budget
+    space = _space(tmp_path, SEARCH)
+    out = tmp_path / "tune"
+    started = time.time()
+    code = cli.main(
+        [
+            "tune",
+            recipe,
+            "--space",
+            space,
+            "--budget-minutes",
+            "0.25",
+            "--output-dir",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert code == 1 and "no trial finished" in capsys.readouterr().out
+    assert time.time() - started < 15 + 60  # the budget plus the checks before it and the stop
+    (row,) = _rows(out)
+    assert row["status"] == "budget" and "--budget-minutes=0.25" in row["error"]
+    study = optuna.load_study(study_name="hf-finetune-tune", storage=f"sqlite:///{out / 'study.db'}")
+    waiting = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
+    assert len(waiting) == 1 and waiting[0].user_attrs["retry_of"] == 0
+
+
+def test_space_alternatives_and_conditions(tmp_path):
+    import optuna
+
+    space = load_space(REPO / "recipes" / "tune" / "default-space.yaml")
+    assert space.fields[:3] == ["peft.method", "peft.r", "training.learning_rate"]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = {"lora": 0, None: 0}
+    for _ in range(40):
+        values = space.sample(study.ask(), lambda name: None, layers=6)
+        method = values["peft.method"]
+        seen[method] += 1
+        lr = values["training.learning_rate"]
+        if method == "lora":
+            assert "strategy.freeze_layers" not in values and values["peft.r"] in (4, 8, 16)
+            assert 1.0e-4 <= lr <= 3.0e-3
+        else:
+            assert "peft.r" not in values and 0 <= values["strategy.freeze_layers"] <= 6
+            assert 1.0e-5 <= lr <= 2.0e-4
+        assert (
+            isinstance(values["training.num_train_epochs"], int)
+            and 2 <= values["training.num_train_epochs"] <= 8
+        )
+    assert seen["lora"] and seen[None]
+
+
+@pytest.mark.parametrize(
+    ("space", "expected"),
+    [
+        (
+            {"parameters": {"training.learning_rate": {"low": 1e-2, "high": 1e-3}}},
+            "low (0.01) must be below high",
+        ),
+        (
+            {"parameters": {"training.learning_rat": {"low": 1e-3, "high": 1e-2}}},
+            "did you mean: learning_rate",
+        ),
+        (
+            {"parameters": {"learning_rate": {"low": 1e-3, "high": 1e-2}}},
+            "name a recipe field as section.field",
+        ),
+        ({"parameters": {"training.learning_rate": {"low": 1e-3, "hi": 1e-2}}}, "unknown key 'hi'"),
+        ({"parameters": {"training.seed": {"choices": [1, 1]}}}, "lists a value twice"),
+        ({"parameters": {"strategy.freeze_layers": {"low": 0, "high": 5}}}, "has 2 layers"),
+        (
+            {
+                "parameters": {
+                    "peft.r": {"choices": [4], "when": {"peft.method": "lora"}},
+                    "peft.method": {"choices": [None, "lora"]},
+                }
+            },
+            "list peft.method first",
+        ),
+        (
+            {"start_with": ["recipe"], "parameters": {"training.learning_rate": {"low": 1e-5, "high": 1e-4}}},
+            "training.learning_rate=0.003 is outside the space",
+        ),
+        (
+            {
+                "parameters": {"training.learning_rate": {"low": 1e-3, "high": 1e-2}},
+                "pruner": {"patience": 2},
+            },
+            "unknown setting",
+        ),
+        ({"parametres": {}}, "a search space is a mapping with `parameters`"),
+    ],
+)
+def test_bad_spaces_fail_before_any_weights_load(
+    tmp_path, tiny_model_dir, no_weights, capsys, space, expected
+):
+    recipe = _recipe(tmp_path, tiny_model_dir)
+    path = _space(tmp_path, space)
+    code = cli.main(["tune", recipe, "--space", path, "--trials", "2", "--output-dir", str(tmp_path / "t")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert expected in err and str(path) in err, err
+    assert not (tmp_path / "t").exists()
+
+
+def test_bad_options_and_a_tune_dir_of_another_search(tmp_path, tiny_model_dir, no_weights, capsys):
+    import optuna
+
+    recipe = _recipe(tmp_path, tiny_model_dir)
+    space = _space(tmp_path, SEARCH)
+    out = tmp_path / "tune"
+    assert cli.main(["tune", recipe, "--space", space]) == 2
+    assert "give --trials N and/or --budget-minutes M" in capsys.readouterr().err
+    assert cli.main(["tune", recipe, "--space", str(tmp_path / "missing.yaml"), "--trials", "1"]) == 2
+    assert "--space: file not found" in capsys.readouterr().err
+
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert cli.main(["tune", recipe, "--space", space, "--trials", "1", "--output-dir", str(out)]) == 2
+    assert "is not empty and holds no search" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine"
+
+    other = tmp_path / "other"
+    other.mkdir()
+    study = optuna.create_study(study_name="hf-finetune-tune", storage=f"sqlite:///{other / 'study.db'}")
+    study.set_user_attr(
+        "fingerprint",
+        {"recipe": "x", "overrides": [], "space": "y", "metric": None, "direction": "maximize", "seed": 0},
+    )
+    assert cli.main(["tune", recipe, "--space", space, "--trials", "1", "--output-dir", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "holds a search with another recipe, space" in err and "give a new --output-dir" in err
+    assert len(study.trials) == 0
