@@ -17,6 +17,7 @@ GLUE = REPO / "recipes" / "glue"
 # The child trains through the normal CLI, then writes its own peak memory next to the output dir.
 _CHILD = """
 import json, resource, sys
+{prelude}
 from hf_finetune import cli
 code = cli.main(sys.argv[2:])
 peak = {"max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -31,15 +32,19 @@ sys.exit(code)
 """
 
 
-def train(name: str, recipe: Path, overrides: list[str], scratch: Path, steps: int) -> dict:
+def train(
+    name: str, recipe: Path, overrides: list[str], scratch: Path, steps: int, prelude: str = ""
+) -> dict:
     """Train ``recipe`` for ``steps`` optimizer steps without intermediate evaluation.
+
+    ``prelude``: Python run in the child before training (e.g. installing a patch for one experiment).
 
     Returns its all_results.json plus ``wall_s`` (the whole process) and ``max_rss_mb`` (its peak RSS;
     ``cuda_max_allocated_mb`` too on a GPU). Exits with the run's stderr if it fails.
     """
     out = scratch / f"{name}-{len(list(scratch.iterdir()))}"
     memory = scratch / f"{out.name}.memory.json"
-    cmd = [sys.executable, "-c", _CHILD, str(memory), "train", str(recipe)]
+    cmd = [sys.executable, "-c", _CHILD.replace("{prelude}", prelude), str(memory), "train", str(recipe)]
     cmd += [f"training.max_steps={steps}", "training.eval_strategy=no", "training.disable_tqdm=true"]
     cmd += [*overrides, "--output-dir", str(out)]
     started = time.time()

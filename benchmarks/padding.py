@@ -28,6 +28,10 @@ from pathlib import Path
 import _train
 
 VARIANTS = {"dynamic": [], "pad-128": ["data.padding=max_length"]}
+# --same-dropout-masks: both runs draw their dropout masks over the real tokens only (see _same_masks.py)
+SAME_MASKS = (
+    f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); import _same_masks; _same_masks.install()"
+)
 
 
 def machine() -> str:
@@ -37,7 +41,10 @@ def machine() -> str:
 
 
 def settings_key(args: argparse.Namespace) -> dict:
-    return {"steps": args.steps, "overrides": sorted(args.override), "machine": machine()}
+    key = {"steps": args.steps, "overrides": sorted(args.override), "machine": machine()}
+    if args.same_dropout_masks:
+        key["same_dropout_masks"] = True
+    return key
 
 
 def recorded(path: Path, key: dict) -> dict[tuple[str, int], dict]:
@@ -79,8 +86,15 @@ def main() -> int:
         help="an extra recipe override for both runs, e.g. model.config_overrides.hidden_dropout_prob=0 "
         "(dropout draws masks over the padded shape, so with it on the two runs also differ in their masks)",
     )
+    parser.add_argument(
+        "--same-dropout-masks",
+        action="store_true",
+        help="common random numbers: both runs draw the same dropout masks over the real tokens, with eager "
+        "attention, so they differ only in what padding does to the arithmetic (accuracy, not speed)",
+    )
     args = parser.parse_args()
     key = settings_key(args)
+    prelude = SAME_MASKS if args.same_dropout_masks else ""
     log = Path(args.runs)
     log.parent.mkdir(parents=True, exist_ok=True)
     done = recorded(log, key)
@@ -90,7 +104,9 @@ def main() -> int:
                 if (name, seed) in done:
                     continue
                 overrides = [*VARIANTS[name], *args.override, f"training.seed={seed}"]
-                result = _train.train(name, _train.GLUE / "sst2.yaml", overrides, Path(tmp), args.steps)
+                result = _train.train(
+                    name, _train.GLUE / "sst2.yaml", overrides, Path(tmp), args.steps, prelude
+                )
                 row = {"variant": name, "seed": seed, "settings": key, **result}
                 with log.open("a") as f:
                     f.write(json.dumps(row) + "\n")

@@ -69,9 +69,12 @@ SAMPLER_FIELDS = {
 PRUNER_FIELDS = {
     "n_startup_trials": "trials that finish before any is pruned (default 3)",
     "n_warmup_steps": "no pruning before this percent of a trial's schedule (default 0)",
-    "interval_steps": "check every this many reported steps (default 1)",
-    "n_min_trials": "trials that must have reported at a step before it prunes there (default 1)",
+    "n_min_trials": "finished trials with a score at or before that point, needed to prune there (default 1)",
 }
+#: settings that must be at least 1
+_POSITIVE = ("n_ei_candidates", "n_min_trials")
+#: a trial stopped (budget, signal) this many times in a row is recorded as failed instead of queued again
+MAX_ATTEMPTS = 3
 SPACE_KEYS = ("parameters", "start_with", "sampler", "pruner")
 PARAM_KEYS = ("low", "high", "log", "step", "choices", "when")
 #: trial statuses that count towards --trials; `interrupted` and `budget` trials run again
@@ -176,8 +179,15 @@ class Space:
             values[param.field] = value
         return values
 
-    def fixed_params(self, given: dict[str, Any], base_value, layers: int, where: str) -> dict[str, Any]:
-        """Optuna parameters for a trial that starts with the field values ``given`` (others are sampled)."""
+    def fixed_params(
+        self, given: dict[str, Any], base_value, layers: int, where: str, whole_recipe: bool = False
+    ) -> dict[str, Any]:
+        """Optuna parameters for a trial that starts with the field values ``given`` (others are sampled).
+
+        ``whole_recipe``: ``given`` is the recipe's value of every field, and fields whose `when` does not
+        hold are simply not used; a mapping from the space file must give only fields that are used, and
+        the fields their `when` depends on (else the sampler could pick another alternative for them).
+        """
         out: dict[str, Any] = {}
         values: dict[str, Any] = {}
 
@@ -194,6 +204,12 @@ class Space:
                 continue
             if param.field not in given:
                 continue
+            missing = [c for c in param.when if c in self.fields and c not in given]
+            if missing and not whole_recipe:
+                raise FinetuneError(
+                    f"{self.path}: {where}: {param.field} depends on {', '.join(missing)} (its `when`); give "
+                    f"{', '.join(missing)} too."
+                )
             value = given[param.field]
             if not param.contains(value, layers):
                 raise FinetuneError(
@@ -204,6 +220,12 @@ class Space:
                 value = int(value)
             values[param.field] = value
             out[param.name] = value
+        unused = [name for name in given if name not in values]
+        if unused and not whole_recipe:
+            raise FinetuneError(
+                f"{self.path}: {where}: {', '.join(unused)} would not be used: the `when` of "
+                f"{'that parameter' if len(unused) == 1 else 'those parameters'} does not hold for these values."
+            )
         return out
 
 
@@ -270,7 +292,8 @@ def load_space(path: str | Path) -> Space:
         )
     sampler = _settings(path, "sampler", raw.get("sampler"), SAMPLER_FIELDS)
     pruner_raw = raw.get("pruner", {})
-    pruner = None if pruner_raw in ("none", False) else _settings(path, "pruner", pruner_raw, PRUNER_FIELDS)
+    off = pruner_raw is None or pruner_raw is False or pruner_raw == "none"
+    pruner = None if off else _settings(path, "pruner", pruner_raw, PRUNER_FIELDS)
     return Space(path, text, params, start_with, sampler, pruner)
 
 
@@ -325,7 +348,7 @@ def _read_param(where: str, name: str, spec: Any) -> Param:
         raise FinetuneError(f"{where}: `layers` is a whole number; give integer bounds.")
     if "layers" not in (low, high) and not low < high:
         raise FinetuneError(f"{where}: low ({low}) must be below high ({high}).")
-    if log and (step is not None or ("layers" not in (low, high) and low <= 0) or low == "layers"):
+    if log and (step is not None or (low != "layers" and low <= 0)):
         raise FinetuneError(f"{where}: a log range needs low > 0 and no step.")
     if kind == "float":
         low, high = float(low), float(high)
@@ -345,8 +368,9 @@ def _settings(path: Path, key: str, raw: Any, known: dict[str, str]) -> dict[str
         if name == "multivariate":
             if not isinstance(value, bool):
                 raise FinetuneError(f"{path}: {key}.{name}: true or false.")
-        elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise FinetuneError(f"{path}: {key}.{name}: a whole number >= 0, got {value!r}.")
+        elif isinstance(value, bool) or not isinstance(value, int) or value < (1 if name in _POSITIVE else 0):
+            floor = 1 if name in _POSITIVE else 0
+            raise FinetuneError(f"{path}: {key}.{name}: a whole number >= {floor}, got {value!r}.")
     return dict(raw)
 
 
@@ -376,19 +400,29 @@ def value_overrides(values: dict[str, Any]) -> list[str]:
     return [f"{name}={json.dumps(value)}" for name, value in values.items()]
 
 
+def result_overrides(recipe: Recipe) -> list[str]:
+    """What trials change that changes the result, so `best_recipe.yaml` keeps it too: an evaluation every
+    epoch if the recipe never evaluates (the pruner needs them; each evaluation also draws from the random
+    stream the later dropout masks come from), and scoring the last model, not the best checkpoint."""
+    out = []
+    if str(recipe_value(recipe, "training.eval_strategy")) == "no":
+        out.append("training.eval_strategy=epoch")
+    if recipe_value(recipe, "training.load_best_model_at_end"):
+        out.append("training.load_best_model_at_end=false")
+    return out
+
+
 def run_overrides(recipe: Recipe, output_dir: Path, seed: int | None = None) -> list[str]:
-    """What every trial (and confirmation run) changes besides the searched values: its own output dir,
-    no checkpoints, no Hub push, no progress bars; evaluation every epoch if the recipe never evaluates."""
+    """What every trial (and confirmation run) changes besides the searched values: its own output dir, no
+    checkpoints, no Hub push, no progress bars, and `result_overrides`."""
     out = [
         f"training.output_dir={json.dumps(str(output_dir))}",
         "training.save_strategy=no",
-        "training.load_best_model_at_end=false",
         "training.report_to=none",
         "training.disable_tqdm=true",
         "hub.push=false",
+        *result_overrides(recipe),
     ]
-    if str(recipe_value(recipe, "training.eval_strategy")) == "no":
-        out.append("training.eval_strategy=epoch")  # the pruner needs intermediate results
     if seed is not None:
         out.append(f"training.seed={seed}")
     return out
@@ -416,6 +450,10 @@ class Tune:
 
     def trial_recipe(self, values: dict[str, Any], extra: Sequence[str] = ()) -> Recipe:
         return load_recipe(self.recipe_path, [*self.overrides, *value_overrides(values), *extra])
+
+    def start_values(self, start: Any) -> dict[str, Any]:
+        """The field values of a `start_with` entry: `recipe` (the recipe's own) or a mapping."""
+        return {f: self.base_value(f) for f in self.space.fields} if start == "recipe" else dict(start)
 
     @property
     def fingerprint(self) -> dict[str, Any]:
@@ -483,6 +521,18 @@ def prepare_tune(
     tune.layers = prepared.plan.num_layers
     meta = None
     for param in space.params:
+        try:
+            param.distribution(tune.layers)
+        except ValueError as exc:
+            raise FinetuneError(
+                f"{space.path}: parameters.{param.field}: {exc} (`layers` is {tune.layers} for this model)."
+            ) from None
+        for key, accepted in param.when.items():
+            for value in accepted:
+                try:
+                    load_recipe(recipe_path, [*overrides, f"{key}={json.dumps(value)}"])
+                except FinetuneError as exc:
+                    raise FinetuneError(f"{space.path}: parameters.{param.field}.when: {exc}") from None
         conditions = {k: v[0] for k, v in param.when.items()}
         for value in param.candidates(tune.layers):
             where = f"{space.path}: parameters.{param.field}={_show(value)}"
@@ -497,8 +547,9 @@ def prepare_tune(
             except FinetuneError as exc:
                 raise FinetuneError(f"{where}: {exc}") from None
     for i, start in enumerate(space.start_with):
-        given = {f: tune.base_value(f) for f in space.fields} if start == "recipe" else start
-        space.fixed_params(given, tune.base_value, tune.layers, f"start_with[{i}]")
+        space.fixed_params(
+            tune.start_values(start), tune.base_value, tune.layers, f"start_with[{i}]", start == "recipe"
+        )
     return tune
 
 
@@ -513,16 +564,63 @@ def _storage(tune: Tune):
 
 
 def _pruner(settings: dict[str, Any] | None):
+    """The median stopping rule at the same point of each trial's own schedule (percent of its steps)."""
     import optuna
 
     if settings is None:
         return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(
+    return _median_at_progress()(
         n_startup_trials=settings.get("n_startup_trials", 3),
         n_warmup_steps=settings.get("n_warmup_steps", 0),
-        interval_steps=settings.get("interval_steps", 1),
         n_min_trials=settings.get("n_min_trials", 1),
     )
+
+
+def _median_at_progress():
+    import optuna
+    from optuna.study import StudyDirection
+    from optuna.trial import TrialState
+
+    class MedianAtProgressPruner(optuna.pruners.BasePruner):
+        """Prune when the trial's best score so far is worse than the median, over the finished trials, of
+        each one's latest score at or before the same percent of its schedule.
+
+        optuna's MedianPruner compares trials only at the very same step; trials of 2 and 8 epochs evaluate
+        at 50% / 100% and at 12.5% steps, so they would meet only at 100%, when there is nothing to save.
+        Never prunes at 100% (the trial has finished training).
+        """
+
+        def __init__(self, n_startup_trials: int, n_warmup_steps: int, n_min_trials: int) -> None:
+            self.n_startup_trials = n_startup_trials
+            self.n_warmup_steps = n_warmup_steps
+            self.n_min_trials = n_min_trials
+
+        def prune(self, study, trial) -> bool:
+            step = trial.last_step
+            if step is None or step < self.n_warmup_steps or step >= 100:
+                return False
+            finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if len(finished) < self.n_startup_trials:
+                return False
+            others = []
+            for other in finished:
+                earlier = [s for s in other.intermediate_values if s <= step]
+                if earlier and math.isfinite(other.intermediate_values[max(earlier)]):
+                    others.append(other.intermediate_values[max(earlier)])
+            if len(others) < self.n_min_trials:
+                return False
+            mine = [v for s, v in trial.intermediate_values.items() if s <= step and math.isfinite(v)]
+            if not mine:
+                return True  # nothing but NaN so far
+            median = statistics.median(others)
+            if study.direction == StudyDirection.MAXIMIZE:
+                return max(mine) < median
+            return min(mine) > median
+
+    return MedianAtProgressPruner
+
+
+LOCK = ".lock"
 
 
 def open_study(tune: Tune):
@@ -533,7 +631,7 @@ def open_study(tune: Tune):
     tune.output_dir.mkdir(parents=True, exist_ok=True)
     storage = tune.storage = _storage(tune)
     exists = STUDY_NAME in {s.study_name for s in optuna.get_all_study_summaries(storage)}
-    if not exists and any(p for p in tune.output_dir.iterdir() if p.name != STUDY_DB):
+    if not exists and any(p for p in tune.output_dir.iterdir() if p.name not in (STUDY_DB, LOCK)):
         raise FinetuneError(
             f"--output-dir {tune.output_dir}: is not empty and holds no search; give a new or empty directory."
         )
@@ -550,8 +648,9 @@ def open_study(tune: Tune):
         study.set_user_attr("pruner", tune.space.pruner)
         study.set_user_attr("metric", tune.metric)
         for i, start in enumerate(tune.space.start_with):
-            given = {f: tune.base_value(f) for f in tune.space.fields} if start == "recipe" else start
-            params = tune.space.fixed_params(given, tune.base_value, tune.layers, f"start_with[{i}]")
+            params = tune.space.fixed_params(
+                tune.start_values(start), tune.base_value, tune.layers, f"start_with[{i}]", start == "recipe"
+            )
             study.enqueue_trial(params, user_attrs={"start": "recipe" if start == "recipe" else "given"})
     elif saved != tune.fingerprint:
         changed = [k for k in tune.fingerprint if saved.get(k) != tune.fingerprint[k]]
@@ -560,14 +659,36 @@ def open_study(tune: Tune):
             "the same recipe, overrides, space and options, or give a new --output-dir."
         )
     # a resumed search draws on from another seed: the sampler's RNG restarts, and must not repeat draws
+    multivariate = tune.space.sampler.get("multivariate", False)
     study.sampler = optuna.samplers.TPESampler(
         seed=tune.seed + len(study.trials),
         n_startup_trials=tune.space.sampler.get("n_startup_trials", 4),
         n_ei_candidates=tune.space.sampler.get("n_ei_candidates", 24),
-        multivariate=tune.space.sampler.get("multivariate", False),
+        multivariate=multivariate,
+        group=multivariate,  # conditional parameters: modelled jointly within each group
     )
-    _recover_stale(tune, study)
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        # left running by a search that was killed (the lock says no other search is using the directory)
+        logger.info("trial %d did not finish (its search was stopped); it runs again", trial.number)
+        _stop(tune, study, trial.number, "interrupted", "its search was stopped (killed)")
     return study
+
+
+def _lock(tune: Tune):
+    """An exclusive lock on the tune dir for this run: a second search there would corrupt the first."""
+    import fcntl
+
+    tune.output_dir.mkdir(parents=True, exist_ok=True)
+    handle = (tune.output_dir / LOCK).open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise FinetuneError(
+            f"--output-dir {tune.output_dir}: another `hf-finetune tune` is running on it; wait for it to "
+            "end, or give another --output-dir."
+        ) from None
+    return handle
 
 
 def _set_attr(tune: Tune, study, number: int, key: str, value: Any) -> None:
@@ -581,16 +702,25 @@ def _set_attr(tune: Tune, study, number: int, key: str, value: Any) -> None:
     optuna.trial.Trial(study, trial_id).set_user_attr(key, value)
 
 
-def _recover_stale(tune: Tune, study) -> None:
-    """Trials left RUNNING by a search that was killed: failed as `interrupted`, their values queued again."""
+def _stop(tune: Tune, study, number: int, status: str, error: str) -> str:
+    """End running trial ``number`` as FAIL without a verdict on its values (`budget`, `interrupted`): they
+    are queued to run again first, unless this was their MAX_ATTEMPTS-th stop, which makes it `failed`."""
     from optuna.trial import TrialState
 
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        _set_attr(tune, study, trial.number, "status", "interrupted")
-        study.tell(trial.number, state=TrialState.FAIL)
-        _drop_weights(_trial_dir(tune, trial.number), tune.keep_models)
-        logger.info("trial %d did not finish (the search was stopped); it runs again", trial.number)
-        study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
+    frozen = study.get_trials(deepcopy=False)[number]
+    attempt = frozen.user_attrs.get("attempt", 1)
+    if attempt >= MAX_ATTEMPTS:
+        status, error = "failed", f"{error}; stopped {attempt} times in a row, so not queued again"
+    _set_attr(tune, study, number, "status", status)
+    _set_attr(tune, study, number, "error", error)
+    study.tell(number, state=TrialState.FAIL)
+    _drop_weights(_trial_dir(tune, number), tune.keep_models)
+    if status != "failed":
+        again = {"retry_of": number, "attempt": attempt + 1}
+        if "start" in frozen.user_attrs:  # the baseline stays the baseline
+            again["start"] = frozen.user_attrs["start"]
+        study.enqueue_trial(dict(frozen.params), user_attrs=again)
+    return status
 
 
 def status_of(trial) -> str:
@@ -611,61 +741,91 @@ def counted(study) -> int:
 
 def run_tune(tune: Tune, progress: bool = True) -> dict[str, Any]:
     """Run trials until --trials count or the budget is spent; write the outputs after each trial."""
+    lock = _lock(tune)
+    try:
+        return _run_tune(tune, progress)
+    finally:
+        lock.close()
+
+
+def _run_tune(tune: Tune, progress: bool) -> dict[str, Any]:
     from optuna.trial import TrialState
 
     started = time.time()
     deadline = started + 60 * tune.budget_minutes if tune.budget_minutes else None
     study = open_study(tune)
-    done_before = counted(study)
-    bar = _progress(tune.trials, done_before, progress)
+    bar = _progress(tune.trials, counted(study), progress)
     restore = _sigterm_as_exit()
     ran = 0
     stopped_by = "trials"
     try:
         write_outputs(tune, study)
         while tune.trials is None or counted(study) < tune.trials:
-            if deadline is not None and time.time() >= deadline:
+            if deadline is not None and not _time_for_a_trial(study, deadline):
                 stopped_by = "budget"
                 break
             trial = study.ask()
             values = tune.space.sample(trial, tune.base_value, tune.layers)
-            bar.set_postfix_str(_postfix(study, trial.number), refresh=True)
+            bar.set_postfix_str(_postfix(tune, study, trial.number), refresh=True)
             outcome = run_trial(tune, study, trial, values, deadline)
             ran += 1
-            bar.write(_trial_line(tune, trial.number, outcome, values))
+            bar.write(_trial_line(trial.number, outcome, values))
             if outcome["status"] in COUNTED:
                 bar.update(1)
             write_outputs(tune, study)
             if outcome["status"] == "budget":
                 stopped_by = "budget"
                 break
-    except BaseException:
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        for t in running:  # Ctrl-C or SIGTERM during a trial: it runs again when the search continues
-            _set_attr(tune, study, t.number, "status", "interrupted")
+    except (KeyboardInterrupt, SystemExit):
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            _stop(
+                tune, study, t.number, "interrupted", "stopped by Ctrl-C or SIGTERM"
+            )  # runs again next time
+        write_outputs(tune, study)
+        raise
+    except Exception as exc:  # a bug, not the trial's values: recorded, not queued again
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            _set_attr(tune, study, t.number, "status", "failed")
+            _set_attr(tune, study, t.number, "error", f"the search failed: {type(exc).__name__}: {exc}")
             study.tell(t.number, state=TrialState.FAIL)
-            _drop_weights(_trial_dir(tune, t.number), tune.keep_models)
-            study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
         write_outputs(tune, study)
         raise
     finally:
         bar.close()
         restore()
+    best = best_row(tune, trial_rows(study))
     confirmed = None
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    if tune.confirm_seeds and complete and stopped_by == "trials":
-        confirmed = confirm(tune, study, progress)
+    if tune.confirm_seeds and best is not None:  # after the search, outside its budget
+        confirmed = confirm(tune, study, best, progress)
         write_outputs(tune, study)
-    best = study.best_trial if complete else None
     return {
         "ran": ran,
         "counted": counted(study),
         "stopped_by": stopped_by,
-        "best_trial": best.number if best else None,
-        "best_score": best.value if best else None,
+        "best_trial": best["trial"] if best else None,
+        "best_score": best["score"] if best else None,
         "output_dir": str(tune.output_dir),
         "confirm": confirmed,
     }
+
+
+def _time_for_a_trial(study, deadline: float) -> bool:
+    """Whether another trial can start before the deadline: some time is left, and no less than the median
+    time of the trials that ended so far (a trial that cannot finish would only be stopped and queued)."""
+    left = deadline - time.time()
+    times = [
+        t.user_attrs["time_s"] for t in study.get_trials(deepcopy=False) if status_of(t) in ("ok", "pruned")
+    ]
+    needed = statistics.median(times) if times else 0.0
+    if left <= 0 or left < needed:
+        if left > 0:
+            logger.info(
+                "not starting another trial: %.1f min of the budget left, trials take %.1f min (median)",
+                left / 60,
+                needed / 60,
+            )
+        return False
+    return True
 
 
 def _trial_dir(tune: Tune, number: int) -> Path:
@@ -683,11 +843,12 @@ def run_trial(tune: Tune, study, trial, values: dict[str, Any], deadline: float 
     try:
         recipe = tune.trial_recipe(values, extra)
     except FinetuneError as exc:  # a combination the recipe refuses (checked before any weights load)
-        return _fail(study, trial, "failed", str(exc), 0.0)
+        return _fail(study, trial, str(exc), 0.0)
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     log_file = run_dir.with_name(run_dir.name + ".log")
     memory_file = run_dir.with_name(run_dir.name + ".memory.json")
+    memory_file.unlink(missing_ok=True)
     overrides = [*tune.overrides, *value_overrides(values), *extra]
     cmd = [sys.executable, "-m", "hf_finetune.tune", "trial", str(memory_file), str(tune.storage.url)]
     cmd += [str(trial.number), tune.metric or "", tune.recipe_path, *overrides]
@@ -699,33 +860,43 @@ def run_trial(tune: Tune, study, trial, values: dict[str, Any], deadline: float 
         code = _run_child(cmd, log, timeout)
     wall = round(time.time() - started, 2)
     trial.set_user_attr("time_s", wall)
-    if memory_file.is_file():
-        trial.set_user_attr("peak_memory_mb", round(json.loads(memory_file.read_text())["max_rss_mb"], 1))
+    peak = _peak_memory(memory_file)
+    if peak is not None:
+        trial.set_user_attr("peak_memory_mb", peak)
     _drop_weights(run_dir, tune.keep_models)
     if code is None:
-        return _fail(
-            study, trial, "budget", f"stopped at the end of --budget-minutes={tune.budget_minutes:g}", wall
+        status = _stop(
+            tune,
+            study,
+            trial.number,
+            "budget",
+            f"stopped at the end of --budget-minutes={tune.budget_minutes:g}",
         )
+        return {
+            "status": status,
+            "error": f"--budget-minutes={tune.budget_minutes:g} ran out",
+            "time_s": wall,
+        }
     if code == EXIT_PRUNED:
         trial.set_user_attr("status", "pruned")
         study.tell(trial, state=TrialState.PRUNED)
-        last = study.get_trials(deepcopy=False)[trial.number].intermediate_values
-        step = max(last) if last else None
-        return {
-            "status": "pruned",
-            "score": last.get(step) if step is not None else None,
-            "step": step,
-            "time_s": wall,
-        }
+        reported = study.get_trials(deepcopy=False)[trial.number].intermediate_values
+        step = max(reported) if reported else None
+        return {"status": "pruned", "score": reported.get(step), "step": step, "time_s": wall}
     results_file = run_dir / "all_results.json"
+    if code in (130, 143, -2, -15):  # SIGINT / SIGTERM from outside the search (not the budget: that is ours)
+        status = _stop(
+            tune, study, trial.number, "interrupted", f"the trial process was stopped (exit {code})"
+        )
+        return {"status": status, "error": f"stopped (exit {code})", "time_s": wall}
     if code != 0 or not results_file.is_file():
-        status = "interrupted" if code in (130, 143) else "failed"
-        return _fail(study, trial, status, _last_error(log_file, code), wall)
+        error = "killed by SIGKILL (out of memory?)" if code == -9 else _last_error(log_file, code)
+        return _fail(study, trial, error, wall)
     results = json.loads(results_file.read_text())
     key = metric_key(recipe, tune.metric or default_metric(recipe, results))
     score = results.get(key)
     if score is None or not math.isfinite(score):
-        return _fail(study, trial, "failed", f"{key} is {score} in {results_file}", wall)
+        return _fail(study, trial, f"{key} is {score} in {results_file}", wall)
     trial.set_user_attr("status", "ok")
     trial.set_user_attr("metric", key.removeprefix("eval_"))
     trial.set_user_attr("train_runtime", results.get("train_runtime"))
@@ -734,15 +905,21 @@ def run_trial(tune: Tune, study, trial, values: dict[str, Any], deadline: float 
     return {"status": "ok", "score": score, "time_s": wall}
 
 
-def _fail(study, trial, status: str, error: str, wall: float) -> dict[str, Any]:
+def _peak_memory(memory_file: Path) -> float | None:
+    try:
+        return round(json.loads(memory_file.read_text())["max_rss_mb"], 1)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _fail(study, trial, error: str, wall: float) -> dict[str, Any]:
+    """A verdict on the trial's values (an error, a refused combination): recorded, counted, not rerun."""
     from optuna.trial import TrialState
 
-    trial.set_user_attr("status", status)
+    trial.set_user_attr("status", "failed")
     trial.set_user_attr("error", error)
     study.tell(trial, state=TrialState.FAIL)
-    if status in ("budget", "interrupted"):  # not a verdict on these values: they run again next time
-        study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
-    return {"status": status, "error": error, "time_s": wall}
+    return {"status": "failed", "error": error, "time_s": wall}
 
 
 def _drop_weights(run_dir: Path, keep: bool) -> None:
@@ -766,6 +943,7 @@ def _report_callback(trial, recipe: Recipe, metric: str | None):
 
     class ReportToStudy(TrainerCallback):
         finished = False
+        last_step = -1
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             if self.finished or not metrics:
@@ -774,8 +952,11 @@ def _report_callback(trial, recipe: Recipe, metric: str | None):
             if key not in metrics:  # another eval split (MNLI mismatched): the first split decides
                 return
             step = round(100 * state.global_step / max(state.max_steps, 1))
+            if step <= self.last_step:  # two evaluations in one percent: the first one stands
+                return
+            self.last_step = step
             trial.report(float(metrics[key]), step)
-            if trial.should_prune():
+            if state.global_step < state.max_steps and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at {step}% of its schedule ({key} {metrics[key]:.4f})")
 
         def on_train_end(self, args, state, control, **kwargs):
@@ -835,19 +1016,18 @@ def _train_trial(url: str, number: int, metric: str | None, recipe_path: str, ov
 # ------------------------------------------------------------------------------------------------
 # Confirmation: the recipe as given and the best recipe, retrained per seed
 # ------------------------------------------------------------------------------------------------
-def confirm(tune: Tune, study, progress: bool = True) -> dict[str, Any]:
-    """Train the recipe as given and the best recipe once per --confirm-seeds seed (each in its own
-    process; runs already in confirm.jsonl for the same best trial are kept). Returns the summary."""
-    best = study.best_trial
+def confirm(tune: Tune, study, best: dict[str, Any], progress: bool = True) -> dict[str, Any]:
+    """Train the recipe as given and the best recipe (trial row ``best``) once per --confirm-seeds seed, each
+    in its own process; runs already in confirm.jsonl for the same best trial are kept. Returns the summary."""
     path = tune.output_dir / CONFIRM
     records = _read_jsonl(path)
     done = {(r["recipe"], r["seed"], r.get("best_trial")) for r in records if r.get("status") == "ok"}
-    arms = {"recipe": {}, "best": best.user_attrs.get("values", {})}
+    arms = {"recipe": {}, "best": best["params"]}
     todo = [
         (arm, seed)
         for seed in tune.confirm_seeds
         for arm in arms
-        if (arm, seed, best.number if arm == "best" else None) not in done
+        if (arm, seed, best["trial"] if arm == "best" else None) not in done
     ]
     bar = _progress(
         len(tune.confirm_seeds) * 2, len(tune.confirm_seeds) * 2 - len(todo), progress, "confirm runs"
@@ -857,7 +1037,9 @@ def confirm(tune: Tune, study, progress: bool = True) -> dict[str, Any]:
         for arm, seed in todo:
             run_dir = tune.output_dir / CONFIRM_DIR / arm / f"seed{seed}"
             record = _confirm_run(tune, arms[arm], run_dir, seed)
-            record.update({"recipe": arm, "seed": seed, "best_trial": best.number if arm == "best" else None})
+            record.update(
+                {"recipe": arm, "seed": seed, "best_trial": best["trial"] if arm == "best" else None}
+            )
             with path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
             bar.write(
@@ -868,7 +1050,7 @@ def confirm(tune: Tune, study, progress: bool = True) -> dict[str, Any]:
     finally:
         bar.close()
         restore()
-    return confirmation(tune, study)
+    return confirmation(tune, best)
 
 
 def _confirm_run(tune: Tune, values: dict[str, Any], run_dir: Path, seed: int) -> dict[str, Any]:
@@ -892,18 +1074,17 @@ def _confirm_run(tune: Tune, values: dict[str, Any], run_dir: Path, seed: int) -
         return {"status": "failed", "error": _last_error(log_file, code), "time_s": wall}
     results = json.loads(results_file.read_text())
     key = metric_key(recipe, tune.metric or default_metric(recipe, results))
-    return {"status": "ok", "metric": key.removeprefix("eval_"), "score": results.get(key), "time_s": wall}
+    score = results.get(key)
+    if score is None or not math.isfinite(score):
+        return {"status": "failed", "error": f"{key} is {score} in {results_file}", "time_s": wall}
+    return {"status": "ok", "metric": key.removeprefix("eval_"), "score": score, "time_s": wall}
 
 
-def confirmation(tune: Tune, study) -> dict[str, Any] | None:
+def confirmation(tune: Tune, best: dict[str, Any] | None) -> dict[str, Any] | None:
     """Per arm (the recipe as given, the best recipe): the scores per seed, mean and sample std."""
-    from optuna.trial import TrialState
-
-    if not tune.confirm_seeds or not any(
-        t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)
-    ):
+    if not tune.confirm_seeds or best is None:
         return None
-    best = study.best_trial.number
+    best = best["trial"]
     records = [r for r in _read_jsonl(tune.output_dir / CONFIRM) if r.get("status") == "ok"]
     out: dict[str, Any] = {"best_trial": best, "seeds": tune.confirm_seeds}
     for arm in ("recipe", "best"):
@@ -965,7 +1146,7 @@ def trial_rows(study) -> list[dict[str, Any]]:
             step = max(t.intermediate_values)
             row["pruned_at_percent"] = step
             row["last_score"] = t.intermediate_values[step]
-        for key in ("error", "start", "retry_of"):
+        for key in ("error", "start", "retry_of", "attempt"):
             if key in t.user_attrs:
                 row[key] = t.user_attrs[key]
         rows.append(row)
@@ -976,20 +1157,33 @@ def write_outputs(tune: Tune, study) -> None:
     """trials.jsonl, leaderboard.md, best_recipe.yaml and importance.png, each replaced whole."""
     rows = trial_rows(study)
     _write(tune.output_dir / TRIALS, "".join(json.dumps(r) + "\n" for r in rows))
-    best = next((r for r in sorted(rows, key=lambda r: _rank_key(tune, r)) if r["status"] == "ok"), None)
+    best = best_row(tune, rows)
     if best is not None:
         _write_best_recipe(tune, best, rows)
     importances = param_importances(study)
     _write(
-        tune.output_dir / LEADERBOARD, format_leaderboard(tune, rows, importances, confirmation(tune, study))
+        tune.output_dir / LEADERBOARD, format_leaderboard(tune, rows, importances, confirmation(tune, best))
     )
-    plot_importance(tune, rows, importances, tune.output_dir / PLOT)
+    try:
+        plot_importance(tune, rows, importances, tune.output_dir / PLOT)
+    except Exception as exc:  # a plot must not stop a search
+        logger.warning("could not draw %s: %s", tune.output_dir / PLOT, exc)
 
 
 def _write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".partial")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def best_row(tune: Tune, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The best finished trial (ties: the earliest), the one rule for best_recipe, leaderboard and confirm."""
+    return next((r for r in sorted(rows, key=lambda r: _rank_key(tune, r)) if r["status"] == "ok"), None)
+
+
+def baseline_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The finished trial of the recipe as given (`start_with: [recipe]`, or its rerun)."""
+    return next((r for r in rows if r.get("start") == "recipe" and r["status"] == "ok"), None)
 
 
 def _rank_key(tune: Tune, row: dict[str, Any]) -> tuple:
@@ -1002,11 +1196,12 @@ def _rank_key(tune: Tune, row: dict[str, Any]) -> tuple:
 
 def _write_best_recipe(tune: Tune, best: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     path = tune.output_dir / BEST_RECIPE
+    kept = result_overrides(tune.base)  # as in the trial, so that the recipe retrains to its score
     recipe = tune.trial_recipe(
-        best["params"], [f"training.output_dir={json.dumps(str(tune.output_dir / 'best'))}"]
+        best["params"], [*kept, f"training.output_dir={json.dumps(str(tune.output_dir / 'best'))}"]
     )
     changed = {k: v for k, v in best["params"].items() if not _equal(v, tune.base_value(k))}
-    baseline = next((r for r in rows if r.get("start") == "recipe" and r["status"] == "ok"), None)
+    baseline = baseline_row(rows)
     metric = best.get("metric") or "score"
     lines = [
         f"# The best recipe of `hf-finetune tune {_rel(tune.recipe_path)}` (space {_rel(tune.space.path)}):",
@@ -1018,7 +1213,8 @@ def _write_best_recipe(tune: Tune, best: dict[str, Any], rows: list[dict[str, An
         ),
         "# Changed from that recipe: "
         + (", ".join(f"{k}={_show(v)}" for k, v in changed.items()) if changed else "nothing")
-        + (f" (and the overrides {' '.join(tune.overrides)})" if tune.overrides else ""),
+        + (f" (and the overrides {' '.join(tune.overrides)})" if tune.overrides else "")
+        + (f"; as in every trial: {' '.join(kept)}" if kept else ""),
         f"# Launch:  hf-finetune train {path}",
     ]
     tmp = path.with_name(path.name + ".partial")
@@ -1078,8 +1274,8 @@ def format_leaderboard(
     }
     minutes = sum(r["time_s"] or 0 for r in rows) / 60
     ranked = sorted(rows, key=lambda r: _rank_key(tune, r))
-    best = next((r for r in ranked if r["status"] == "ok"), None)
-    baseline = next((r for r in rows if r.get("start") == "recipe" and r["status"] == "ok"), None)
+    best = best_row(tune, rows)
+    baseline = baseline_row(rows)
     lines = [
         f"# Tune: {Path(tune.recipe_path).stem}",
         "",
@@ -1249,8 +1445,11 @@ def _label_axis(tune: Tune, ax, axis: str, name: str | None, metric: str, rows: 
         if any(name not in r["params"] for r in rows):  # trials whose `when` left it out
             ticks, labels = [-1, *ticks], ["(unset)", *labels]
         (ax.set_xticks if axis == "x" else ax.set_yticks)(ticks, labels)
-    elif param.log:
-        (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+    else:
+        if any(name not in r["params"] for r in rows):
+            set_label(f"{name} (trials without it not shown)")
+        if param.log:
+            (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1264,17 +1463,14 @@ def _progress(total: int | None, initial: int, enabled: bool, desc: str = "tune 
     )
 
 
-def _postfix(study, running: int) -> str:
-    from optuna.trial import TrialState
-
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    if not complete:
+def _postfix(tune: Tune, study, running: int) -> str:
+    best = best_row(tune, trial_rows(study))
+    if best is None:
         return f"running trial {running}"
-    best = study.best_trial
-    return f"best {best.value:.4f} (trial {best.number}) | running trial {running}"
+    return f"best {best['score']:.4f} (trial {best['trial']}) | running trial {running}"
 
 
-def _trial_line(tune: Tune, number: int, outcome: dict[str, Any], values: dict[str, Any]) -> str:
+def _trial_line(number: int, outcome: dict[str, Any], values: dict[str, Any]) -> str:
     shown = ", ".join(f"{k.split('.')[-1]}={_show(v)}" for k, v in values.items())
     minutes = f"{outcome['time_s'] / 60:.1f} min"
     if outcome["status"] == "ok":

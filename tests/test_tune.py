@@ -338,3 +338,130 @@ def test_bad_options_and_a_tune_dir_of_another_search(tmp_path, tiny_model_dir, 
     err = capsys.readouterr().err
     assert "holds a search with another recipe, space" in err and "give a new --output-dir" in err
     assert len(study.trials) == 0
+
+
+def test_the_pruner_compares_each_trial_at_the_same_share_of_its_own_schedule():
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    from hf_finetune.tune import _pruner
+
+    pruner = _pruner({"n_startup_trials": 1, "n_warmup_steps": 20})
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    # a finished 2-epoch trial evaluated at 50% and 100% of its schedule
+    study.add_trial(create_trial(value=0.70, intermediate_values={50: 0.60, 100: 0.70}))
+
+    def running(**values):
+        return create_trial(
+            state=TrialState.RUNNING,
+            intermediate_values=values and {int(k[1:]): v for k, v in values.items()},
+        )
+
+    # an 8-epoch trial at 62%: compared with the other's latest score at or before 62% (0.60 at 50%), which
+    # optuna's MedianPruner never does (it needs a score at exactly 62%)
+    assert pruner.prune(study, running(s12=0.50, s25=0.52, s62=0.55))
+    assert not pruner.prune(study, running(s12=0.50, s25=0.52, s62=0.61))
+    assert not pruner.prune(study, running(s12=0.50, s25=0.62, s62=0.55))  # its best so far counts
+    assert not pruner.prune(study, running(s12=0.10, s37=0.10))  # nothing to compare with before 50%
+    assert not pruner.prune(study, running(s10=0.10))  # warm-up: below 20%
+    assert not pruner.prune(study, running(s50=0.10, s100=0.10))  # never at the end: nothing left to save
+    assert not optuna.pruners.MedianPruner(1, 20).prune(study, running(s12=0.50, s25=0.52, s62=0.55))
+
+
+def test_a_trial_stopped_again_and_again_is_failed_not_queued_forever(tmp_path):
+    import types
+
+    import optuna
+
+    from hf_finetune.tune import MAX_ATTEMPTS, _stop, status_of
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}")
+    study = optuna.create_study(study_name="hf-finetune-tune", storage=storage)
+    tune = types.SimpleNamespace(storage=storage, keep_models=False, output_dir=tmp_path)
+    study.enqueue_trial({"x": 1.0}, user_attrs={"start": "recipe"})
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        trial = study.ask()
+        trial.suggest_float("x", 0.0, 2.0)
+        assert trial.user_attrs.get("attempt", 1) == attempt
+        assert trial.user_attrs["start"] == "recipe"  # a rerun of the baseline is still the baseline
+        status = _stop(tune, study, trial.number, "budget", "the budget ran out")
+        assert status == ("budget" if attempt < MAX_ATTEMPTS else "failed")
+    frozen = study.get_trials()
+    assert [status_of(t) for t in frozen] == ["budget"] * (MAX_ATTEMPTS - 1) + ["failed"]
+    assert "stopped 3 times in a row" in frozen[-1].user_attrs["error"]
+    assert not study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+
+
+@pytest.mark.parametrize(
+    ("space", "expected"),
+    [
+        (
+            {"parameters": {"peft.r": {"choices": [4], "when": {"peft.methd": "lora"}}}},
+            "`peft.methd`: unknown field (did you mean: method?)",
+        ),
+        (
+            {"parameters": {"strategy.freeze_layers": {"low": 0, "high": "layers", "log": True}}},
+            "a log range needs low > 0",
+        ),
+        (
+            {"parameters": {"strategy.freeze_layers": {"low": 3, "high": "layers"}}},
+            "`layers` is 2 for this model",
+        ),
+        (
+            {
+                "start_with": [{"training.learning_rate": 1e-3}],
+                "parameters": {
+                    "peft.method": {"choices": [None, "lora"]},
+                    "training.learning_rate": [
+                        {"low": 1e-4, "high": 1e-2, "when": {"peft.method": None}},
+                        {"low": 1e-3, "high": 1e-1, "when": {"peft.method": "lora"}},
+                    ],
+                },
+            },
+            "training.learning_rate depends on peft.method (its `when`); give peft.method too",
+        ),
+        (
+            {
+                "start_with": [{"peft.method": None, "peft.r": 8}],
+                "parameters": {
+                    "peft.method": {"choices": [None, "lora"]},
+                    "peft.r": {"choices": [4, 8], "when": {"peft.method": "lora"}},
+                },
+            },
+            "peft.r would not be used",
+        ),
+        (
+            {"parameters": {"training.seed": {"choices": [1, 2]}}, "pruner": {"n_min_trials": 0}},
+            "a whole number >= 1",
+        ),
+    ],
+)
+def test_more_bad_spaces(tmp_path, tiny_model_dir, no_weights, capsys, space, expected):
+    recipe = _recipe(tmp_path, tiny_model_dir)
+    path = _space(tmp_path, space)
+    assert (
+        cli.main(["tune", recipe, "--space", path, "--trials", "1", "--output-dir", str(tmp_path / "t")]) == 2
+    )
+    err = capsys.readouterr().err
+    assert expected in err and str(path) in err, err
+
+
+def test_a_second_search_on_a_busy_tune_dir_is_refused(tmp_path, tiny_model_dir, no_weights, capsys):
+    import fcntl
+
+    recipe = _recipe(tmp_path, tiny_model_dir)
+    space = _space(tmp_path, SEARCH)
+    out = tmp_path / "tune"
+    out.mkdir()
+    with (out / ".lock").open("a+") as held:  # what a running search holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert cli.main(["tune", recipe, "--space", space, "--trials", "1", "--output-dir", str(out)]) == 2
+    assert "another `hf-finetune tune` is running on it" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
+def test_pruner_null_or_none_turns_pruning_off(tmp_path):
+    for value in (None, "none", False):
+        path = _space(tmp_path, {"pruner": value, "parameters": {"training.seed": {"choices": [1, 2]}}})
+        assert load_space(path).pruner is None
+    assert load_space(_space(tmp_path, {"parameters": {"training.seed": {"choices": [1, 2]}}})).pruner == {}
