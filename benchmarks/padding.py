@@ -29,8 +29,10 @@ import _train
 
 VARIANTS = {"dynamic": [], "pad-128": ["data.padding=max_length"]}
 # --same-dropout-masks: both runs draw their dropout masks over the real tokens only (see _same_masks.py)
-SAME_MASKS = (
-    f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); import _same_masks; _same_masks.install()"
+SAME_MASKS = (  # loaded by path: this folder on sys.path would shadow the peft package with peft.py
+    "import importlib.util as u; s = u.spec_from_file_location('_same_masks', "
+    f"{str(Path(__file__).resolve().parent / '_same_masks.py')!r}); m = u.module_from_spec(s); "
+    "s.loader.exec_module(m); m.install()"
 )
 
 
