@@ -12,7 +12,13 @@ the same settings (variant, seed, steps, overrides, CPU capability) is not train
 benchmark continues, and more seeds can be added later. The report covers every seed recorded for the
 current settings.
 
-    .venv/bin/python benchmarks/padding.py [--steps 600] [--seeds 42 ...] [--override k=v ...]
+`--same-dropout-masks` (common random numbers, see `_same_masks.py`): both runs draw the same dropout
+masks, over the real tokens only, with eager attention. Without it the two runs differ in every mask as
+well as in their padding, and a pair of runs then differs by as much as two seeds do; with it they differ
+only in what padding does to the arithmetic, which is what the accuracy comparison is about. Its speeds
+are of eager attention with the patched dropout: take the speed ratio from a run without it.
+
+    .venv/bin/python benchmarks/padding.py [--steps 600] [--seeds 42 ...] [--same-dropout-masks] [--override k=v ...]
 """
 
 from __future__ import annotations
