@@ -1023,15 +1023,16 @@ def confirm(tune: Tune, study, best: dict[str, Any], progress: bool = True) -> d
     records = _read_jsonl(path)
     done = {(r["recipe"], r["seed"], r.get("best_trial")) for r in records if r.get("status") == "ok"}
     arms = {"recipe": {}, "best": best["params"]}
+    if not changed_values(tune, best):  # the recipe as given won: one set of runs answers for both
+        del arms["best"]
     todo = [
         (arm, seed)
         for seed in tune.confirm_seeds
         for arm in arms
         if (arm, seed, best["trial"] if arm == "best" else None) not in done
     ]
-    bar = _progress(
-        len(tune.confirm_seeds) * 2, len(tune.confirm_seeds) * 2 - len(todo), progress, "confirm runs"
-    )
+    total = len(tune.confirm_seeds) * len(arms)
+    bar = _progress(total, total - len(todo), progress, "confirm runs")
     restore = _sigterm_as_exit()
     try:
         for arm, seed in todo:
@@ -1084,6 +1085,7 @@ def confirmation(tune: Tune, best: dict[str, Any] | None) -> dict[str, Any] | No
     """Per arm (the recipe as given, the best recipe): the scores per seed, mean and sample std."""
     if not tune.confirm_seeds or best is None:
         return None
+    same = not changed_values(tune, best)
     best = best["trial"]
     records = [r for r in _read_jsonl(tune.output_dir / CONFIRM) if r.get("status") == "ok"]
     out: dict[str, Any] = {"best_trial": best, "seeds": tune.confirm_seeds}
@@ -1101,6 +1103,9 @@ def confirmation(tune: Tune, best: dict[str, Any] | None) -> dict[str, Any] | No
             "mean": statistics.fmean(values) if values else None,
             "std": statistics.stdev(values) if len(values) > 1 else None,
         }
+    if same:
+        out["best"] = out["recipe"]
+        out["same_as_recipe"] = True
     return out
 
 
@@ -1200,7 +1205,7 @@ def _write_best_recipe(tune: Tune, best: dict[str, Any], rows: list[dict[str, An
     recipe = tune.trial_recipe(
         best["params"], [*kept, f"training.output_dir={json.dumps(str(tune.output_dir / 'best'))}"]
     )
-    changed = {k: v for k, v in best["params"].items() if not _equal(v, tune.base_value(k))}
+    changed = changed_values(tune, best)
     baseline = baseline_row(rows)
     metric = best.get("metric") or "score"
     lines = [
@@ -1220,6 +1225,11 @@ def _write_best_recipe(tune: Tune, best: dict[str, Any], rows: list[dict[str, An
     tmp = path.with_name(path.name + ".partial")
     recipe.save(tmp, header="\n".join(lines) + "\n")
     os.replace(tmp, path)
+
+
+def changed_values(tune: Tune, row: dict[str, Any]) -> dict[str, Any]:
+    """The trial's values that differ from the recipe's own."""
+    return {k: v for k, v in row["params"].items() if not _equal(v, tune.base_value(k))}
 
 
 def _equal(a: Any, b: Any) -> bool:
@@ -1327,7 +1337,12 @@ def format_leaderboard(
     errors = [r for r in rows if r["status"] not in ("ok", "pruned")]
     if errors:
         lines += ["", "Not finished:", ""]
-        lines += [f"- trial {r['trial']} ({r['status']}): {r.get('error')}" for r in errors]
+        rerun = {r["retry_of"]: r["trial"] for r in rows if "retry_of" in r}
+        for r in errors:
+            line = f"- trial {r['trial']} ({r['status']}): {r.get('error') or 'no reason recorded'}"
+            if r["trial"] in rerun:
+                line += f"; run again as trial {rerun[r['trial']]}"
+            lines.append(line)
     if importances:
         lines += [
             "",
@@ -1344,10 +1359,10 @@ def format_leaderboard(
             f"| recipe | {metric} mean ± std | " + " | ".join(f"seed {s}" for s in confirmed["seeds"]) + " |",
             "|---|---|" + "---|" * len(confirmed["seeds"]),
         ]
-        for arm, label in (
-            ("recipe", "the recipe as given"),
-            ("best", f"best (trial {confirmed['best_trial']})"),
-        ):
+        arms = [("recipe", "the recipe as given"), ("best", f"best (trial {confirmed['best_trial']})")]
+        if confirmed.get("same_as_recipe"):
+            arms = [("recipe", f"the recipe as given = best (trial {confirmed['best_trial']})")]
+        for arm, label in arms:
             data = confirmed[arm]
             mean = "-" if data["mean"] is None else f"{data['mean']:.4f}"
             if data["std"] is not None:

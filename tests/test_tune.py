@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -69,8 +70,9 @@ def test_tiny_search_writes_every_output_resumes_the_count_and_its_best_recipe_r
         "training.warmup_steps": 0.0,
     }
 
-    # a second run with a larger count continues the study: trials 0 and 1 are not trained again
-    assert cli.main([*args, "--trials", "3"]) == 0
+    # a second run with a larger count continues the study: trials 0 and 1 are not trained again; then the
+    # recipe as given and the best recipe are retrained with seed 11
+    assert cli.main([*args, "--trials", "3", "--confirm-seeds", "11"]) == 0
     assert "3 trials (1 this run" in capsys.readouterr().out
     rows = _rows(out)
     assert [r["trial"] for r in rows] == [0, 1, 2]
@@ -97,6 +99,17 @@ def test_tiny_search_writes_every_output_resumes_the_count_and_its_best_recipe_r
     assert board.count("| ok") == 3 and "training.learning_rate" in board
     assert "Parameter importance (PED-ANOVA over the finished trials): " in board
     assert (out / "importance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    confirmed = [json.loads(line) for line in (out / "confirm.jsonl").read_text().splitlines()]
+    assert [(c["recipe"], c["seed"], c["status"]) for c in confirmed] == [
+        ("recipe", 11, "ok"),
+        ("best", 11, "ok"),
+    ]
+    assert confirmed[1]["best_trial"] == best["trial"]
+    for c in confirmed:  # the run trained with the seed asked for
+        assert load_recipe(out / "confirm" / c["recipe"] / "seed11" / "recipe.yaml").training.seed == 11
+    assert "## Confirmation: retrained with seeds 11" in board
+    assert f"| best (trial {best['trial']}) | {confirmed[1]['score']:.4f} |" in board
 
     # best_recipe.yaml is a complete recipe: it validates, and trains to the best trial's score (a fresh
     # head seeded before it is built, in every trial as in a plain run)
@@ -200,7 +213,10 @@ def test_sigterm_and_sigkill_during_a_trial_leave_a_search_that_resumes(tmp_path
     assert [(r["trial"], r["status"]) for r in rows] == [(0, "interrupted"), (1, "interrupted"), (2, "ok")]
     assert rows[1]["retry_of"] == 0 and rows[2]["retry_of"] == 1
     assert rows[0]["params"] == rows[1]["params"] == rows[2]["params"]
-    assert "2 stopped and run again" in (out / "leaderboard.md").read_text()
+    board = (out / "leaderboard.md").read_text()
+    assert "2 stopped and run again" in board
+    assert re.search(r"^- trial 0 \(interrupted\): \S.*; run again as trial 1$", board, re.M)
+    assert "- trial 1 (interrupted): its search was stopped (killed); run again as trial 2" in board
 
 
 def test_the_budget_stops_the_running_trial_and_queues_it_again(tmp_path, tiny_model_dir, capsys):
@@ -465,3 +481,40 @@ def test_pruner_null_or_none_turns_pruning_off(tmp_path):
         path = _space(tmp_path, {"pruner": value, "parameters": {"training.seed": {"choices": [1, 2]}}})
         assert load_space(path).pruner is None
     assert load_space(_space(tmp_path, {"parameters": {"training.seed": {"choices": [1, 2]}}})).pruner == {}
+
+
+def test_when_the_recipe_as_given_wins_confirmation_trains_it_once_per_seed(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    """The best trial equal to the recipe: retraining 'best' would repeat the recipe's runs, so each seed
+    trains once and the leaderboard says the two are the same."""
+    from hf_finetune import tune as tune_mod
+
+    out = tmp_path / "tune"
+    tune = tune_mod.prepare_tune(
+        _recipe(tmp_path, tiny_model_dir), [], _space(tmp_path, SEARCH), out, trials=1, confirm_seeds=[4, 5]
+    )
+    out.mkdir()  # as the search leaves it
+    runs = []
+
+    def fake_run(tune, values, run_dir, seed):  # no training: this test is about which runs are asked for
+        runs.append((run_dir.relative_to(out).as_posix(), values))
+        return {"status": "ok", "metric": "accuracy", "score": 0.5 + seed / 100, "time_s": 1.0}
+
+    monkeypatch.setattr(tune_mod, "_confirm_run", fake_run)
+    baseline = {"trial": 0, "params": {f: tune.base_value(f) for f in SEARCH["parameters"]}}
+    summary = tune_mod.confirm(tune, None, baseline, progress=False)
+    assert runs == [("confirm/recipe/seed4", {}), ("confirm/recipe/seed5", {})]
+    assert summary["same_as_recipe"] and summary["best"] == summary["recipe"]
+    assert summary["recipe"]["mean"] == pytest.approx(0.545)
+    row = {"trial": 0, "status": "ok", "score": 0.6, "metric": "accuracy", "start": "recipe", "time_s": 60.0}
+    board = tune_mod.format_leaderboard(tune, [{**row, "params": baseline["params"]}], None, summary)
+    assert "| the recipe as given = best (trial 0) | 0.5450 ± 0.0071 | 0.5400 | 0.5500 |" in board
+    assert "| best (trial" not in board
+
+    # a best trial that changes a value: both arms, and the recipe's runs already done are not repeated
+    runs.clear()
+    better = {"trial": 3, "params": {**baseline["params"], "training.learning_rate": 0.005}}
+    summary = tune_mod.confirm(tune, None, better, progress=False)
+    assert runs == [("confirm/best/seed4", better["params"]), ("confirm/best/seed5", better["params"])]
+    assert "same_as_recipe" not in summary and summary["best"]["mean"] == pytest.approx(0.545)
