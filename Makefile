@@ -25,11 +25,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# two workers (pytest-xdist), one thread each, a test file per worker at a time: much of the suite is
+# starting processes (importing transformers takes ~10 s on one core), which one worker leaves a core idle for
+TEST_WORKERS ?= 2
+PYTEST := HF_HUB_OFFLINE=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest
+	$(PYTEST)
 
 test-fast: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check hf_finetune tests benchmarks

@@ -14,6 +14,10 @@ import tempfile
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest-xdist workers on two cores: one thread each, in the processes the tests
+    # start too, or 2 x 2 OpenMP threads spin on two cores and every training slows down many times
+    os.environ["OMP_NUM_THREADS"] = "1"
 os.environ.pop("HF_FINETUNE_DATA_MIRROR", None)  # tests name their data explicitly
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # tokenised splits and calibrations of this test session stay out of the user's ~/.cache
@@ -156,3 +160,16 @@ def train_fails(capsys, recipe: dict, tmp_path, expected: str) -> str:
     assert code == 2, err
     assert expected in err, err
     return err
+
+
+# The slowest files first: `make test` gives each xdist worker a file at a time, in this order, so the long
+# ones start at once instead of leaving one worker finishing them alone at the end.
+SLOWEST_FIRST = ["test_real_model", "test_reliability", "test_tune", "test_distributed", "test_bench"]
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        name = item.path.stem
+        return SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file, and among the other files, is kept

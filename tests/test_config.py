@@ -217,6 +217,8 @@ def test_mixed_precision_on_a_cpu_without_native_instructions_trains_in_fp32(mon
 
     monkeypatch.setattr(config, "_accelerator_available", lambda: False)
     monkeypatch.setattr(config, "_cpu_has_native", lambda dtype: False)
+    # the warning comes once per process: an earlier test on a CPU without bf16 may already have had it
+    monkeypatch.setattr(config, "_WARNED_EMULATED", set())
     with caplog.at_level("WARNING", logger="hf_finetune"):
         recipe = load_recipe(BASE, ["training.bf16=true"])
     assert not recipe.training.bf16 and not recipe.training.use_cpu

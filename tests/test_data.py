@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -99,8 +100,13 @@ print(json.dumps([f["filename"] for f in split.cache_files]))
 """
 
 
+def _another_cached_file(found: list[str], first: str) -> bool:
+    """One tokenised file, in the same cache, not the first one."""
+    return len(found) == 1 and found[0] != first and Path(found[0]).parent.parent == Path(first).parent.parent
+
+
 def test_tokenised_splits_are_cached_on_disk_by_tokenizer_and_settings(
-    tiny_model_dir, sentiment_files, tmp_path
+    tiny_model_dir, sentiment_files, tmp_path, monkeypatch
 ):
     """A new run (a fresh process) with the same data, tokenizer and preprocessing settings reads the
     tokenised split back from the cache; a changed setting or tokenizer tokenises again."""
@@ -114,13 +120,27 @@ def test_tokenised_splits_are_cached_on_disk_by_tokenizer_and_settings(
     cache = tmp_path / "cache"
     env = {**os.environ, "HF_FINETUNE_CACHE": str(cache)}
 
-    def run(model_dir, **data):
+    def recipe_file(model_dir, **data):
         recipe = tiny_recipe(model_dir, sentiment_files, tmp_path / "out", data=data)
-        path = write_recipe(tmp_path / "recipe.yaml", recipe)
+        return write_recipe(tmp_path / "recipe.yaml", recipe)
+
+    def run(model_dir, **data):  # a new process, as a second `hf-finetune train` would be
         done = subprocess.run(
-            [sys.executable, "-c", TOKENISE, path], env=env, capture_output=True, text=True, check=True
+            [sys.executable, "-c", TOKENISE, recipe_file(model_dir, **data)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         return json.loads(done.stdout.splitlines()[-1]), done.stderr
+
+    def files(model_dir, **data):  # the same in this process (no ~10 s import per variant)
+        from hf_finetune.config import load_recipe
+        from hf_finetune.pipeline import prepare
+
+        prepared = prepare(load_recipe(recipe_file(model_dir, **data)))
+        split = prepared.task.preprocess(prepared.raw, prepared.tokenizer)["train"]
+        return [f["filename"] for f in split.cache_files]
 
     (first,), log = run(tiny_model_dir)
     assert first.startswith(str(cache / "tokenised")) and "read from the cache" not in log
@@ -128,12 +148,14 @@ def test_tokenised_splits_are_cached_on_disk_by_tokenizer_and_settings(
     (again,), log = run(tiny_model_dir)
     assert again == first and "train split: tokenised examples read from the cache" in log
     assert os.stat(first).st_mtime_ns == written  # read back, not rewritten
-    assert run(tiny_model_dir, max_seq_length=16)[0] != [first]  # settings are part of the key
-    assert run(tiny_model_dir, padding="max_length")[0] == [first]  # padding happens in the collator
+    monkeypatch.setenv("HF_FINETUNE_CACHE", str(cache))
+    assert files(tiny_model_dir) == [first]
+    assert _another_cached_file(files(tiny_model_dir, max_seq_length=16), first)  # settings are in the key
+    assert files(tiny_model_dir, padding="max_length") == [first]  # padding happens in the collator
     other = tmp_path / "other-tokenizer"
     shutil.copytree(tiny_model_dir, other)
     config = json.loads((other / "tokenizer_config.json").read_text())
     config["do_lower_case"] = not config.get("do_lower_case", True)
     (other / "tokenizer_config.json").write_text(json.dumps(config))
-    assert run(other)[0] != [first]  # so is the tokenizer
-    assert run(tiny_model_dir, cache_tokenised=False)[0] == []  # off: in memory, nothing written
+    assert _another_cached_file(files(other), first)  # so is the tokenizer
+    assert files(tiny_model_dir, cache_tokenised=False) == []  # off: in memory, nothing written

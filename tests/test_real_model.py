@@ -34,7 +34,8 @@ def test_sst2_subset_learns_well_above_chance(hub_id_cached, shared_data, tmp_pa
         REPO / "recipes/glue/sst2.yaml",
         [
             f"data.mirror={shared_data}",
-            "data.max_train_samples=8000",
+            "data.max_train_samples=6000",
+            "strategy.freeze_embeddings=true",  # measured 0.831 in 94 s (fp32, 2-core AVX2 EPYC)
             "training.eval_strategy=no",
             f"training.output_dir={tmp_path / 'sst2'}",
             "training.disable_tqdm=true",
@@ -83,6 +84,7 @@ def test_conll_subset_learns_entities_and_predicts_spans(hub_id_cached, shared_d
             "data.max_eval_samples=500",
             "training.num_train_epochs=2",
             "training.learning_rate=3e-4",  # a short budget wants a larger step
+            "strategy.freeze_embeddings=true",  # measured entity F1 0.811, PER 0.920, in 93 s
             "training.eval_strategy=no",
             f"training.output_dir={out}",
             "training.disable_tqdm=true",
@@ -119,12 +121,16 @@ def test_squad_subset_learns_answers(hub_id_cached, shared_data, tmp_path):
         REPO / "recipes/qa/squad.yaml",
         [
             f"data.mirror={shared_data}",
-            "data.max_train_samples=400",
+            "data.max_train_samples=250",  # 381 windows of 192 tokens
             "data.max_eval_samples=200",
-            "data.max_seq_length=256",
-            "task.doc_stride=64",
+            "data.max_seq_length=192",
+            "task.doc_stride=48",
             "training.num_train_epochs=2",
             "training.learning_rate=3e-4",  # a short budget wants a larger step
+            # frozen embeddings and bottom 2 layers: 2.7x faster than all of it at 256 tokens on this CPU,
+            # and it learns more in that budget
+            "strategy.freeze_embeddings=true",
+            "strategy.freeze_layers=2",
             "training.eval_strategy=no",
             f"training.output_dir={out}",
             "training.disable_tqdm=true",
@@ -132,7 +138,7 @@ def test_squad_subset_learns_answers(hub_id_cached, shared_data, tmp_path):
     )
     metrics = train(recipe)
     assert metrics["eval_samples"] == 200
-    # measured: F1 22.5, EM 18.0; the untrained head (learning rate ~0) scores F1 7.4, EM 0.0
+    # measured: F1 29.4, EM 23.0 (2.5 min on the 2-core AVX2 EPYC, fp32); the untrained head scores F1 7.4, EM 0
     assert metrics["eval_f1"] >= 15.0 and metrics["eval_exact_match"] >= 10.0, metrics
     context = "The new bridge over the river was designed by Margaret Smith in 1998 and opened a year later."
     (tmp_path / "in.jsonl").write_text(
