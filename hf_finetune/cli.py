@@ -177,6 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SEED",
         help="after the search, retrain the recipe as given and the best recipe once per seed and compare",
     )
+    p.add_argument(
+        "--trial-seeds",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="SEED",
+        help="train every trial once per seed and score it by the mean (a small dev set's seed noise can be "
+        "as large as the differences the search is after; costs that many times the training). Default: once, "
+        "with the recipe's training.seed",
+    )
     p.add_argument("--keep-models", action="store_true", help="keep each trial's trained weights")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -348,6 +358,7 @@ def _tune(args: argparse.Namespace) -> int:
         direction=args.direction,
         confirm_seeds=args.confirm_seeds,
         keep_models=args.keep_models,
+        trial_seeds=args.trial_seeds,
     )
     summary = run_tune(tune, progress=not args.no_progress)
     out = summary["output_dir"]

@@ -1,7 +1,8 @@
 """`hf-finetune tune`: choose a recipe's strategy and Trainer settings from its validation score (optuna).
 
     hf-finetune tune recipes/glue/rte.yaml --trials 12 [--space recipes/tune/default-space.yaml]
-                     [--budget-minutes 30] [--output-dir runs/tune/rte] [--confirm-seeds 1 2 3] [overrides]
+                     [--budget-minutes 30] [--output-dir runs/tune/rte] [--trial-seeds 42 43]
+                     [--confirm-seeds 1 2 3] [overrides]
 
 A search space file names recipe fields and their ranges::
 
@@ -21,9 +22,15 @@ process: a fresh model, seeded (the recipe's training.seed) before its head is b
 so `best_recipe.yaml` retrains to the best trial's score. The trial reports every evaluation to the study
 (step = percent of its own schedule) and stops when the median rule prunes it.
 
+With ``--trial-seeds 42 43`` a trial trains once per seed (in turn, each in its own process) and its score is
+the mean: on a small dev set one seed's score can differ from the next by more than the settings do, and a
+search that selects on a single seed picks a lucky seed as often as a better recipe. The first seed's run
+reports to the pruner; a pruned trial does not train the other seeds.
+
 The tune directory holds ``study.db`` (the optuna study in SQLite: a second run with the same recipe, space
 and settings continues it), ``trials.jsonl``, ``leaderboard.md``, ``importance.png``, ``best_recipe.yaml``,
-``trials/trial-NNN/`` (each trial's run directory, weights removed) with its ``.log``, and with
+``trials/trial-NNN/`` (each trial's run directory, weights removed; with ``--trial-seeds``, one
+``seedS/`` directory per seed in it) with its ``.log``, and with
 ``--confirm-seeds`` ``confirm.jsonl`` (the recipe as given and the best recipe retrained per seed).
 """
 
@@ -441,6 +448,8 @@ class Tune:
     direction: str
     confirm_seeds: list[int] = field(default_factory=list)
     keep_models: bool = False
+    #: seeds every trial trains with (its score is their mean); empty: once, with the recipe's training.seed
+    trial_seeds: list[int] = field(default_factory=list)
     base: Recipe | None = None
     layers: int = 0
     storage: Any = None
@@ -456,9 +465,14 @@ class Tune:
         return {f: self.base_value(f) for f in self.space.fields} if start == "recipe" else dict(start)
 
     @property
+    def seeds(self) -> list[int | None]:
+        """The seeds each trial trains with; [None]: once, with the recipe's own training.seed."""
+        return list(self.trial_seeds) or [None]
+
+    @property
     def fingerprint(self) -> dict[str, Any]:
         """What must match for a second run to continue the study in the same directory."""
-        return {
+        out = {
             "recipe": hashlib.sha1(Path(self.recipe_path).read_bytes()).hexdigest(),
             "overrides": self.overrides,
             "space": hashlib.sha1(self.space.text.encode()).hexdigest(),
@@ -466,6 +480,9 @@ class Tune:
             "direction": self.direction,
             "seed": self.seed,
         }
+        if self.trial_seeds:  # absent when not given, so that searches made before the option still resume
+            out["trial_seeds"] = list(self.trial_seeds)
+        return out
 
 
 def prepare_tune(
@@ -480,6 +497,7 @@ def prepare_tune(
     direction: str | None = None,
     confirm_seeds: Sequence[int] = (),
     keep_models: bool = False,
+    trial_seeds: Sequence[int] = (),
 ) -> Tune:
     """Check everything before the first trial: the options, the space against the recipe (every field, each
     end of every range, every choice, and the strategy each implies on a weightless model), the data."""
@@ -495,8 +513,18 @@ def prepare_tune(
         raise FinetuneError(f"--budget-minutes: a positive number of minutes, got {budget_minutes}.")
     if len(set(confirm_seeds)) != len(list(confirm_seeds)):
         raise FinetuneError(f"--confirm-seeds: repeats a seed: {list(confirm_seeds)}.")
+    if len(set(trial_seeds)) != len(list(trial_seeds)):
+        raise FinetuneError(f"--trial-seeds: repeats a seed: {list(trial_seeds)}.")
     space = load_space(space_path)
     base = load_recipe(recipe_path, list(overrides))
+    selected_on = list(trial_seeds) or [base.training.seed]
+    shared = sorted(set(selected_on) & set(confirm_seeds))
+    if shared:
+        where = "--trial-seeds" if trial_seeds else "the recipe's training.seed (every trial's seed)"
+        raise FinetuneError(
+            f"--confirm-seeds: {shared} also in {where}: the confirmation would retrain runs the search "
+            "selected on, and favour its winner; confirm with other seeds."
+        )
     if direction is None:
         lower_better = metric is not None and any(
             w in metric.lower() for w in ("loss", "mse", "mae", "error")
@@ -515,6 +543,7 @@ def prepare_tune(
         direction=direction,
         confirm_seeds=list(confirm_seeds),
         keep_models=keep_models,
+        trial_seeds=list(trial_seeds),
         base=base,
     )
     prepared = prepare(base, stage="validate")  # data, labels, tokenizer, config, the recipe's own strategy
@@ -653,7 +682,8 @@ def open_study(tune: Tune):
             )
             study.enqueue_trial(params, user_attrs={"start": "recipe" if start == "recipe" else "given"})
     elif saved != tune.fingerprint:
-        changed = [k for k in tune.fingerprint if saved.get(k) != tune.fingerprint[k]]
+        now = tune.fingerprint
+        changed = [k for k in {**saved, **now} if saved.get(k) != now.get(k)]
         raise FinetuneError(
             f"--output-dir {tune.output_dir}: holds a search with another {', '.join(changed)}; continue it with "
             "the same recipe, overrides, space and options, or give a new --output-dir."
@@ -833,76 +863,117 @@ def _trial_dir(tune: Tune, number: int) -> Path:
 
 
 def run_trial(tune: Tune, study, trial, values: dict[str, Any], deadline: float | None) -> dict[str, Any]:
-    """One trial in its own process; tells the study how it ended. Returns the trial's outcome."""
+    """One trial: a process per seed of `tune.seeds`, in turn; tells the study how it ended (the mean score
+    over the seeds). Returns the trial's outcome."""
     from optuna.trial import TrialState
 
     run_dir = _trial_dir(tune, trial.number)
     trial.set_user_attr("values", values)
     trial.set_user_attr("output_dir", str(run_dir))
-    extra = run_overrides(tune.base, run_dir)
     try:
-        recipe = tune.trial_recipe(values, extra)
+        recipe = tune.trial_recipe(values, run_overrides(tune.base, run_dir))
     except FinetuneError as exc:  # a combination the recipe refuses (checked before any weights load)
         return _fail(study, trial, str(exc), 0.0)
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
+    wall = 0.0
+    peaks: list[float] = []
+    scores: dict[str, float] = {}
+    runtime = 0.0
+    for index, seed in enumerate(tune.seeds):
+        seed_dir = run_dir if seed is None else run_dir / f"seed{seed}"
+        which = "" if seed is None else f"seed {seed}: "
+        code, seconds, peak, log_file = _trial_process(
+            tune, trial.number, values, seed_dir, seed, index == 0, deadline
+        )
+        wall = round(wall + seconds, 2)
+        trial.set_user_attr("time_s", wall)
+        if peak is not None:
+            peaks.append(peak)
+            trial.set_user_attr("peak_memory_mb", max(peaks))
+        _drop_weights(seed_dir, tune.keep_models)
+        if code is None:
+            status = _stop(
+                tune,
+                study,
+                trial.number,
+                "budget",
+                f"{which}stopped at the end of --budget-minutes={tune.budget_minutes:g}",
+            )
+            return {
+                "status": status,
+                "error": f"--budget-minutes={tune.budget_minutes:g} ran out",
+                "time_s": wall,
+            }
+        if code == EXIT_PRUNED:  # only the first seed reports, so only it is pruned
+            trial.set_user_attr("status", "pruned")
+            study.tell(trial, state=TrialState.PRUNED)
+            reported = study.get_trials(deepcopy=False)[trial.number].intermediate_values
+            step = max(reported) if reported else None
+            return {"status": "pruned", "score": reported.get(step), "step": step, "time_s": wall}
+        results_file = seed_dir / "all_results.json"
+        if code in (130, 143, -2, -15):  # SIGINT / SIGTERM from outside the search (not the budget: ours)
+            status = _stop(
+                tune,
+                study,
+                trial.number,
+                "interrupted",
+                f"{which}the trial process was stopped (exit {code})",
+            )
+            return {"status": status, "error": f"stopped (exit {code})", "time_s": wall}
+        if code != 0 or not results_file.is_file():
+            error = "killed by SIGKILL (out of memory?)" if code == -9 else _last_error(log_file, code)
+            return _fail(study, trial, which + error, wall)
+        results = json.loads(results_file.read_text())
+        key = metric_key(recipe, tune.metric or default_metric(recipe, results))
+        score = results.get(key)
+        if score is None or not math.isfinite(score):
+            return _fail(study, trial, f"{which}{key} is {score} in {results_file}", wall)
+        scores[str(seed)] = score
+        runtime += results.get("train_runtime") or 0.0
+        if seed is not None:
+            trial.set_user_attr("seed_scores", scores)
+        trial.set_user_attr("trainable_params", results.get("trainable_params"))
+    score = statistics.fmean(scores.values())
+    trial.set_user_attr("status", "ok")
+    trial.set_user_attr("metric", key.removeprefix("eval_"))
+    trial.set_user_attr("train_runtime", round(runtime, 4))
+    study.tell(trial, score)
+    return {
+        "status": "ok",
+        "score": score,
+        "time_s": wall,
+        "seed_scores": scores if tune.trial_seeds else None,
+    }
+
+
+def _trial_process(
+    tune: Tune,
+    number: int,
+    values: dict[str, Any],
+    run_dir: Path,
+    seed: int | None,
+    report: bool,
+    deadline: float | None,
+) -> tuple[int | None, float, float | None, Path]:
+    """Train the trial's recipe once (with ``seed``, else the recipe's) in its own process; with ``report``
+    it reports its evaluations to the study and the pruner may stop it. Returns (exit code, or None when the
+    budget stopped it; wall seconds; peak RSS in MB; the log file)."""
+    extra = run_overrides(tune.base, run_dir, seed=seed)
     log_file = run_dir.with_name(run_dir.name + ".log")
     memory_file = run_dir.with_name(run_dir.name + ".memory.json")
     memory_file.unlink(missing_ok=True)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
     overrides = [*tune.overrides, *value_overrides(values), *extra]
     cmd = [sys.executable, "-m", "hf_finetune.tune", "trial", str(memory_file), str(tune.storage.url)]
-    cmd += [str(trial.number), tune.metric or "", tune.recipe_path, *overrides]
+    cmd += [str(number), "report" if report else "no-report", tune.metric or "", tune.recipe_path, *overrides]
     timeout = None if deadline is None else max(deadline - time.time(), 1.0)
     started = time.time()
     with log_file.open("w", encoding="utf-8") as log:
         log.write("$ hf-finetune train " + " ".join([tune.recipe_path, *overrides]) + "\n")
         log.flush()
         code = _run_child(cmd, log, timeout)
-    wall = round(time.time() - started, 2)
-    trial.set_user_attr("time_s", wall)
-    peak = _peak_memory(memory_file)
-    if peak is not None:
-        trial.set_user_attr("peak_memory_mb", peak)
-    _drop_weights(run_dir, tune.keep_models)
-    if code is None:
-        status = _stop(
-            tune,
-            study,
-            trial.number,
-            "budget",
-            f"stopped at the end of --budget-minutes={tune.budget_minutes:g}",
-        )
-        return {
-            "status": status,
-            "error": f"--budget-minutes={tune.budget_minutes:g} ran out",
-            "time_s": wall,
-        }
-    if code == EXIT_PRUNED:
-        trial.set_user_attr("status", "pruned")
-        study.tell(trial, state=TrialState.PRUNED)
-        reported = study.get_trials(deepcopy=False)[trial.number].intermediate_values
-        step = max(reported) if reported else None
-        return {"status": "pruned", "score": reported.get(step), "step": step, "time_s": wall}
-    results_file = run_dir / "all_results.json"
-    if code in (130, 143, -2, -15):  # SIGINT / SIGTERM from outside the search (not the budget: that is ours)
-        status = _stop(
-            tune, study, trial.number, "interrupted", f"the trial process was stopped (exit {code})"
-        )
-        return {"status": status, "error": f"stopped (exit {code})", "time_s": wall}
-    if code != 0 or not results_file.is_file():
-        error = "killed by SIGKILL (out of memory?)" if code == -9 else _last_error(log_file, code)
-        return _fail(study, trial, error, wall)
-    results = json.loads(results_file.read_text())
-    key = metric_key(recipe, tune.metric or default_metric(recipe, results))
-    score = results.get(key)
-    if score is None or not math.isfinite(score):
-        return _fail(study, trial, f"{key} is {score} in {results_file}", wall)
-    trial.set_user_attr("status", "ok")
-    trial.set_user_attr("metric", key.removeprefix("eval_"))
-    trial.set_user_attr("train_runtime", results.get("train_runtime"))
-    trial.set_user_attr("trainable_params", results.get("trainable_params"))
-    study.tell(trial, score)
-    return {"status": "ok", "score": score, "time_s": wall}
+    return code, time.time() - started, _peak_memory(memory_file), log_file
 
 
 def _peak_memory(memory_file: Path) -> float | None:
@@ -923,13 +994,15 @@ def _fail(study, trial, error: str, wall: float) -> dict[str, Any]:
 
 
 def _drop_weights(run_dir: Path, keep: bool) -> None:
-    for checkpoint in run_dir.glob("checkpoint-*"):
-        shutil.rmtree(checkpoint, ignore_errors=True)
-    if keep:
-        return
-    for pattern in ("*.safetensors", "*.bin", "*.pt"):
-        for weights in run_dir.glob(pattern):
-            weights.unlink()
+    """Remove checkpoints (and, unless ``keep``, the weights) from a run dir and its per-seed run dirs."""
+    for directory in (run_dir, *sorted(run_dir.glob("seed*/"))):
+        for checkpoint in directory.glob("checkpoint-*"):
+            shutil.rmtree(checkpoint, ignore_errors=True)
+        if keep:
+            continue
+        for pattern in ("*.safetensors", "*.bin", "*.pt"):
+            for weights in directory.glob(pattern):
+                weights.unlink()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -966,16 +1039,17 @@ def _report_callback(trial, recipe: Recipe, metric: str | None):
 
 
 def trial_main(argv: list[str]) -> int:
-    """`python -m hf_finetune.tune trial MEMORY_FILE STORAGE_URL NUMBER METRIC RECIPE [overrides]`."""
+    """`python -m hf_finetune.tune trial MEMORY_FILE STORAGE_URL NUMBER report|no-report METRIC RECIPE
+    [overrides]`."""
     import resource
 
     from .bench import die_with_parent
 
     die_with_parent()
-    memory_file, url, number, metric, recipe_path, *overrides = argv
+    memory_file, url, number, report, metric, recipe_path, *overrides = argv
     code = 1
     try:
-        code = _train_trial(url, int(number), metric or None, recipe_path, overrides)
+        code = _train_trial(url, int(number), report == "report", metric or None, recipe_path, overrides)
     finally:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         Path(memory_file).write_text(
@@ -984,13 +1058,22 @@ def trial_main(argv: list[str]) -> int:
     return code
 
 
-def _train_trial(url: str, number: int, metric: str | None, recipe_path: str, overrides: list[str]) -> int:
+def _train_trial(
+    url: str, number: int, report: bool, metric: str | None, recipe_path: str, overrides: list[str]
+) -> int:
     import optuna
 
     from .cli import _setup_logging
     from .pipeline import train
 
     _setup_logging(False)
+    if not report:  # a later seed of the trial: trains, and its score is read from all_results.json
+        try:
+            train(load_recipe(recipe_path, overrides))
+        except FinetuneError as exc:
+            print(f"hf-finetune: error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        return 0
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
     summary = optuna.load_study(study_name=STUDY_NAME, storage=storage)
@@ -1151,7 +1234,7 @@ def trial_rows(study) -> list[dict[str, Any]]:
             step = max(t.intermediate_values)
             row["pruned_at_percent"] = step
             row["last_score"] = t.intermediate_values[step]
-        for key in ("error", "start", "retry_of", "attempt"):
+        for key in ("seed_scores", "error", "start", "retry_of", "attempt"):
             if key in t.user_attrs:
                 row[key] = t.user_attrs[key]
         rows.append(row)
@@ -1202,8 +1285,9 @@ def _rank_key(tune: Tune, row: dict[str, Any]) -> tuple:
 def _write_best_recipe(tune: Tune, best: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     path = tune.output_dir / BEST_RECIPE
     kept = result_overrides(tune.base)  # as in the trial, so that the recipe retrains to its score
+    seeded = [f"training.seed={tune.trial_seeds[0]}"] if tune.trial_seeds else []
     recipe = tune.trial_recipe(
-        best["params"], [*kept, f"training.output_dir={json.dumps(str(tune.output_dir / 'best'))}"]
+        best["params"], [*kept, *seeded, f"training.output_dir={json.dumps(str(tune.output_dir / 'best'))}"]
     )
     changed = changed_values(tune, best)
     baseline = baseline_row(rows)
@@ -1211,6 +1295,13 @@ def _write_best_recipe(tune: Tune, best: dict[str, Any], rows: list[dict[str, An
     lines = [
         f"# The best recipe of `hf-finetune tune {_rel(tune.recipe_path)}` (space {_rel(tune.space.path)}):",
         f"# trial {best['trial']}, {metric} {best['score']:.4f} on the validation data"
+        + (
+            " (the mean over seeds "
+            + ", ".join(f"{s}: {v:.4f}" for s, v in best.get("seed_scores", {}).items())
+            + f"; this file trains seed {tune.trial_seeds[0]})"
+            if tune.trial_seeds
+            else ""
+        )
         + (
             f"; the recipe as given (trial {baseline['trial']}): {baseline['score']:.4f}."
             if baseline
@@ -1301,7 +1392,13 @@ def format_leaderboard(
             if by_status["interrupted"] + by_status["budget"]
             else ""
         )
-        + f"; {minutes:.1f} min of trials.",
+        + f"; {minutes:.1f} min of trials."
+        + (
+            f" Each trial trains once per seed ({', '.join(map(str, tune.trial_seeds))}); its {metric} is the "
+            "mean, and the first seed's run is the one the pruner watches."
+            if tune.trial_seeds
+            else ""
+        ),
         "",
     ]
     if best is not None:
@@ -1315,7 +1412,8 @@ def format_leaderboard(
             + f". `hf-finetune train {_rel(tune.output_dir / BEST_RECIPE)}` trains it."
         )
         lines.append("")
-    header = ["rank", "trial", metric, "status", "min", *fields]
+    per_seed = ["per seed"] if tune.trial_seeds else []
+    header = ["rank", "trial", metric, *per_seed, "status", "min", *fields]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for rank, r in enumerate(ranked, 1):
         if r["status"] == "ok":
@@ -1329,6 +1427,7 @@ def format_leaderboard(
             str(rank) if r["status"] in ("ok", "pruned") else "-",
             str(r["trial"]),
             score,
+            *([" / ".join(f"{v:.4f}" for v in r.get("seed_scores", {}).values())] if per_seed else []),
             status,
             f"{(r['time_s'] or 0) / 60:.1f}",
             *[_show(r["params"][f]) if f in r["params"] else "" for f in fields],
@@ -1489,7 +1588,9 @@ def _trial_line(number: int, outcome: dict[str, Any], values: dict[str, Any]) ->
     shown = ", ".join(f"{k.split('.')[-1]}={_show(v)}" for k, v in values.items())
     minutes = f"{outcome['time_s'] / 60:.1f} min"
     if outcome["status"] == "ok":
-        return f"trial {number}: {outcome['score']:.4f} in {minutes} ({shown})"
+        seeds = outcome.get("seed_scores")
+        each = f" (seeds {', '.join(f'{s} {v:.4f}' for s, v in seeds.items())})" if seeds else ""
+        return f"trial {number}: {outcome['score']:.4f}{each} in {minutes} ({shown})"
     if outcome["status"] == "pruned":
         last = outcome.get("score")
         at = f" at {outcome['step']}% ({last:.4f})" if last is not None else ""
@@ -1501,5 +1602,6 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["trial"]:
         sys.exit(trial_main(sys.argv[2:]))
     sys.exit(
-        "usage: python -m hf_finetune.tune trial MEMORY_FILE STORAGE_URL NUMBER METRIC RECIPE [overrides]"
+        "usage: python -m hf_finetune.tune trial MEMORY_FILE STORAGE_URL NUMBER report|no-report METRIC RECIPE "
+        "[overrides]"
     )

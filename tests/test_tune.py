@@ -518,3 +518,78 @@ def test_when_the_recipe_as_given_wins_confirmation_trains_it_once_per_seed(
     summary = tune_mod.confirm(tune, None, better, progress=False)
     assert runs == [("confirm/best/seed4", better["params"]), ("confirm/best/seed5", better["params"])]
     assert "same_as_recipe" not in summary and summary["best"]["mean"] == pytest.approx(0.545)
+
+
+def test_trial_seeds_score_each_trial_by_its_mean_and_a_pruned_trial_trains_no_other_seed(
+    tmp_path, tiny_model_dir, capsys
+):
+    # constructed as in the pruning test: trial 0 learns (lr 3e-3), trial 1 cannot (lr 1e-7)
+    recipe = _recipe(tmp_path, tiny_model_dir, epochs=4)
+    space = _space(
+        tmp_path,
+        {
+            "start_with": [{"training.learning_rate": 3.0e-3}, {"training.learning_rate": 1.0e-7}],
+            "pruner": {"n_startup_trials": 1, "n_warmup_steps": 0},
+            "parameters": {"training.learning_rate": {"choices": [3.0e-3, 1.0e-7]}},
+        },
+    )
+    out = tmp_path / "tune"
+    args = ["tune", recipe, "--space", space, "--output-dir", str(out), "--no-progress"]
+
+    # seeds chosen for the search cannot be the confirmation's (it would retrain what was selected on);
+    # refused before any weights load, and nothing is written
+    assert cli.main([*args, "--trials", "2", "--trial-seeds", "5", "6", "--confirm-seeds", "6", "8"]) == 2
+    assert "--confirm-seeds: [6] also in --trial-seeds" in capsys.readouterr().err
+    assert not out.exists()
+    assert cli.main([*args, "--trials", "2", "--confirm-seeds", "7"]) == 2  # the recipe's training.seed is 7
+    assert "[7] also in the recipe's training.seed" in capsys.readouterr().err
+    assert cli.main([*args, "--trials", "2", "--trial-seeds", "5", "5"]) == 2
+    assert "--trial-seeds: repeats a seed" in capsys.readouterr().err
+
+    assert cli.main([*args, "--trials", "2", "--trial-seeds", "5", "6"]) == 0
+    assert "trial 0: " in capsys.readouterr().out
+    good, bad = _rows(out)
+    assert good["status"] == "ok" and set(good["seed_scores"]) == {"5", "6"}
+    trial_dir = Path(good["output_dir"])
+    for seed in (5, 6):  # one run per seed, with that seed, and its score is what the row says
+        results = json.loads((trial_dir / f"seed{seed}" / "all_results.json").read_text())
+        assert results["eval_accuracy"] == good["seed_scores"][str(seed)]
+        assert load_recipe(trial_dir / f"seed{seed}" / "recipe.yaml").training.seed == seed
+        assert (trial_dir / f"seed{seed}.log").is_file()
+        assert not list((trial_dir / f"seed{seed}").glob("*.safetensors"))
+    assert good["score"] == pytest.approx((good["seed_scores"]["5"] + good["seed_scores"]["6"]) / 2)
+    # the runs differ (a seed changes the head's init and the data order): the mean is of two real runs
+    first = json.loads((trial_dir / "seed5" / "all_results.json").read_text())
+    second = json.loads((trial_dir / "seed6" / "all_results.json").read_text())
+    assert first["train_loss"] != second["train_loss"]
+    assert good["train_runtime"] == pytest.approx(first["train_runtime"] + second["train_runtime"], abs=1e-3)
+    # only the first seed's run reported to the study: one evaluation per epoch, four in all
+    assert list(good["intermediate"]) == ["25", "50", "75", "100"]
+
+    # the hopeless trial is pruned in its first seed's run, and never trains the second
+    assert bad["status"] == "pruned" and bad["pruned_at_percent"] < 100 and "seed_scores" not in bad
+    bad_dir = Path(bad["output_dir"])
+    assert f"pruned at {bad['pruned_at_percent']}% of its schedule" in (bad_dir / "seed5.log").read_text()
+    assert not (bad_dir / "seed6").exists() and not (bad_dir / "seed6.log").exists()
+
+    board = (out / "leaderboard.md").read_text()
+    assert "Each trial trains once per seed (5, 6); its accuracy is the mean" in board
+    assert (
+        f"| {good['score']:.4f} | {good['seed_scores']['5']:.4f} / {good['seed_scores']['6']:.4f} | ok"
+        in board
+    )
+
+    # best_recipe.yaml trains the first trial seed, and retrains to that seed's score
+    best_recipe = out / "best_recipe.yaml"
+    assert "(the mean over seeds 5: " in best_recipe.read_text().splitlines()[1]
+    assert load_recipe(best_recipe).training.seed == 5
+    assert cli.main(["train", str(best_recipe), "--output-dir", str(tmp_path / "retrained")]) == 0
+    retrained = json.loads((tmp_path / "retrained" / "all_results.json").read_text())
+    assert retrained["eval_accuracy"] == pytest.approx(good["seed_scores"]["5"], abs=1e-9)
+
+    # the search continues only with the same seeds
+    capsys.readouterr()
+    assert cli.main([*args, "--trials", "3", "--trial-seeds", "5", "7"]) == 2
+    assert "holds a search with another trial_seeds" in capsys.readouterr().err
+    assert cli.main([*args, "--trials", "3"]) == 2
+    assert "another trial_seeds" in capsys.readouterr().err
