@@ -883,9 +883,9 @@ def run_trial(tune: Tune, study, trial, values: dict[str, Any], deadline: float 
     for index, seed in enumerate(tune.seeds):
         seed_dir = run_dir if seed is None else run_dir / f"seed{seed}"
         which = "" if seed is None else f"seed {seed}: "
-        code, seconds, peak, log_file = _trial_process(
-            tune, trial.number, values, seed_dir, seed, index == 0, deadline
-        )
+        timeout = None if deadline is None else max(deadline - time.time(), 1.0)
+        reports = trial.number if index == 0 else None  # only the first seed's run reports to the pruner
+        code, seconds, peak, log_file = _train_process(tune, values, seed_dir, seed, timeout, reports)
         wall = round(wall + seconds, 2)
         trial.set_user_attr("time_s", wall)
         if peak is not None:
@@ -947,27 +947,27 @@ def run_trial(tune: Tune, study, trial, values: dict[str, Any], deadline: float 
     }
 
 
-def _trial_process(
+def _train_process(
     tune: Tune,
-    number: int,
     values: dict[str, Any],
     run_dir: Path,
     seed: int | None,
-    report: bool,
-    deadline: float | None,
+    timeout: float | None,
+    trial_number: int | None = None,
 ) -> tuple[int | None, float, float | None, Path]:
-    """Train the trial's recipe once (with ``seed``, else the recipe's) in its own process; with ``report``
-    it reports its evaluations to the study and the pruner may stop it. Returns (exit code, or None when the
-    budget stopped it; wall seconds; peak RSS in MB; the log file)."""
-    extra = run_overrides(tune.base, run_dir, seed=seed)
+    """Train the recipe with ``values`` once, into ``run_dir`` (with ``seed``, else the recipe's), in its own
+    process; given ``trial_number``, the process reports its evaluations to that trial and the pruner may
+    stop it. Returns (exit code, None when ``timeout`` stopped it; wall seconds; peak RSS in MB; log file)."""
+    overrides = [*tune.overrides, *value_overrides(values), *run_overrides(tune.base, run_dir, seed=seed)]
     log_file = run_dir.with_name(run_dir.name + ".log")
     memory_file = run_dir.with_name(run_dir.name + ".memory.json")
     memory_file.unlink(missing_ok=True)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    overrides = [*tune.overrides, *value_overrides(values), *extra]
-    cmd = [sys.executable, "-m", "hf_finetune.tune", "trial", str(memory_file), str(tune.storage.url)]
-    cmd += [str(number), "report" if report else "no-report", tune.metric or "", tune.recipe_path, *overrides]
-    timeout = None if deadline is None else max(deadline - time.time(), 1.0)
+    if trial_number is None:
+        cmd = [sys.executable, "-c", _CHILD, str(memory_file), "train", tune.recipe_path, *overrides]
+    else:
+        cmd = [sys.executable, "-m", "hf_finetune.tune", "trial", str(memory_file), str(tune.storage.url)]
+        cmd += [str(trial_number), tune.metric or "", tune.recipe_path, *overrides]
     started = time.time()
     with log_file.open("w", encoding="utf-8") as log:
         log.write("$ hf-finetune train " + " ".join([tune.recipe_path, *overrides]) + "\n")
@@ -1039,17 +1039,16 @@ def _report_callback(trial, recipe: Recipe, metric: str | None):
 
 
 def trial_main(argv: list[str]) -> int:
-    """`python -m hf_finetune.tune trial MEMORY_FILE STORAGE_URL NUMBER report|no-report METRIC RECIPE
-    [overrides]`."""
+    """`python -m hf_finetune.tune trial MEMORY_FILE STORAGE_URL NUMBER METRIC RECIPE [overrides]`."""
     import resource
 
     from .bench import die_with_parent
 
     die_with_parent()
-    memory_file, url, number, report, metric, recipe_path, *overrides = argv
+    memory_file, url, number, metric, recipe_path, *overrides = argv
     code = 1
     try:
-        code = _train_trial(url, int(number), report == "report", metric or None, recipe_path, overrides)
+        code = _train_trial(url, int(number), metric or None, recipe_path, overrides)
     finally:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         Path(memory_file).write_text(
@@ -1058,22 +1057,13 @@ def trial_main(argv: list[str]) -> int:
     return code
 
 
-def _train_trial(
-    url: str, number: int, report: bool, metric: str | None, recipe_path: str, overrides: list[str]
-) -> int:
+def _train_trial(url: str, number: int, metric: str | None, recipe_path: str, overrides: list[str]) -> int:
     import optuna
 
     from .cli import _setup_logging
     from .pipeline import train
 
     _setup_logging(False)
-    if not report:  # a later seed of the trial: trains, and its score is read from all_results.json
-        try:
-            train(load_recipe(recipe_path, overrides))
-        except FinetuneError as exc:
-            print(f"hf-finetune: error: {exc}", file=sys.stderr)
-            return exc.exit_code
-        return 0
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
     summary = optuna.load_study(study_name=STUDY_NAME, storage=storage)
@@ -1138,20 +1128,10 @@ def confirm(tune: Tune, study, best: dict[str, Any], progress: bool = True) -> d
 
 
 def _confirm_run(tune: Tune, values: dict[str, Any], run_dir: Path, seed: int) -> dict[str, Any]:
-    extra = run_overrides(tune.base, run_dir, seed=seed)
-    recipe = tune.trial_recipe(values, extra)
+    recipe = tune.trial_recipe(values, run_overrides(tune.base, run_dir, seed=seed))
     shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    log_file = run_dir.with_name(run_dir.name + ".log")
-    memory_file = run_dir.with_name(run_dir.name + ".memory.json")
-    overrides = [*tune.overrides, *value_overrides(values), *extra]
-    cmd = [sys.executable, "-c", _CHILD, str(memory_file), "train", tune.recipe_path, *overrides]
-    started = time.time()
-    with log_file.open("w", encoding="utf-8") as log:
-        log.write("$ hf-finetune train " + " ".join([tune.recipe_path, *overrides]) + "\n")
-        log.flush()
-        code = _run_child(cmd, log, None)
-    wall = round(time.time() - started, 2)
+    code, seconds, _, log_file = _train_process(tune, values, run_dir, seed, None)
+    wall = round(seconds, 2)
     _drop_weights(run_dir, tune.keep_models)
     results_file = run_dir / "all_results.json"
     if code != 0 or not results_file.is_file():
@@ -1602,6 +1582,5 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["trial"]:
         sys.exit(trial_main(sys.argv[2:]))
     sys.exit(
-        "usage: python -m hf_finetune.tune trial MEMORY_FILE STORAGE_URL NUMBER report|no-report METRIC RECIPE "
-        "[overrides]"
+        "usage: python -m hf_finetune.tune trial MEMORY_FILE STORAGE_URL NUMBER METRIC RECIPE [overrides]"
     )

@@ -126,17 +126,18 @@ def test_tiny_search_writes_every_output_resumes_the_count_and_its_best_recipe_r
     assert retrained["eval_accuracy"] == pytest.approx(best["score"], abs=1e-9)
 
 
+#: trial 0 learns (lr 3e-3), trial 1 cannot (lr 1e-7); pruning from the first evaluation on
+GOOD_THEN_HOPELESS = {
+    "start_with": [{"training.learning_rate": 3.0e-3}, {"training.learning_rate": 1.0e-7}],
+    "pruner": {"n_startup_trials": 1, "n_warmup_steps": 0},
+    "parameters": {"training.learning_rate": {"choices": [3.0e-3, 1.0e-7]}},
+}
+
+
 def test_the_median_rule_stops_a_clearly_worse_trial(tmp_path, tiny_model_dir):
     # constructed: trial 0 learns (lr 3e-3), trial 1 cannot (lr 1e-7) and is at chance after its first epoch
     recipe = _recipe(tmp_path, tiny_model_dir, epochs=4)
-    space = _space(
-        tmp_path,
-        {
-            "start_with": [{"training.learning_rate": 3.0e-3}, {"training.learning_rate": 1.0e-7}],
-            "pruner": {"n_startup_trials": 1, "n_warmup_steps": 0},
-            "parameters": {"training.learning_rate": {"choices": [3.0e-3, 1.0e-7]}},
-        },
-    )
+    space = _space(tmp_path, GOOD_THEN_HOPELESS)
     out = tmp_path / "tune"
     code = cli.main(
         ["tune", recipe, "--space", space, "--trials", "2", "--output-dir", str(out), "--no-progress"]
@@ -525,14 +526,7 @@ def test_trial_seeds_score_each_trial_by_its_mean_and_a_pruned_trial_trains_no_o
 ):
     # constructed as in the pruning test: trial 0 learns (lr 3e-3), trial 1 cannot (lr 1e-7)
     recipe = _recipe(tmp_path, tiny_model_dir, epochs=4)
-    space = _space(
-        tmp_path,
-        {
-            "start_with": [{"training.learning_rate": 3.0e-3}, {"training.learning_rate": 1.0e-7}],
-            "pruner": {"n_startup_trials": 1, "n_warmup_steps": 0},
-            "parameters": {"training.learning_rate": {"choices": [3.0e-3, 1.0e-7]}},
-        },
-    )
+    space = _space(tmp_path, GOOD_THEN_HOPELESS)
     out = tmp_path / "tune"
     args = ["tune", recipe, "--space", space, "--output-dir", str(out), "--no-progress"]
 
