@@ -616,15 +616,15 @@ def derived_training_init(values: dict[str, Any]) -> dict[str, Any]:
         if _cpu_has_native(mixed):
             # TrainingArguments refuses mixed precision without an accelerator unless use_cpu is set. Derive
             # it here (and keep it out of the saved recipe) so one recipe runs bf16 on a GPU and on a CPU.
-            logger.info("training: no accelerator found; %s autocast runs on the CPU (use_cpu=true)", mixed)
+            _once(logger.info, ("cpu", mixed))(
+                "training: no accelerator found; %s autocast runs on the CPU (use_cpu=true)", mixed
+            )
             init["use_cpu"] = True
         else:
             # Without the instructions, autocast emulates the dtype: slower than fp32, not faster (bf16
             # matmuls ran at 1/160 of the fp32 rate on an AVX2-only EPYC). The saved recipe keeps the
             # setting, so the same recipe still uses mixed precision on a GPU.
-            log = logger.warning if mixed not in _WARNED_EMULATED else logger.debug  # once per process
-            _WARNED_EMULATED.add(mixed)
-            log(
+            _once(logger.warning, ("emulated", mixed))(
                 "training.%s: no accelerator, and this CPU has no native %s instructions, where autocast "
                 "would emulate %s at a fraction of fp32 speed; training in fp32 instead. To force it on "
                 "the CPU anyway, set training.use_cpu=true.",
@@ -637,7 +637,16 @@ def derived_training_init(values: dict[str, Any]) -> dict[str, Any]:
     return init
 
 
-_WARNED_EMULATED: set[str] = set()
+_LOGGED: set[tuple[str, str]] = set()
+
+
+def _once(log, key: tuple[str, str]):
+    """``log`` the first time this process derives ``key`` (a recipe is loaded many times by tune and bench
+    checks), debug after that."""
+    if key in _LOGGED:
+        return logger.debug
+    _LOGGED.add(key)
+    return log
 
 
 def _cpu_has_native(dtype: str) -> bool:

@@ -193,13 +193,17 @@ def test_readme_documents_every_recipe_field():
     assert not missing, f"README.md does not document: {missing}"
 
 
-def test_mixed_precision_without_accelerator_runs_on_cpu_and_stays_portable(monkeypatch):
+def test_mixed_precision_without_accelerator_runs_on_cpu_and_stays_portable(monkeypatch, caplog):
     from hf_finetune import config
 
     monkeypatch.setattr(config, "_accelerator_available", lambda: False)
     monkeypatch.setattr(config, "_cpu_has_native", lambda dtype: True)
-    recipe = load_recipe(BASE, ["training.bf16=true"])
+    monkeypatch.setattr(config, "_LOGGED", set())
+    with caplog.at_level("INFO", logger="hf_finetune"):
+        recipe = load_recipe(BASE, ["training.bf16=true"])
+        load_recipe(BASE, ["training.bf16=true", "training.seed=1"])  # tune loads a recipe per candidate
     assert recipe.training.bf16 and recipe.training.use_cpu
+    assert caplog.text.count("bf16 autocast runs on the CPU") == 1  # said once per process
     assert (
         "use_cpu" not in recipe.to_dict()["training"]
     )  # the saved recipe still uses a GPU where there is one
@@ -218,11 +222,12 @@ def test_mixed_precision_on_a_cpu_without_native_instructions_trains_in_fp32(mon
     monkeypatch.setattr(config, "_accelerator_available", lambda: False)
     monkeypatch.setattr(config, "_cpu_has_native", lambda dtype: False)
     # the warning comes once per process: an earlier test on a CPU without bf16 may already have had it
-    monkeypatch.setattr(config, "_WARNED_EMULATED", set())
+    monkeypatch.setattr(config, "_LOGGED", set())
     with caplog.at_level("WARNING", logger="hf_finetune"):
         recipe = load_recipe(BASE, ["training.bf16=true"])
+        load_recipe(BASE, ["training.bf16=true", "training.learning_rate=1e-3"])
     assert not recipe.training.bf16 and not recipe.training.use_cpu
-    assert "training.bf16: no accelerator, and this CPU has no native bf16" in caplog.text
+    assert caplog.text.count("training.bf16: no accelerator, and this CPU has no native bf16") == 1
     assert recipe.to_dict()["training"]["bf16"] is True
     forced = load_recipe(BASE, ["training.bf16=true", "training.use_cpu=true"])
     assert forced.training.bf16 and forced.training.use_cpu
