@@ -274,6 +274,22 @@ def test_space_alternatives_and_conditions(tmp_path):
     assert seen["lora"] and seen[None]
 
 
+def test_pairs_space_samples_full_fine_tuning_with_both_sequence_lengths():
+    import optuna
+
+    space = load_space(REPO / "recipes" / "tune" / "pairs-space.yaml")
+    assert space.start_with == ["recipe"] and not any(f.startswith("peft.") for f in space.fields)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    lengths = set()
+    for _ in range(30):
+        values = space.sample(study.ask(), lambda name: None, layers=6)
+        lengths.add(values["data.max_seq_length"])
+        assert 0 <= values["strategy.freeze_layers"] <= 6
+        assert 1.0e-5 <= values["training.learning_rate"] <= 2.0e-4
+        assert 3 <= values["training.num_train_epochs"] <= 10
+    assert lengths == {128, 256}
+
+
 @pytest.mark.parametrize(
     ("space", "expected"),
     [
