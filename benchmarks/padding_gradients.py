@@ -1,0 +1,103 @@
+"""Does padding change the gradient of a batch? Dynamic padding vs padding to 128, one SST-2 batch.
+
+The accuracy gap `padding.py` measures between the two runs could come from padding changing what a step
+does (its expected gradient, or the noise dropout puts on it), or from the two runs merely drawing other
+dropout masks. This takes one batch of the SST-2 recipe (its model, fresh head seeded by the recipe's seed,
+bf16 autocast as the recipe trains, the model's default attention) and computes its gradient over
+`--draws` dropout draws, once padded to the batch's longest example and once to `data.max_seq_length`.
+It prints, for each, the norm of the mean gradient and the mean distance of one draw from it (the noise),
+then the distance between the two means next to what two independent means of that many draws differ by
+when nothing but the draws differs (sqrt(2/draws) x the noise). A difference well above that would say
+padding changes the step itself.
+
+    .venv/bin/python benchmarks/padding_gradients.py [--draws 40] [--batch-seed 0] [--attention eager]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# this folder, first on sys.path when run as a script, holds peft.py, which would shadow the peft package
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--draws", type=int, default=40, help="dropout draws per padding (default 40)")
+    parser.add_argument("--batch-seed", type=int, default=0, help="which training batch (default 0)")
+    parser.add_argument("--attention", help="attention implementation (default: the model's, SDPA)")
+    args = parser.parse_args()
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from hf_finetune import load_recipe
+    from hf_finetune.data import load_splits
+
+    recipe = load_recipe(str(HERE.parent / "recipes" / "glue" / "sst2.yaml"))
+    splits, _ = load_splits(recipe.data, [recipe.data.train_split])
+    train = splits[recipe.data.train_split]
+    rows = random.Random(args.batch_seed).sample(
+        range(len(train)), recipe.training.per_device_train_batch_size
+    )
+    batch = train.select(rows)
+    name = recipe.model.name_or_path
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    torch.manual_seed(recipe.training.seed)
+    kwargs = {"attn_implementation": args.attention} if args.attention else {}
+    model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=2, **kwargs)
+    model.train()
+    labels = torch.tensor(list(batch[recipe.task.label_column]))
+    texts = list(batch[recipe.task.text_column])
+
+    def gradients(padding: str) -> tuple[list[int], torch.Tensor]:
+        encoded = tokenizer(
+            texts,
+            padding=padding,
+            max_length=recipe.data.max_seq_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        draws = []
+        for i in range(args.draws):
+            torch.manual_seed(1000 + i)
+            model.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.training.bf16):
+                model(**encoded, labels=labels).loss.backward()
+            draws.append(torch.cat([p.grad.flatten().float() for p in model.parameters()]))
+        return list(encoded["input_ids"].shape), torch.stack(draws)
+
+    report: dict = {
+        "draws": args.draws,
+        "batch_seed": args.batch_seed,
+        "attention": model.config._attn_implementation,
+    }
+    means = {}
+    for padding in ("longest", "max_length"):
+        shape, draws = gradients(padding)
+        mean = draws.mean(0)
+        noise = (draws - mean).norm(dim=1).mean().item()
+        means[padding] = mean
+        report[padding] = {"shape": shape, "mean_gradient_norm": mean.norm().item(), "noise_per_draw": noise}
+        print(
+            f"{padding:>10} {tuple(shape)}: mean gradient norm {mean.norm():.4f}, one draw from it {noise:.4f}"
+        )
+    noise = (report["longest"]["noise_per_draw"] + report["max_length"]["noise_per_draw"]) / 2
+    report["difference_of_means"] = (means["longest"] - means["max_length"]).norm().item()
+    report["difference_expected_from_draws_alone"] = noise * math.sqrt(2 / args.draws)
+    print(
+        f"difference of the means {report['difference_of_means']:.4f}; two means of {args.draws} draws differ by "
+        f"about {report['difference_expected_from_draws_alone']:.4f} when only the draws differ"
+    )
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
