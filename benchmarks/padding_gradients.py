@@ -10,7 +10,10 @@ then the distance between the two means next to what two independent means of th
 when nothing but the draws differs (sqrt(2/draws) x the noise). A difference well above that would say
 padding changes the step itself.
 
-    .venv/bin/python benchmarks/padding_gradients.py [--draws 40] [--batch-seed 0] [--attention eager]
+With `--same-length T` the batch holds only examples of T tokens, so dynamic padding adds none and the
+model's SDPA attention runs without a mask, the case length-grouped batches often hit.
+
+    .venv/bin/python benchmarks/padding_gradients.py [--draws 40] [--batch-seed 0] [--attention eager] [--same-length 16]
 """
 
 from __future__ import annotations
@@ -32,6 +35,12 @@ def main() -> int:
     parser.add_argument("--draws", type=int, default=40, help="dropout draws per padding (default 40)")
     parser.add_argument("--batch-seed", type=int, default=0, help="which training batch (default 0)")
     parser.add_argument("--attention", help="attention implementation (default: the model's, SDPA)")
+    parser.add_argument(
+        "--same-length",
+        type=int,
+        metavar="TOKENS",
+        help="draw the batch from examples (of the first 5000) with exactly this many tokens: no padding",
+    )
     args = parser.parse_args()
 
     import torch
@@ -43,12 +52,18 @@ def main() -> int:
     recipe = load_recipe(str(HERE.parent / "recipes" / "glue" / "sst2.yaml"))
     splits, _ = load_splits(recipe.data, [recipe.data.train_split])
     train = splits[recipe.data.train_split]
-    rows = random.Random(args.batch_seed).sample(
-        range(len(train)), recipe.training.per_device_train_batch_size
-    )
-    batch = train.select(rows)
     name = recipe.model.name_or_path
     tokenizer = AutoTokenizer.from_pretrained(name)
+    size = recipe.training.per_device_train_batch_size
+    pool = range(len(train))
+    if args.same_length:  # a batch that dynamic padding leaves unpadded: SDPA then gets no mask at all
+        texts = train[:5000][recipe.task.text_column]  # the first 5000 examples hold enough of each length
+        lengths = [len(ids) for ids in tokenizer(texts, truncation=True)["input_ids"]]
+        pool = [i for i, n in enumerate(lengths) if n == args.same_length]
+        if len(pool) < size:
+            parser.error(f"--same-length {args.same_length}: only {len(pool)} such examples, need {size}")
+    rows = random.Random(args.batch_seed).sample(pool, size)
+    batch = train.select(rows)
     torch.manual_seed(recipe.training.seed)
     kwargs = {"attn_implementation": args.attention} if args.attention else {}
     model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=2, **kwargs)
@@ -76,6 +91,7 @@ def main() -> int:
     report: dict = {
         "draws": args.draws,
         "batch_seed": args.batch_seed,
+        "same_length": args.same_length,
         "attention": model.config._attn_implementation,
     }
     means = {}
