@@ -44,7 +44,7 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/hf-finetune train recipes/glue/sst2.yaml --resume
 
-# strategies x GLUE tasks x seeds (recipes/bench/glue-quick.yaml, about 45 minutes on 2 CPU cores)
+# strategies x GLUE tasks x seeds (recipes/bench/glue-quick.yaml, 28-43 minutes on 2 CPU cores)
 bench: $(STAMP)
 	$(VENV)/bin/hf-finetune bench recipes/bench/glue-quick.yaml
 
