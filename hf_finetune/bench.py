@@ -317,7 +317,7 @@ def _check_name(where: str, name: Any) -> None:
 
 
 def _resolve_recipe(bench_path: Path, name: str, where: str) -> str:
-    from .cli import resolve_recipe_path
+    from .catalog import resolve_recipe_path
 
     for candidate in (bench_path.parent / name, bench_path.parent / f"{name}.yaml"):
         if candidate.is_file():

@@ -7,50 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
 from pathlib import Path
 
+from .catalog import describe as describe_recipe
+from .catalog import recipes_dir, resolve_recipe_path
 from .errors import FinetuneError
-
-
-def recipes_dir() -> Path | None:
-    for candidate in (
-        os.environ.get("HF_FINETUNE_RECIPES"),
-        Path(__file__).resolve().parents[1] / "recipes",
-        Path.cwd() / "recipes",
-    ):
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
-    return None
-
-
-def resolve_recipe_path(name: str) -> str:
-    """A path, or the name of a bundled recipe (`glue/sst2`)."""
-    if Path(name).exists():
-        return name
-    root = recipes_dir()
-    if root is not None:
-        for candidate in (root / name, root / f"{name}.yaml"):
-            if candidate.is_file():
-                return str(candidate)
-    return name  # load_recipe reports it as not found
-
-
-def describe_recipe(path: Path) -> str:
-    for line in path.read_text(encoding="utf-8").splitlines():
-        text = line.lstrip("#").strip()
-        if line.startswith("#") and text and not text.lower().startswith(("launch", "run:", "hf-finetune")):
-            return text
-    return ""
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.WARNING
-    )
-    logging.getLogger("hf_finetune").setLevel(logging.DEBUG if verbose else logging.INFO)
+from .logs import setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     try:
         return _dispatch(args)
     except FinetuneError as exc:

@@ -1,16 +1,36 @@
-"""Files written next to a model: environment versions and the training-curve plot."""
+"""What a run directory holds, named once: every file name, the "is this an output directory" check,
+atomic writes and JSON Lines records (append, read), plus the environment file and the curve plot.
+
+It imports only errors, so any layer may use it.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import platform
 import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .errors import FinetuneError
+
+logger = logging.getLogger(__name__)
+
+# --- file names in an output (run) directory ---------------------------------------------------
+RECIPE_FILE = "recipe.yaml"  # the resolved recipe, written before training starts
+RESULTS_FILE = "all_results.json"  # final metrics of a training run (the Trainer's name)
+TRAINER_STATE = "trainer_state.json"
+CARD_FILE = "README.md"  # the model card
+STRATEGY_FILE = "strategy.json"  # the parameter groups trained
+ADAPTER_CONFIG = "adapter_config.json"  # peft: an adapter-only output
+NOTE_FILE = "INTERRUPTED.txt"  # left by a run stopped with a signal
 ENV_FILE = "environment.json"
 CURVES_FILE = "training_curves.png"
+PARTIAL_PREFIX = ".partial-"  # a checkpoint being written; renamed into place when complete
+PARTIAL_SUFFIX = ".partial"  # a file being written; os.replace'd over its final name
 _PACKAGES = (
     "hf-finetune",
     "torch",
@@ -93,3 +113,93 @@ def plot_curves(log_history: list[dict[str, Any]], path: str | Path, title: str 
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+# --- atomic files and JSON Lines -----------------------------------------------------------------
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to a sibling temporary file, then rename it over ``path``: a reader (or a run killed
+    mid-write) sees the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + PARTIAL_SUFFIX)
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    path = Path(path)
+    tmp = path.with_name(path.name + PARTIAL_SUFFIX)
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
+
+
+def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
+    """One JSON object as one line, flushed to disk before returning (a record once written survives a
+    crash of the process that wrote it)."""
+    with Path(path).open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a JSON Lines file this package wrote; [] when it does not exist. A torn line (a
+    process killed mid-append) is skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def drop_torn_line(path: str | Path) -> None:
+    """Cut a last line that lacks its newline (an interrupted append), so later appends stay whole lines."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        logger.warning("%s: dropping an incomplete last line (an interrupted write)", path)
+        atomic_write_bytes(path, data[: data.rfind(b"\n") + 1])
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file's content, or None when the file does not exist."""
+    path = Path(path)
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def is_output_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a directory an hf-finetune training run wrote (it holds the resolved recipe)."""
+    return (Path(path) / RECIPE_FILE).is_file()
+
+
+def check_output_dir(output_dir: str | Path, need_model: bool = True) -> Path:
+    """An hf-finetune output directory (recipe.yaml; with ``need_model`` also a saved model), else a
+    FinetuneError that says what to give instead."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        raise FinetuneError(
+            f"{output_dir}: no such output directory; give the `training.output_dir` of a "
+            "finished `hf-finetune train` run."
+        )
+    if not is_output_dir(output_dir):
+        raise FinetuneError(
+            f"{output_dir}: has no {RECIPE_FILE}, so it is not an hf-finetune output directory "
+            "(train one with `hf-finetune train RECIPE`)."
+        )
+    if need_model and not (output_dir / "config.json").is_file():
+        raise FinetuneError(
+            f"{output_dir}: has no saved model (config.json); the training run did not finish. "
+            "Use one of its checkpoint-* directories, or finish the run with "
+            f"`hf-finetune train {output_dir / RECIPE_FILE} --resume`."
+        )
+    return output_dir

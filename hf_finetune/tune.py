@@ -1060,10 +1060,10 @@ def trial_main(argv: list[str]) -> int:
 def _train_trial(url: str, number: int, metric: str | None, recipe_path: str, overrides: list[str]) -> int:
     import optuna
 
-    from .cli import _setup_logging
+    from .logs import setup_logging
     from .pipeline import train
 
-    _setup_logging(False)
+    setup_logging(False)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
     summary = optuna.load_study(study_name=STUDY_NAME, storage=storage)

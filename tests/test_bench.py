@@ -400,7 +400,7 @@ def test_lora_flops_count_the_adapters_and_the_trained_head_once(tiny_model_dir)
 
 def test_the_headline_metric_follows_the_task_and_its_eval_splits():
     from hf_finetune.bench import default_metric, metric_key
-    from hf_finetune.cli import resolve_recipe_path
+    from hf_finetune.catalog import resolve_recipe_path
     from hf_finetune.config import load_recipe
 
     sst2, mrpc, mnli = (load_recipe(resolve_recipe_path(f"glue/{name}")) for name in ("sst2", "mrpc", "mnli"))
@@ -425,7 +425,7 @@ def test_a_cells_score_is_read_from_its_results(tmp_path, monkeypatch, results, 
     """The score key on a multi-split task; a NaN score (constant predictions) or a missing one fails the cell."""
     from hf_finetune import bench as bench_mod
     from hf_finetune.bench import Cell
-    from hf_finetune.cli import resolve_recipe_path
+    from hf_finetune.catalog import resolve_recipe_path
     from hf_finetune.config import load_recipe
 
     recipe = load_recipe(resolve_recipe_path("glue/mnli"))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_finetune import cli
+from hf_finetune import catalog, cli
 from hf_finetune.config import load_recipe
 from hf_finetune.pipeline import make_task
 
@@ -35,7 +35,7 @@ def test_tasks_command(capsys):
 
 
 def test_bundled_recipe_names_resolve():
-    assert cli.resolve_recipe_path("glue/rte").endswith("recipes/glue/rte.yaml")
+    assert catalog.resolve_recipe_path("glue/rte").endswith("recipes/glue/rte.yaml")
 
 
 def test_train_requires_a_recipe_argument(capsys):
