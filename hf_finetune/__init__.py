@@ -13,17 +13,18 @@ except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0"
 
 # Imported on first use, so `hf-finetune recipes` or `import hf_finetune` stays fast.
+# public name -> (module, attribute)
 _API = {
-    "Recipe": "config",
-    "load_recipe": "config",
-    "DataError": "errors",
-    "FinetuneError": "errors",
-    "RecipeError": "errors",
-    "train": "pipeline",
-    "run": "pipeline",
-    "validate": "pipeline",
-    "evaluate_output": "pipeline",
-    "predict_output": "pipeline",
+    "Recipe": ("config", "Recipe"),
+    "load_recipe": ("config", "load_recipe"),
+    "DataError": ("errors", "DataError"),
+    "FinetuneError": ("errors", "FinetuneError"),
+    "RecipeError": ("errors", "RecipeError"),
+    "train": ("publish", "train_and_push"),  # train, then push when the recipe's hub section says so
+    "run": ("publish", "train_and_push"),
+    "validate": ("pipeline", "validate"),
+    "evaluate_output": ("inference", "evaluate_output"),
+    "predict_output": ("inference", "predict_output"),
 }
 __all__ = sorted([*_API, "__version__"])
 
@@ -31,5 +32,5 @@ __all__ = sorted([*_API, "__version__"])
 def __getattr__(name: str):
     if name not in _API:
         raise AttributeError(f"module 'hf_finetune' has no attribute {name!r}")
-    module = import_module(f".{_API[name]}", __name__)
-    return getattr(module, "train" if name == "run" else name)
+    module, attribute = _API[name]
+    return getattr(import_module(f".{module}", __name__), attribute)

@@ -14,7 +14,6 @@ results (``huggingface_hub.EvalResult``).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -22,23 +21,22 @@ from typing import Any
 
 import yaml
 
+from .outputs import (
+    ADAPTER_CONFIG,
+    CARD_FILE,
+    ENV_FILE,
+    NOT_METRICS,
+    RECIPE_FILE,
+    RESULTS_FILE,
+    STRATEGY_FILE,
+    TRAINER_STATE,
+    atomic_write_text,
+    check_output_dir,
+    read_json,
+)
+
 logger = logging.getLogger("hf_finetune")
 
-CARD_FILE = "README.md"
-STRATEGY_FILE = "strategy.json"
-ADAPTER_CONFIG = "adapter_config.json"
-
-TASK_TITLES = {
-    "text-classification": "Text Classification",
-    "token-classification": "Token Classification",
-    "question-answering": "Question Answering",
-}
-AUTO_CLASSES = {
-    "text-classification": "AutoModelForSequenceClassification",
-    "token-classification": "AutoModelForTokenClassification",
-    "question-answering": "AutoModelForQuestionAnswering",
-}
-_NOT_METRICS = ("loss", "runtime", "samples_per_second", "steps_per_second", "epoch", "samples")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _CACHE_SNAPSHOT = re.compile(r"models--([^/]+?)--([^/]+)/snapshots/[^/]+/?$")
 
@@ -46,22 +44,9 @@ _CACHE_SNAPSHOT = re.compile(r"models--([^/]+?)--([^/]+)/snapshots/[^/]+/?$")
 # ------------------------------------------------------------------------------------------------
 # What the run was
 # ------------------------------------------------------------------------------------------------
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
 def run_recipe(output_dir: Path) -> dict[str, Any]:
     """The raw resolved recipe of a run (plain data, as written by `hf-finetune train`)."""
-    from .trainer import RECIPE_FILE
-
-    path = Path(output_dir) / RECIPE_FILE
-    if not path.is_file():
-        from .errors import FinetuneError
-
-        raise FinetuneError(
-            f"{output_dir}: has no {RECIPE_FILE}, so it is not an hf-finetune output directory "
-            "(train one with `hf-finetune train RECIPE`)."
-        )
+    path = check_output_dir(output_dir, need_model=False) / RECIPE_FILE
     return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
 
 
@@ -79,7 +64,7 @@ def hub_base_model(name: str | None, seen: int = 0) -> str | None:
     match = _CACHE_SNAPSHOT.search(str(path.resolve()))
     if match:
         return f"{match.group(1)}/{match.group(2)}"
-    recipe_file = path / "recipe.yaml"
+    recipe_file = path / RECIPE_FILE
     if recipe_file.is_file() and seen < 5:
         raw = yaml.safe_load(recipe_file.read_text(encoding="utf-8")) or {}
         parent = (raw.get("model") or {}).get("name_or_path")
@@ -107,7 +92,7 @@ def eval_metrics(results: dict[str, Any]) -> dict[str, float]:
     """Final evaluation metrics by name (``eval_accuracy`` -> ``accuracy``; MNLI ``eval_<split>_x`` kept whole)."""
     out = {}
     for key, value in results.items():
-        if not key.startswith("eval_") or key.endswith(_NOT_METRICS) or isinstance(value, bool):
+        if not key.startswith("eval_") or key.endswith(NOT_METRICS) or isinstance(value, bool):
             continue
         if isinstance(value, (int, float)):
             out[key[len("eval_") :]] = float(value)
@@ -182,11 +167,11 @@ def build_card(output_dir: str | Path, repo_id: str | None = None, merged_from_a
     training = raw.get("training") or {}
     peft = raw.get("peft") or {}
     hub = raw.get("hub") or {}
-    results = read_json(output_dir / "all_results.json") or {}
-    state = read_json(output_dir / "trainer_state.json") or {}
+    results = read_json(output_dir / RESULTS_FILE) or {}
+    state = read_json(output_dir / TRAINER_STATE) or {}
     plan = read_json(output_dir / STRATEGY_FILE) or {}
     adapter = read_json(output_dir / ADAPTER_CONFIG)
-    environment = read_json(output_dir / "environment.json") or {}
+    environment = read_json(output_dir / ENV_FILE) or {}
 
     base = hub.get("base_model") or hub_base_model(model.get("name_or_path"))
     if base is None:
@@ -224,7 +209,7 @@ def build_card(output_dir: str | Path, repo_id: str | None = None, merged_from_a
     eval_results = [
         EvalResult(
             task_type=task_name,
-            task_name=TASK_TITLES.get(task_name, task_name),
+            task_name=_task_title(task_name),
             dataset_type=dataset_id or "json",
             dataset_name=dataset_label,
             dataset_config=data.get("config") if dataset_id else None,
@@ -288,14 +273,8 @@ def build_card(output_dir: str | Path, repo_id: str | None = None, merged_from_a
 
 def write_card(output_dir: str | Path, repo_id: str | None = None, merged_from_adapter: bool = False) -> Path:
     """Build the card and write it as ``README.md`` in ``output_dir`` (atomically)."""
-    import os
-
-    path = Path(output_dir) / CARD_FILE
     text = str(build_card(output_dir, repo_id, merged_from_adapter))
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(Path(output_dir) / CARD_FILE, text)
 
 
 def _strategy_text(plan: dict[str, Any], peft: dict[str, Any], training: dict[str, Any]) -> str:
@@ -376,13 +355,18 @@ def _hyperparameters(training: dict[str, Any], results: dict[str, Any]) -> str:
     return "\n".join(f"- {k}: {v}" for k, v in shown.items() if v not in (None, ""))
 
 
+def _task_title(task_name: str) -> str:
+    from .tasks import available_tasks
+
+    spec = available_tasks().get(task_name)
+    return spec.task_class.card_title if spec else task_name
+
+
 def _usage(task_name: str, where: str, is_adapter: bool, adapter: dict[str, Any] | None) -> str:
-    example = {
-        "text-classification": 'model("a gripping, beautifully acted film")',
-        "token-classification": 'model("Hugging Face is based in New York City")',
-        "question-answering": 'model(question="Where is it based?", context="Hugging Face is based in New York City.")',
-    }[task_name]
-    extra = ', aggregation_strategy="simple"' if task_name == "token-classification" else ""
+    from .tasks import get_task
+
+    task = get_task(task_name).task_class
+    example, extra = task.usage_example, task.pipeline_kwargs
     if not is_adapter:
         code = [
             "from transformers import pipeline",
@@ -392,7 +376,7 @@ def _usage(task_name: str, where: str, is_adapter: bool, adapter: dict[str, Any]
         ]
     else:
         base = (adapter or {}).get("base_model_name_or_path") or "BASE_MODEL"
-        auto = AUTO_CLASSES[task_name]
+        auto = task.auto_class
         # LoRA and IA3 fold into the weights; prompt methods add virtual tokens at run time
         mergeable = str((adapter or {}).get("peft_type", "")).upper() in ("LORA", "IA3")
         merged = "adapted.merge_and_unload()" if mergeable else "adapted"

@@ -1,5 +1,11 @@
 """`hf-finetune train|validate|plan|eval|predict|export|push|bench|tune|recipes|tasks`.
 
+The commands are one table, ``COMMANDS``: each entry names a command, its help, the function that adds its
+arguments and the function that runs it. Options, dotted overrides (``section.field=value``) and the other
+positional arguments may come in any order, and ``-v``/``--debug`` before or after the command. The library
+is imported lazily, when a command runs, so ``--help`` and the listings stay fast; nothing in the library
+imports this module.
+
 Input mistakes print one message naming the field or file and the fix, and exit with code 2.
 """
 
@@ -8,29 +14,57 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from .catalog import describe as describe_recipe
-from .catalog import recipes_dir, resolve_recipe_path
+from . import catalog
 from .errors import FinetuneError
 from .logs import setup_logging
 
+PROG = "hf-finetune"
+OVERRIDES_HELP = (
+    "dotted overrides, e.g. training.learning_rate=3e-5 data.max_train_samples=4000 "
+    "(anywhere on the line, before or after the options)"
+)
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hf-finetune",
-        description="Fine-tune pretrained transformers from a YAML recipe on the Hugging Face Trainer.",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument(
-        "--debug", action="store_true", help="print the traceback of input errors (normally one message)"
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
 
-    overrides_help = "dotted overrides, e.g. training.learning_rate=3e-5 data.max_train_samples=4000"
-    p = sub.add_parser("train", help="fine-tune as a recipe says")
-    p.add_argument("recipe", help="recipe YAML (or a bundled name such as glue/sst2)")
-    p.add_argument("overrides", nargs="*", help=overrides_help)
+@dataclass(frozen=True)
+class Command:
+    """One `hf-finetune` command: its name, its one-line help, the function that adds its arguments to
+    its parser, and the function that runs it on the parsed arguments and returns the exit code."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+# ---------------------------------------------------------------------------------------------- arguments
+
+
+def _add_recipe(p: argparse.ArgumentParser, help: str = "recipe YAML, or a bundled name such as glue/sst2"):
+    p.add_argument("recipe", help=help)
+
+
+def _add_overrides(p: argparse.ArgumentParser, help: str = OVERRIDES_HELP) -> None:
+    # default=[]: not required, so a missing recipe is reported alone
+    p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help=help)
+
+
+def _seed(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a seed; a list of seeds ends at the next option, so give the recipe and "
+            "overrides before it"
+        ) from None
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    _add_recipe(p)
+    _add_overrides(p)
     p.add_argument("--output-dir", help="same as training.output_dir=DIR")
     p.add_argument(
         "--resume",
@@ -39,67 +73,55 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resume-from", metavar="CHECKPOINT", help="continue from this checkpoint-N directory")
 
-    p = sub.add_parser("validate", help="check a recipe and its data without loading weights (exit 0 or 2)")
-    p.add_argument("recipe")
-    p.add_argument("overrides", nargs="*", help=overrides_help)
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
-    p = sub.add_parser(
-        "plan",
-        help="print the parameter groups a recipe trains (frozen/trainable, lr, decay), without weights",
-    )
-    p.add_argument("recipe")
-    p.add_argument("overrides", nargs="*", help=overrides_help)
-    p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+def _validate_arguments(p: argparse.ArgumentParser, json_help: str = "print the summary as JSON") -> None:
+    _add_recipe(p)
+    _add_overrides(p)
+    p.add_argument("--json", action="store_true", help=json_help)
 
-    p = sub.add_parser("eval", help="re-evaluate a trained output directory")
-    p.add_argument("output_dir")
-    p.add_argument("overrides", nargs="*", help=overrides_help)
+
+def _plan_arguments(p: argparse.ArgumentParser) -> None:
+    _validate_arguments(p, "print the plan as one JSON object")
+
+
+def _eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("output_dir", help="the training.output_dir of a finished run")
+    _add_overrides(p)
     p.add_argument("--split", help="split to evaluate (default: the recipe's eval split)")
     p.add_argument("--batch-size", type=int)
 
-    p = sub.add_parser("predict", help="label JSON Lines with a trained output directory")
-    p.add_argument("output_dir")
+
+def _predict_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("output_dir", help="the training.output_dir of a finished run")
     p.add_argument("--input", required=True, help="JSON Lines: one object per line with the text field(s)")
     p.add_argument(
-        "--output", required=True, help="JSON Lines written: input fields + label + score (NER: entities)"
+        "--output", required=True, help="JSON Lines written: input + label + score (NER: entities)"
     )
     p.add_argument("--batch-size", type=int, default=32)
 
-    p = sub.add_parser(
-        "export", help="write a peft run as a standalone model (adapter merged into the weights)"
-    )
+
+def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("output_dir", help="a trained output directory holding a LoRA or IA3 adapter")
-    p.add_argument(
-        "--merge", action="store_true", required=True, help="merge the adapter into the base weights"
-    )
+    p.add_argument("--merge", action="store_true", required=True, help="merge the adapter into the base")
     p.add_argument("--output", required=True, help="new directory for the merged model")
 
-    p = sub.add_parser(
-        "push",
-        help="upload a trained output directory (model or PEFT adapter, with its model card) to the Hub",
-    )
+
+def _push_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("output_dir", help="the training.output_dir of a finished run")
     p.add_argument("--repo-id", required=True, help="user/name or org/name; created if missing")
     p.add_argument("--private", action="store_true", help="create the repository as private")
     p.add_argument("--revision", help="branch to push to (created if missing; default main)")
-    p.add_argument(
-        "--merge", action="store_true", help="PEFT runs: push the adapter merged into the base weights"
-    )
-    p.add_argument(
-        "--dry-run", action="store_true", help="list the files that would be uploaded; contact nothing"
-    )
+    p.add_argument("--merge", action="store_true", help="PEFT runs: push the adapter merged into the base")
+    p.add_argument("--dry-run", action="store_true", help="list the files that would be uploaded; no upload")
     p.add_argument("--commit-message", help="commit message on the Hub")
 
-    p = sub.add_parser(
-        "bench",
-        help="run a bench file: task recipes x strategies x seeds, one process per cell (resumable)",
-    )
-    p.add_argument("bench_file", nargs="?", help="bench YAML, e.g. recipes/bench/glue-quick.yaml")
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        help="bench.FIELD=value (e.g. bench.seeds=[1] bench.max_steps=200), or section.field=value for every cell",
+
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bench_file", nargs="?", help="bench YAML, or a bundled name such as bench/glue-quick")
+    _add_overrides(
+        p,
+        "bench.FIELD=value (e.g. bench.seeds=[1] bench.max_steps=200), or section.field=value for every cell "
+        "(anywhere on the line)",
     )
     p.add_argument(
         "--calibrate",
@@ -108,13 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    p = sub.add_parser(
-        "tune",
-        help="search a recipe's strategy and Trainer settings on its validation score (optuna TPE + median "
-        "pruning; resumable)",
-    )
-    p.add_argument("recipe", help="the recipe to tune (a path or a bundled name such as glue/rte)")
-    p.add_argument("overrides", nargs="*", help=overrides_help + " (laid under every trial)")
+
+def _tune_arguments(p: argparse.ArgumentParser) -> None:
+    _add_recipe(p, "the recipe to tune (a path or a bundled name such as glue/rte)")
+    _add_overrides(p, OVERRIDES_HELP + "; laid under every trial")
     p.add_argument("--trials", type=int, help="trials in the search (counted over resumed runs)")
     p.add_argument(
         "--budget-minutes",
@@ -124,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--space",
         default="tune/default-space",
-        help="search space YAML (default: the bundled recipes/tune/default-space.yaml)",
+        help="search space YAML, or a bundled name such as pairs-space (default: tune/default-space)",
     )
     p.add_argument("--output-dir", help="the tune directory (default runs/tune/<recipe name>)")
     p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default 0)")
@@ -134,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--confirm-seeds",
-        type=int,
+        type=_seed,
         nargs="+",
         default=[],
         metavar="SEED",
@@ -142,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--trial-seeds",
-        type=int,
+        type=_seed,
         nargs="+",
         default=[],
         metavar="SEED",
@@ -153,146 +172,119 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-models", action="store_true", help="keep each trial's trained weights")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    sub.add_parser("recipes", help="list the bundled recipes")
-    sub.add_parser("tasks", help="list the tasks")
-    return parser
+
+def _recipes_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--kind",
+        choices=list(catalog.TITLES),
+        help="list one kind only: recipe, bench (bench files), space (tune search spaces), accelerate",
+    )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    try:
-        return _dispatch(args)
-    except FinetuneError as exc:
-        if args.debug:
-            import traceback
-
-            traceback.print_exc()
-        print(f"hf-finetune: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("hf-finetune: interrupted", file=sys.stderr)
-        return 130
+def _no_arguments(p: argparse.ArgumentParser) -> None:
+    pass
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+# ----------------------------------------------------------------------------------------------- running
+# Each library function a command calls is imported in one place, inside the function that runs it.
+
+
+def _load(args: argparse.Namespace, overrides: Sequence[str], **kwargs: Any):
     from .config import load_recipe
 
-    if args.command == "bench":
-        return _bench(args)
-    if args.command == "tune":
-        return _tune(args)
-    if args.command == "recipes":
-        root = recipes_dir()
-        if root is None:
-            print("no recipes directory found (set HF_FINETUNE_RECIPES)", file=sys.stderr)
-            return 1
-        for path in sorted(root.rglob("*.yaml")):
-            rel = path.relative_to(root).with_suffix("")
-            print(f"{str(rel):<28} {describe_recipe(path)}")
-        return 0
-    if args.command == "tasks":
-        from .tasks import available_tasks
-
-        for name, spec in available_tasks().items():
-            print(f"{name:<24} {spec.description}")
-        return 0
-    if args.command == "validate":
-        from .pipeline import validate
-
-        summary = validate(load_recipe(resolve_recipe_path(args.recipe), args.overrides))
-        if args.json:
-            print(json.dumps(summary, indent=2))
-        else:
-            print(f"OK: {args.recipe}")
-            for key, value in summary.items():
-                print(f"  {key}: {value}")
-        return 0
-    if args.command == "plan":
-        from .pipeline import plan
-
-        result = plan(load_recipe(resolve_recipe_path(args.recipe), args.overrides))
-        print(json.dumps(result.to_dict(), indent=2) if args.json else format_plan(result))
-        return 0
-    if args.command == "train":
-        from .pipeline import train
-
-        overrides = list(args.overrides)
-        if args.resume and args.resume_from:
-            raise FinetuneError("--resume and --resume-from: give one of the two.")
-        if args.resume or args.resume_from:
-            overrides.append(f"training.resume={args.resume_from or 'auto'}")
-        recipe = load_recipe(resolve_recipe_path(args.recipe), overrides, output_dir=args.output_dir)
-        metrics = train(recipe)
-        shown = {
-            k: v
-            for k, v in metrics.items()
-            if k.startswith("eval_") and not k.endswith(("_runtime", "_per_second"))
-        }
-        print(json.dumps(shown, indent=2))
-        return 0
-    if args.command == "eval":
-        from .pipeline import evaluate_output
-
-        metrics = evaluate_output(args.output_dir, args.split, args.overrides, args.batch_size)
-        print(json.dumps(metrics, indent=2))
-        return 0
-    if args.command == "export":
-        from .pipeline import export_merged
-
-        target = export_merged(args.output_dir, args.output)
-        print(f"wrote the merged model to {target}")
-        return 0
-    if args.command == "push":
-        from .publish import push
-
-        result = push(
-            args.output_dir,
-            args.repo_id,
-            private=args.private,
-            revision=args.revision,
-            merge=args.merge,
-            dry_run=args.dry_run,
-            commit_message=args.commit_message,
-        )
-        if result["dry_run"]:
-            print(result["description"])
-        else:
-            print(f"pushed {len(result['files'])} files to {args.repo_id}: {result['commit_url']}")
-        return 0
-    if args.command == "predict":
-        from .pipeline import predict_output
-
-        count = predict_output(args.output_dir, args.input, args.output, args.batch_size)
-        print(f"wrote {count} predictions to {args.output}")
-        return 0
-    raise AssertionError(args.command)
+    return load_recipe(catalog.resolve(args.recipe), list(overrides), **kwargs)
 
 
-def _bench(args: argparse.Namespace) -> int:
+def _run_train(args: argparse.Namespace) -> int:
+    from .outputs import eval_results
+    from .publish import train_and_push
+
+    overrides = list(args.overrides)
+    if args.resume and args.resume_from:
+        raise FinetuneError("--resume and --resume-from: give one of the two.")
+    if args.resume or args.resume_from:
+        overrides.append(f"training.resume={args.resume_from or 'auto'}")
+    metrics = train_and_push(_load(args, overrides, output_dir=args.output_dir))
+    shown = eval_results(metrics)
+    print(json.dumps(shown, indent=2))
+    return 0
+
+
+def _run_validate(args: argparse.Namespace) -> int:
+    from .pipeline import validate
+
+    summary = validate(_load(args, args.overrides))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"OK: {args.recipe}")
+        for key, value in summary.items():
+            print(f"  {key}: {value}")
+    return 0
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    from .pipeline import plan
+
+    result = plan(_load(args, args.overrides))
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.format_table())
+    return 0
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from .inference import evaluate_output
+
+    metrics = evaluate_output(args.output_dir, args.split, args.overrides, args.batch_size)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from .inference import predict_output
+
+    count = predict_output(args.output_dir, args.input, args.output, args.batch_size)
+    print(f"wrote {count} predictions to {args.output}")
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .inference import export_merged
+
+    target = export_merged(args.output_dir, args.output)
+    print(f"wrote the merged model to {target}")
+    return 0
+
+
+def _run_push(args: argparse.Namespace) -> int:
+    from .publish import push
+
+    result = push(
+        args.output_dir,
+        args.repo_id,
+        private=args.private,
+        revision=args.revision,
+        merge=args.merge,
+        dry_run=args.dry_run,
+        commit_message=args.commit_message,
+    )
+    if result["dry_run"]:
+        print(result["description"])
+    else:
+        print(f"pushed {len(result['files'])} files to {args.repo_id}: {result['commit_url']}")
+    return 0
+
+
+def _run_bench(args: argparse.Namespace) -> int:
     from .bench import load_bench, run_bench
 
     if args.bench_file is None and not args.calibrate:
         raise FinetuneError("bench: give a bench file (e.g. recipes/bench/glue-quick.yaml), or --calibrate.")
     bench = None
     if args.bench_file is not None:
-        path = args.bench_file
-        if not Path(path).exists() and recipes_dir() is not None:
-            path = resolve_recipe_path(path if "/" in path else f"bench/{path}")
-        bench = load_bench(path, args.overrides)
+        bench = load_bench(catalog.resolve(args.bench_file, catalog.BENCH), args.overrides)
         bench.cells()  # every cell's recipe is checked before anything is measured or trained
     if args.calibrate:
-        import torch
-
-        from .mfu import CUDA_DTYPES, DTYPES, cache_path, calibrate, device_name
-
-        for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
-            for dtype, entry in calibrate(device, CUDA_DTYPES if device == "cuda" else DTYPES).items():
-                print(
-                    f"{device} ({device_name(device)}) {dtype}: {entry['flops'] / 1e12:.3f} TFLOP/s "
-                    f"(matmul {entry['matmul_size']})"
-                )
-        print(f"cached in {cache_path()}")
+        _calibrate()
     if bench is None:
         return 0
     summary = run_bench(bench, progress=not args.no_progress)
@@ -303,16 +295,27 @@ def _bench(args: argparse.Namespace) -> int:
     return 1 if summary["failed"] else 0
 
 
-def _tune(args: argparse.Namespace) -> int:
+def _calibrate() -> None:
+    import torch
+
+    from .mfu import CUDA_DTYPES, DTYPES, cache_path, calibrate, device_name
+
+    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        for dtype, entry in calibrate(device, CUDA_DTYPES if device == "cuda" else DTYPES).items():
+            print(
+                f"{device} ({device_name(device)}) {dtype}: {entry['flops'] / 1e12:.3f} TFLOP/s "
+                f"(matmul {entry['matmul_size']})"
+            )
+    print(f"cached in {cache_path()}")
+
+
+def _run_tune(args: argparse.Namespace) -> int:
     from .tune import prepare_tune, run_tune
 
-    space = args.space
-    if not Path(space).exists():
-        space = resolve_recipe_path(space)
     tune = prepare_tune(
-        resolve_recipe_path(args.recipe),
+        catalog.resolve(args.recipe),
         args.overrides,
-        space,
+        catalog.resolve(args.space, catalog.SPACE),
         output_dir=args.output_dir,
         trials=args.trials,
         budget_minutes=args.budget_minutes,
@@ -342,39 +345,126 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_plan(plan) -> str:
-    unit = {"epoch": "epoch", "steps": "step"}.get(plan.unfreeze_unit or "", "")
-    header = (
-        "group",
-        "params",
-        "trainable",
-        "lr",
-        "weight_decay",
-        *(["from " + unit] if unit else []),
-        "modules",
+def _run_recipes(args: argparse.Namespace) -> int:
+    root = catalog.recipes_dir()
+    if root is None:
+        print(f"no bundled recipes found (set {catalog.RECIPES_ENV} to a folder laid out like recipes/)")
+        return 1
+    found = catalog.entries(args.kind)
+    width = max((len(e.name) for e in found), default=0) + 2
+    for kind, title in catalog.TITLES.items():
+        of_kind = [e for e in found if e.kind == kind]
+        if of_kind:
+            print(title)
+            for entry in of_kind:
+                print(f"  {entry.name:<{width}} {catalog.describe(entry.path)}".rstrip())
+            print()
+    print(f"(NAME is a file under {root}, without .yaml)")
+    return 0
+
+
+def _run_tasks(args: argparse.Namespace) -> int:
+    from .tasks import available_tasks
+
+    for name, spec in available_tasks().items():
+        print(f"{name:<24} {spec.description}")
+    return 0
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("train", "fine-tune as a recipe says",
+            _train_arguments, _run_train),
+    Command("validate", "check a recipe and its data without weights (exit 0 or 2)",
+            _validate_arguments, _run_validate),
+    Command("plan", "print the parameter groups a recipe trains, without weights",
+            _plan_arguments, _run_plan),
+    Command("eval", "re-evaluate a trained output directory",
+            _eval_arguments, _run_eval),
+    Command("predict", "label JSON Lines with a trained output directory",
+            _predict_arguments, _run_predict),
+    Command("export", "write a LoRA/IA3 run as a standalone merged model",
+            _export_arguments, _run_export),
+    Command("push", "upload a trained output directory, with its model card, to the Hub",
+            _push_arguments, _run_push),
+    Command("bench", "run a bench file: tasks x strategies x seeds, one process per cell",
+            _bench_arguments, _run_bench),
+    Command("tune", "search a recipe's strategy and Trainer settings on its dev score (optuna)",
+            _tune_arguments, _run_tune),
+    Command("recipes", "list the bundled recipes, bench files, search spaces and accelerate configs",
+            _recipes_arguments, _run_recipes),
+    Command("tasks", "list the tasks",
+            _no_arguments, _run_tasks),
+)  # fmt: skip
+_BY_NAME = {command.name: command for command in COMMANDS}
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+
+
+def _add_global_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument(
+        "--debug", action="store_true", help="print the traceback of input errors (normally one message)"
     )
-    rows = [header]
-    for g in plan.groups:
-        row = [
-            g.name,
-            f"{g.params:,}",
-            "yes" if g.trainable else "frozen",
-            "-" if g.lr is None else f"{g.lr:.3g}",
-            "-" if g.weight_decay is None else f"{g.weight_decay:g}",
-        ]
-        if unit:
-            row.append("-" if not g.trainable else str(g.unfreeze_at or 0))
-        row.append(", ".join(g.modules))
-        rows.append(tuple(row))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
-    lines = [f"strategy: {plan.description} ({plan.architecture}, {plan.num_layers} layers)"]
-    for r in rows:
-        cells = [c.rjust(w) if 0 < i < 3 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
-        lines.append("  ".join(cells) + "  " + r[-1])
-    lines.append(
-        f"trainable {plan.trainable_params:,} of {plan.total_params:,} parameters ({plan.trainable_percent:.2f}%)"
+
+
+def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Fine-tune pretrained transformers from a YAML recipe on the Hugging Face Trainer.",
     )
-    return "\n".join(lines)
+    _add_global_options(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parsers = {}
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        command.add_arguments(p)
+        _add_global_options(p)
+        parsers[command.name] = p
+    return parser, parsers
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `hf-finetune` parser: global options and one sub-parser per entry of ``COMMANDS`` (for --help).
+    Parse with `parse_args`, which lets options and overrides come in any order."""
+    return _parsers()[0]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The parsed command line; ``.command`` names the entry of ``COMMANDS`` to run.
+
+    A command's options and positional arguments (recipe, overrides) may be intermixed: its parser reads
+    them with argparse's ``parse_intermixed_args``, which a parser with sub-parsers cannot use. So the
+    command word is found here (the options before it take no values), and the global options given before
+    it are handed to the command's parser, which knows them too. Help and a missing or unknown command go
+    to the top parser, which reports them as usual. One limit: an option taking a list (``--confirm-seeds
+    1 2``) reads words up to the next option.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, parsers = _parsers()
+    at = next((i for i, word in enumerate(argv) if not word.startswith("-")), None)
+    if at is None or argv[at] not in parsers:
+        return parser.parse_args(argv)  # help, usage and "invalid choice" errors (exit 0 or 2)
+    args = parsers[argv[at]].parse_intermixed_args(argv[:at] + argv[at + 1 :])
+    args.command = argv[at]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return _BY_NAME[args.command].run(args)
+    except FinetuneError as exc:
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import DataConfig
-from .errors import DataError, RecipeError
+from .config.schema import DataConfig
+from .errors import DataError, RecipeError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def _load_files(paths: list[str], split: str, field: str):
                 "give a file with examples."
             ) from None
         raise DataError(
-            f"`{field}`: could not read {', '.join(paths)} as {builder}: {_first_line(exc)}"
+            f"`{field}`: could not read {', '.join(paths)} as {builder}: {first_line(exc)}"
         ) from exc
     return ds
 
@@ -187,7 +187,7 @@ def _load_hub_split(cfg: DataConfig, split: str, field: str):
             return datasets.load_dataset(cfg.dataset, cfg.config, split=split, revision=PARQUET_EXPORT)
     except ValueError as exc:
         if "split" in str(exc).lower():
-            raise DataError(f"`{field}`: {_first_line(exc)}") from exc
+            raise DataError(f"`{field}`: {first_line(exc)}") from exc
         raise DataError(_hub_hint(cfg, exc)) from exc
     except Exception as exc:  # network, missing repo, missing config, auth
         raise DataError(_hub_hint(cfg, exc)) from exc
@@ -196,11 +196,6 @@ def _load_hub_split(cfg: DataConfig, split: str, field: str):
 def _hub_hint(cfg: DataConfig, exc: Exception) -> str:
     name = cfg.dataset + (f" (config '{cfg.config}')" if cfg.config else "")
     return (
-        f"`data.dataset`: could not load Hub dataset {name}: {_first_line(exc)}. Offline, point "
+        f"`data.dataset`: could not load Hub dataset {name}: {first_line(exc)}. Offline, point "
         f"`data.mirror` or ${MIRROR_ENV} at a local mirror, or use `data.files`."
     )
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:500]

@@ -31,6 +31,7 @@ import os
 from typing import Any
 
 from .errors import FinetuneError, RecipeError
+from .hub import env_flag
 
 logger = logging.getLogger("hf_finetune")
 
@@ -44,12 +45,8 @@ def launched_world_size() -> int:
     return 1
 
 
-def _env_true(name: str, default: str = "false") -> bool:
-    return os.environ.get(name, default).strip().lower() in ("1", "true", "yes", "on")
-
-
 def deepspeed_requested(args) -> bool:
-    return bool(getattr(args, "deepspeed", None)) or _env_true("ACCELERATE_USE_DEEPSPEED")
+    return bool(getattr(args, "deepspeed", None)) or env_flag("ACCELERATE_USE_DEEPSPEED")
 
 
 def fsdp_settings(args) -> dict[str, Any] | None:
@@ -66,10 +63,10 @@ def fsdp_settings(args) -> dict[str, Any] | None:
             "use_orig_params": str(config.get("use_orig_params", "true")).lower() in ("1", "true"),
             "field": "training.fsdp_config.use_orig_params",
         }
-    if _env_true("ACCELERATE_USE_FSDP"):
+    if env_flag("ACCELERATE_USE_FSDP"):
         return {
             "version": int(os.environ.get("FSDP_VERSION", "1")),
-            "use_orig_params": _env_true("FSDP_USE_ORIG_PARAMS"),
+            "use_orig_params": env_flag("FSDP_USE_ORIG_PARAMS"),
             "field": "fsdp_use_orig_params in the accelerate config",
         }
     return None

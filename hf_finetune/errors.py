@@ -29,6 +29,13 @@ class DataError(FinetuneError):
     """The data does not match what the recipe says (files, splits, columns, labels)."""
 
 
+def first_line(exc: BaseException, limit: int = 500) -> str:
+    """The first line of an exception's message (its class name when the message is empty), cut to
+    ``limit`` characters: the cause to quote inside one of our own messages."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
 def close_matches(word: str, candidates: Iterable[str], n: int = 3) -> str:
     """' (did you mean: a, b?)' for the candidates that look like ``word``, or ''."""
     candidates = list(candidates)

@@ -1,4 +1,5 @@
-"""Hugging Face Hub access: offline as a normal mode, not an error path.
+"""Hugging Face Hub access: offline as a normal mode, not an error path; the token and the checks a push
+needs before any work; and `env_flag`, the package's one reader of on/off environment variables.
 
 When ``HF_HUB_OFFLINE`` is not set, one quick TCP probe of the Hub endpoint decides: if it cannot be
 reached, the process switches to offline mode so models and tokenizers resolve from the local cache
@@ -12,6 +13,8 @@ import os
 import socket
 import sys
 from urllib.parse import urlparse
+
+from .errors import FinetuneError
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +35,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 def ensure_hub_mode() -> bool:
     """Return True when working offline; switch to offline mode when the Hub is unreachable."""
     global _PROBED
-    if _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("TRANSFORMERS_OFFLINE")):
+    if env_flag("HF_HUB_OFFLINE") or env_flag("TRANSFORMERS_OFFLINE"):
         return True
     if os.environ.get("HF_HUB_OFFLINE") is not None:  # explicitly set to a false value: never probe
         return False
@@ -59,5 +62,30 @@ def set_offline() -> None:
         datasets_config.HF_DATASETS_OFFLINE = True
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+def env_flag(name: str, default: bool = False) -> bool:
+    """An on/off environment variable: ``1``, ``true``, ``yes`` or ``on`` (any case) is on, any other value
+    off; ``default`` when it is not set."""
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def hub_token() -> str | None:
+    """The Hugging Face token `huggingface_hub` would use (``HF_TOKEN`` or `hf auth login`), or None."""
+    from huggingface_hub import get_token
+
+    return get_token()
+
+
+def check_can_push() -> None:
+    """Fail before any work when the Hub cannot be reached for a push: offline mode or no token."""
+    if env_flag("HF_HUB_OFFLINE"):
+        raise FinetuneError(
+            "pushing needs the Hugging Face Hub, but HF_HUB_OFFLINE is set; unset it (or use --dry-run)."
+        )
+    if not hub_token():
+        raise FinetuneError(
+            "no Hugging Face token: log in with `hf auth login` or set HF_TOKEN (a token with write access), "
+            "or use --dry-run to see what would be pushed."
+        )

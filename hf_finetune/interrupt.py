@@ -17,8 +17,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from .errors import FinetuneError
+from .outputs import NOTE_FILE, RECIPE_FILE, atomic_write_text
 
-NOTE_FILE = "INTERRUPTED.txt"
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -89,8 +89,6 @@ class StopOnSignal(TrainerCallback):
 
 def write_note(output_dir: Path, signum: int, step: int, max_steps: int, checkpoint: Path | None) -> Path:
     """The note a stopped run leaves behind: what happened and the command that continues it."""
-    from .trainer import RECIPE_FILE
-
     name = signal.Signals(signum).name
     lines = [
         f"Training stopped by {name} at step {step} of {max_steps} "
@@ -100,6 +98,4 @@ def write_note(output_dir: Path, signum: int, step: int, max_steps: int, checkpo
         f"  hf-finetune train {output_dir / RECIPE_FILE} --resume",
         "(the resumed run deletes this note when it finishes).",
     ]
-    path = Path(output_dir) / NOTE_FILE
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return atomic_write_text(Path(output_dir) / NOTE_FILE, "\n".join(lines) + "\n")

@@ -125,7 +125,7 @@ def build_schema(
             )
         return LabelSchema(REGRESSION, list(recipe_labels or ["score"])[:1])
 
-    feature_names = _classlabel_names(feature)
+    feature_names = classlabel_names(feature)
     flat = [x for v in values for x in (v if isinstance(v, (list, tuple)) else [v])]
     strings = sorted({x for x in flat if isinstance(x, str)})
     ints = [x for x in flat if isinstance(x, int) and not isinstance(x, bool)]
@@ -170,14 +170,15 @@ def build_schema(
     return LabelSchema(problem_type, names)
 
 
-def _classlabel_names(feature: Any) -> list[str] | None:
+def classlabel_names(feature: Any) -> list[str] | None:
+    """The names of a `datasets.ClassLabel` feature (also inside a list or sequence feature), else None."""
     import datasets
 
     if isinstance(feature, list) and feature:
-        return _classlabel_names(feature[0])
+        return classlabel_names(feature[0])
     inner = getattr(feature, "feature", None)  # datasets.List / Sequence of ClassLabel (multi-label)
     if inner is not None and not isinstance(feature, datasets.ClassLabel):
-        return _classlabel_names(inner)
+        return classlabel_names(inner)
     if isinstance(feature, datasets.ClassLabel):
         return list(feature.names)
     return None

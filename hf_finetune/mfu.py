@@ -20,18 +20,28 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import time
 from pathlib import Path
 from typing import Any
 
 from .cache import cache_dir
+from .outputs import atomic_write_text
 
 logger = logging.getLogger("hf_finetune")
 
 DTYPES = ("float32", "bfloat16", "float16")
 CUDA_DTYPES = ("tfloat32", *DTYPES)  # tfloat32: fp32 matmuls on tensor cores (training.tf32=true)
+
+
+def training_dtype(args, device: str) -> str:
+    """The precision a run with TrainingArguments ``args`` trains its matmuls in on ``device``: bfloat16 or
+    float16 (mixed precision), tfloat32 (fp32 on CUDA tensor cores, ``training.tf32``), else float32. Read it
+    from the arguments the run used: on a CPU without native bf16 the recipe loader turns bf16 off."""
+    dtype = "bfloat16" if args.bf16 else "float16" if args.fp16 else "float32"
+    if dtype == "float32" and device == "cuda" and getattr(args, "tf32", None):
+        dtype = "tfloat32"  # fp32 matmuls on tensor cores: measured against the TF32 peak
+    return dtype
 
 
 def training_flops_per_token(model) -> dict[str, int]:
@@ -160,9 +170,7 @@ def calibrate(device: str, dtypes=DTYPES) -> dict[str, dict[str, Any]]:
         measured[dtype] = entry
     path = cache_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(cache, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(cache, indent=2) + "\n")
     return measured
 
 

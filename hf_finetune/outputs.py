@@ -43,7 +43,8 @@ _PACKAGES = (
     "huggingface-hub",
     "numpy",
 )
-_NOT_METRICS = {"loss", "runtime", "samples_per_second", "steps_per_second", "epoch"}
+#: suffixes of ``eval_*`` keys that are not metrics of the model (the loss, timings, counts)
+NOT_METRICS = ("loss", "runtime", "samples_per_second", "steps_per_second", "epoch", "samples")
 
 
 def environment() -> dict[str, Any]:
@@ -81,7 +82,7 @@ def eval_metric_names(log_history: list[dict[str, Any]]) -> list[str]:
     names: list[str] = []
     for entry in log_history:
         for key in entry:
-            if key.startswith("eval_") and not key.endswith(tuple(_NOT_METRICS)) and key not in names:
+            if key.startswith("eval_") and not key.endswith(NOT_METRICS) and key not in names:
                 names.append(key)
     return names
 
@@ -182,6 +183,11 @@ def is_output_dir(path: str | Path) -> bool:
     return (Path(path) / RECIPE_FILE).is_file()
 
 
+def is_adapter_dir(path: str | Path) -> bool:
+    """Whether ``path`` holds a peft adapter (plus the task head) rather than a full model."""
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
 def check_output_dir(output_dir: str | Path, need_model: bool = True) -> Path:
     """An hf-finetune output directory (recipe.yaml; with ``need_model`` also a saved model), else a
     FinetuneError that says what to give instead."""
@@ -203,3 +209,12 @@ def check_output_dir(output_dir: str | Path, need_model: bool = True) -> Path:
             f"`hf-finetune train {output_dir / RECIPE_FILE} --resume`."
         )
     return output_dir
+
+
+def eval_results(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation scores of a run's final metrics, as `hf-finetune train` prints them (no timings)."""
+    return {
+        k: v
+        for k, v in metrics.items()
+        if k.startswith("eval_") and not k.endswith(("_runtime", "_per_second"))
+    }

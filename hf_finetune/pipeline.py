@@ -1,7 +1,10 @@
-"""The four jobs: validate a recipe, train it, evaluate an output directory, predict with one.
+"""From a recipe to a trained output directory: prepare (data, labels, tokenizer, config, the strategy planned
+on a weightless model), validate, plan, train, and resume an interrupted run.
 
 Order matters: recipe -> data -> labels -> tokenizer/config are all checked before any weights load,
-so a bad input costs seconds, not a model download.
+so a bad input costs seconds, not a model download. Using a finished output directory (eval, predict,
+export) is `hf_finetune.inference`; pushing it to the Hub is `hf_finetune.publish`, which `train` reaches
+only through its ``after_training`` hook.
 """
 
 from __future__ import annotations
@@ -9,30 +12,35 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .card import ADAPTER_CONFIG, STRATEGY_FILE, write_card
+from .card import write_card
 from .config import Recipe, load_recipe
 from .distributed import check_launch
 from .distributed import configure as configure_parallel
-from .errors import DataError, FinetuneError, RecipeError, close_matches
+from .errors import FinetuneError, RecipeError
 from .hub import ensure_hub_mode
-from .interrupt import NOTE_FILE, Interrupted, StopOnSignal, write_note
+from .interrupt import Interrupted, StopOnSignal, write_note
+from .loading import check_weight_files, load_model_config, load_pretrained, load_tokenizer
 from .mfu import training_flops_per_token
-from .outputs import CURVES_FILE, plot_curves, write_environment
-from .tasks import get_task
-from .trainer import (
+from .outputs import (
+    CURVES_FILE,
+    NOTE_FILE,
     PARTIAL_PREFIX,
     RECIPE_FILE,
+    RESULTS_FILE,
+    STRATEGY_FILE,
     TRAINER_STATE,
-    FinetuneTrainer,
-    complete_checkpoints,
-    recipe_header,
-    remove_partial,
+    atomic_write_text,
+    plot_curves,
+    read_json,
+    write_environment,
 )
+from .tasks import get_task
+from .trainer import FinetuneTrainer, complete_checkpoints, recipe_header, remove_partial
 
 logger = logging.getLogger("hf_finetune")
 
@@ -76,14 +84,14 @@ def prepare(recipe: Recipe, stage: str = "train") -> Prepared:
     }
     summary.update(task.describe())
     prepared = Prepared(recipe, task, raw, tokenizer, model_config, summary)
-    prepared.plan = strategy_plan(recipe, _with_peft(recipe, _meta_model(prepared)))
+    prepared.plan = strategy_plan(recipe, with_peft(recipe, meta_model(prepared)))
     summary["strategy"] = prepared.plan.description
     summary["trainable_params"] = prepared.plan.trainable_params
     summary["total_params"] = prepared.plan.total_params
     return prepared
 
 
-def _meta_model(prepared: Prepared):
+def meta_model(prepared: Prepared):
     """The task model on the ``meta`` device: its structure and sizes, no weights and no memory."""
     import torch
 
@@ -93,7 +101,7 @@ def _meta_model(prepared: Prepared):
         )
 
 
-def _with_peft(recipe: Recipe, model):
+def with_peft(recipe: Recipe, model):
     """The model wrapped by the recipe's peft method (LoRA adapters, ...), or unchanged without one."""
     if not recipe.peft.enabled:
         return model
@@ -119,124 +127,9 @@ def validate(recipe: Recipe) -> dict[str, Any]:
     return prepare(recipe, stage="validate").summary
 
 
-def load_tokenizer(recipe: Recipe, **kwargs):
-    from transformers import AutoTokenizer
-
-    name = recipe.model.tokenizer_name_or_path or recipe.model.name_or_path
-    field_name = (
-        "model.tokenizer_name_or_path" if recipe.model.tokenizer_name_or_path else "model.name_or_path"
-    )
-    try:
-        return AutoTokenizer.from_pretrained(
-            name,
-            revision=recipe.model.revision,
-            trust_remote_code=recipe.model.trust_remote_code,
-            **kwargs,
-        )
-    except (OSError, ValueError) as exc:
-        _refuse_remote_code(recipe, name, exc)
-        raise RecipeError(
-            field_name, f"could not load a tokenizer from {name!r}: {_first_line(exc)}"
-        ) from None
-
-
-def load_model_config(recipe: Recipe, overrides: dict[str, Any]):
-    """The checkpoint's config with the task's settings (labels, problem type) and the recipe's
-    ``model.config_overrides``; an override of an attribute the config does not have is an error."""
-    from transformers import AutoConfig
-
-    name = recipe.model.name_or_path
-    try:
-        config = AutoConfig.from_pretrained(
-            name,
-            revision=recipe.model.revision,
-            trust_remote_code=recipe.model.trust_remote_code,
-            **overrides,
-        )
-    except (OSError, ValueError) as exc:
-        _refuse_remote_code(recipe, name, exc)
-        hint = (
-            " It is neither a local model directory nor a cached Hub model; check the id, or run online once."
-            if not Path(name).exists()
-            else ""
-        )
-        raise RecipeError(
-            "model.name_or_path", f"could not load a model config from {name!r}: {_first_line(exc)}.{hint}"
-        ) from None
-    for key, value in recipe.model.config_overrides.items():
-        where = f"model.config_overrides.{key}"
-        if key in overrides:
-            raise RecipeError(where, f"is set by the task from the `task` section ({key}); set it there.")
-        if not hasattr(config, key):
-            known = [k for k in config.to_dict() if not k.startswith("_")]
-            raise RecipeError(
-                where, f"{type(config).__name__} has no attribute {key!r}{close_matches(key, known)}."
-            )
-        setattr(config, key, value)
-    return config
-
-
-def _refuse_remote_code(recipe: Recipe, name: str, exc: Exception) -> None:
-    """The error for a checkpoint whose classes are Python code in its repository, run only on request."""
-    if "trust_remote_code" in str(exc) and not recipe.model.trust_remote_code:
-        raise RecipeError(
-            "model.trust_remote_code",
-            f"{name!r} needs its own Python code (a custom architecture in the checkpoint repository), and "
-            "remote code is off. Read that code, then set `model.trust_remote_code: true` to run it.",
-        ) from None
-
-
-_PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
-
-
-def check_weight_files(recipe: Recipe) -> None:
-    """A local checkpoint must have safetensors weights unless `model.allow_pickle` is set.
-
-    (A Hub checkpoint is held to the same rule when it loads: `use_safetensors` in `_load_model`.)
-    """
-    path = Path(recipe.model.name_or_path)
-    if not path.is_dir():
-        return
-    names = {p.name for p in path.iterdir()}
-    if any(n.endswith((".safetensors", ".safetensors.index.json")) for n in names):
-        return
-    pickled = sorted(names & set(_PICKLE_WEIGHTS)) or sorted(n for n in names if n.endswith((".bin", ".pt")))
-    if pickled and not recipe.model.allow_pickle:
-        raise RecipeError(
-            "model.allow_pickle",
-            f"{path} has only pickle weights ({', '.join(pickled)}), and unpickling a file can run code. "
-            "Convert them to safetensors, or set `model.allow_pickle: true` if you trust the checkpoint.",
-        )
-    if not pickled:
-        raise RecipeError(
-            "model.name_or_path",
-            f"{path} has a config but no model weights (model.safetensors); give a directory saved with "
-            "`save_pretrained`, or a Hub id.",
-        )
-
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
-
-
-def _load_model(prepared: Prepared):
-    recipe = prepared.recipe
-    try:
-        return prepared.task.auto_model_class.from_pretrained(
-            recipe.model.name_or_path,
-            config=prepared.model_config,
-            revision=recipe.model.revision,
-            trust_remote_code=recipe.model.trust_remote_code,
-            use_safetensors=None if recipe.model.allow_pickle else True,
-        )
-    except OSError as exc:
-        if recipe.model.allow_pickle or "safetensors" not in str(exc):
-            raise
-        raise RecipeError(
-            "model.allow_pickle",
-            f"{recipe.model.name_or_path} has no safetensors weights ({_first_line(exc)}). Loading its pickle "
-            "weights can run code: set `model.allow_pickle: true` only if you trust the checkpoint.",
-        ) from None
+def load_model(prepared: Prepared):
+    """The pretrained weights of the recipe's checkpoint in the task's model class, with the prepared config."""
+    return load_pretrained(prepared.recipe, prepared.task.auto_model_class, prepared.model_config)
 
 
 def _eval_datasets(recipe: Recipe, tokenised) -> Any:
@@ -248,20 +141,27 @@ def _eval_datasets(recipe: Recipe, tokenised) -> Any:
     return {split: tokenised[split] for split in splits}
 
 
-def train(recipe: Recipe, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+def train(
+    recipe: Recipe,
+    callbacks: Sequence[Any] = (),
+    after_training: Callable[[Recipe, Path], None] | None = None,
+) -> dict[str, Any]:
     """Fine-tune as the recipe says; returns the final metrics (also in all_results.json).
 
     ``callbacks``: extra `TrainerCallback`s (`hf-finetune tune` reports each evaluation to its study with one).
+    ``after_training(recipe, output_dir)``: runs on the main process once the output directory is complete
+    (model, metrics, card); `hf_finetune.publish.train_and_push` pushes to the Hub with it.
     """
     from transformers import set_seed
 
     started = time.time()
     args = recipe.training
     resume_from = resume_point(recipe)  # also refuses an output dir that holds another run
-    if recipe.hub.push:  # a missing token or offline mode fails now, not after training
-        from .publish import check_can_push
-
-        check_can_push()
+    if recipe.hub.push and after_training is None:
+        logger.warning(
+            "hub.push is set, but this call does not push: use hf_finetune.train (or `hf-finetune train`), "
+            "or push the output dir afterwards with `hf-finetune push`."
+        )
     check_launch(args)  # the world size the launcher started; sets up the process group
     if not args.should_log:  # replicas of a multi-process run: warnings only, no progress bars
         logger.setLevel(logging.WARNING)
@@ -278,7 +178,7 @@ def train(recipe: Recipe, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     )
 
     set_seed(args.seed)  # before the task head is initialised
-    model = _with_peft(recipe, _load_model(prepared))
+    model = with_peft(recipe, load_model(prepared))
     plan_ = strategy_plan(recipe, model)
     plan_.apply(model)
     logger.info("strategy: %s", plan_.summary())
@@ -303,7 +203,7 @@ def train(recipe: Recipe, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
             recipe.data.mirror = task.source.mirror_root  # eval/predict find the same data later
         recipe.save(output_dir / RECIPE_FILE, header=recipe_header(recipe))
         write_environment(output_dir)
-        (output_dir / STRATEGY_FILE).write_text(json.dumps(plan_.to_dict(), indent=2) + "\n")
+        atomic_write_text(output_dir / STRATEGY_FILE, json.dumps(plan_.to_dict(), indent=2) + "\n")
 
     if args.include_num_input_tokens_seen == "no":
         args.include_num_input_tokens_seen = "non_padding"  # for train_tokens_per_second and MFU
@@ -378,11 +278,11 @@ def train(recipe: Recipe, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
             if recipe.hub.push:
                 raise
         logger.info("done in %.0fs; outputs in %s", time.time() - started, output_dir)
-        if recipe.hub.push:
-            _push_after_training(recipe, output_dir)
-    results_file = output_dir / "all_results.json"
-    if trainer.is_world_process_zero() and results_file.is_file():
-        return json.loads(results_file.read_text())
+        if after_training is not None:
+            after_training(recipe, output_dir)
+    results = read_json(output_dir / RESULTS_FILE) if trainer.is_world_process_zero() else None
+    if results is not None:
+        return results
     # the other processes never read it: the main process may be rewriting it at this moment
     return {**train_metrics, **eval_metrics}
 
@@ -476,20 +376,6 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _push_after_training(recipe: Recipe, output_dir: Path) -> None:
-    from .publish import push
-
-    hub = recipe.hub
-    try:
-        result = push(output_dir, hub.repo_id, private=hub.private, revision=hub.revision, merge=hub.merge)
-    except FinetuneError as exc:
-        retry = f"hf-finetune push {output_dir} --repo-id {hub.repo_id}" + (" --merge" if hub.merge else "")
-        raise FinetuneError(
-            f"{exc} The trained model is saved in {output_dir}; retry with `{retry}`."
-        ) from None
-    logger.info("pushed to %s: %s", hub.repo_id, result["commit_url"])
-
-
 def _probe_batch(model, dataset, collator, size: int = 2):
     """A collated batch of the first training examples, with only the columns the model's forward takes
     (as the Trainer's column removal does), for `distributed.unused_parameters`."""
@@ -517,203 +403,3 @@ def _evaluate_splits(trainer, recipe: Recipe, tokenised, raw) -> dict[str, Any]:
         result[f"{prefix}_samples"] = len(raw[split])  # examples, not features (QA windows)
         metrics.update(result)
     return metrics
-
-
-# ------------------------------------------------------------------------------------------------
-# Using an output directory
-# ------------------------------------------------------------------------------------------------
-def check_output_dir(output_dir: Path) -> None:
-    """A finished `hf-finetune train` output directory: recipe.yaml and a saved model, else FinetuneError."""
-    if not output_dir.is_dir():
-        raise FinetuneError(
-            f"{output_dir}: no such output directory; give the `training.output_dir` of a "
-            "finished `hf-finetune train` run."
-        )
-    if not (output_dir / RECIPE_FILE).is_file():
-        raise FinetuneError(
-            f"{output_dir}: has no {RECIPE_FILE}, so it is not an hf-finetune output directory "
-            "(train one with `hf-finetune train RECIPE`)."
-        )
-    if not (output_dir / "config.json").is_file():
-        raise FinetuneError(
-            f"{output_dir}: has no saved model (config.json); the training run did not finish. "
-            "Use one of its checkpoint-* directories, or finish the run with "
-            f"`hf-finetune train {output_dir / RECIPE_FILE} --resume`."
-        )
-
-
-def load_output_recipe(output_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    output_dir = Path(output_dir)
-    check_output_dir(output_dir)
-    recipe_file = output_dir / RECIPE_FILE
-    # The saved model replaces the base checkpoint; the rest of the recipe (data, labels, metric) is the run's.
-    recipe = load_recipe(recipe_file, [*overrides, f"model.name_or_path={output_dir}"])
-    recipe.model.tokenizer_name_or_path = None
-    return recipe
-
-
-def _restore_task(output_dir: Path, recipe: Recipe):
-    """The task with the saved label maps, and the tokenizer: no weights yet."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    ensure_hub_mode()
-    task = make_task(recipe)
-    task.restore(AutoConfig.from_pretrained(output_dir))
-    return task, AutoTokenizer.from_pretrained(output_dir)
-
-
-def is_adapter_dir(output_dir: Path) -> bool:
-    return (Path(output_dir) / ADAPTER_CONFIG).is_file()
-
-
-def _restore_model(output_dir: Path, recipe: Recipe, task):
-    """The trained model: a full checkpoint, or the base model + the peft adapter (with its head)."""
-    import torch
-
-    if is_adapter_dir(output_dir):
-        from peft import PeftModel
-        from transformers import AutoConfig
-
-        base_name = json.loads((output_dir / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
-        base = task.auto_model_class.from_pretrained(
-            base_name, config=AutoConfig.from_pretrained(output_dir), revision=recipe.model.revision
-        )
-        model = PeftModel.from_pretrained(base, output_dir)
-    else:
-        model = task.auto_model_class.from_pretrained(output_dir)
-    if torch.cuda.is_available() and not recipe.training.use_cpu:
-        model.to("cuda")
-    return model
-
-
-def evaluate_output(
-    output_dir: str | Path, split: str | None = None, overrides=(), batch_size: int | None = None
-):
-    """Re-evaluate a trained model on a split of the recipe's data; writes eval_<split>_results.json."""
-    import tempfile
-
-    from transformers import TrainingArguments
-
-    output_dir = Path(output_dir)
-    recipe = load_output_recipe(output_dir, overrides)
-    split = split or (recipe.data.eval_splits[0] if recipe.data.eval_splits else None)
-    if split is None:
-        raise RecipeError("data.eval_split", "the recipe names no evaluation split; pass --split NAME.")
-    recipe.data.eval_split = split
-    if recipe.data.test_split == split:
-        recipe.data.test_split = None  # evaluating it means it has labels
-    task, tokenizer = _restore_task(output_dir, recipe)
-    raw = task.load([split])
-    task.prepare(raw)  # checks columns and label values against the saved label maps
-    data = task.preprocess(raw, tokenizer)[split]
-    model = _restore_model(output_dir, recipe, task)
-    with tempfile.TemporaryDirectory() as scratch:
-        args = TrainingArguments(
-            output_dir=scratch,
-            per_device_eval_batch_size=batch_size or recipe.training.per_device_eval_batch_size,
-            report_to="none",
-            use_cpu=recipe.training.use_cpu,
-            bf16=recipe.training.bf16,  # the same autocast as the evaluation during training
-            fp16=recipe.training.fp16,
-            bf16_full_eval=recipe.training.bf16_full_eval,
-        )
-        trainer = FinetuneTrainer(
-            model=model,
-            args=args,
-            processing_class=tokenizer,
-            data_collator=task.data_collator(tokenizer, args),
-            compute_metrics=task.compute_metrics(),
-            preprocess_logits_for_metrics=task.preprocess_logits_for_metrics(),
-        )
-        metrics = trainer.evaluate(eval_dataset=data, metric_key_prefix="eval")
-    metrics["eval_samples"] = len(raw[split])  # examples, not features (QA windows)
-    metrics["split"] = split
-    (output_dir / f"eval_{split}_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    return metrics
-
-
-def predict_output(
-    output_dir: str | Path,
-    input_path: str | Path,
-    output_path: str | Path,
-    batch_size: int = 32,
-    overrides=(),
-) -> int:
-    """Read JSON Lines, write one JSON object per line: the input fields plus label and score."""
-    import os
-
-    output_dir, input_path, output_path = Path(output_dir), Path(input_path), Path(output_path)
-    recipe = load_output_recipe(output_dir, overrides)
-    records = read_jsonl(input_path)
-    task, tokenizer = _restore_task(output_dir, recipe)
-    task.check_inputs(records, str(input_path))
-    model = _restore_model(output_dir, recipe, task)
-    results = task.predict(model, tokenizer, records, batch_size, where=str(input_path))
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output_path.with_name(output_path.name + ".partial")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for row in results:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, output_path)  # never leave a half-written output file
-    return len(results)
-
-
-def export_merged(output_dir: str | Path, target: str | Path) -> Path:
-    """`hf-finetune export --merge`: fold a LoRA/IA3 adapter (and its head) into a standalone model directory.
-
-    The result loads with plain ``AutoModelFor...from_pretrained`` and works with `eval` and `predict`. It is
-    written next to the target and renamed into place, so a failure leaves nothing half-written.
-    """
-    import os
-    import shutil
-
-    output_dir, target = Path(output_dir), Path(target)
-    recipe = load_output_recipe(output_dir)
-    if not is_adapter_dir(output_dir):
-        raise FinetuneError(
-            f"{output_dir}: holds a full model, not a peft adapter ({ADAPTER_CONFIG} missing); it is standalone already."
-        )
-    if target.exists() and any(target.iterdir()):
-        raise FinetuneError(f"--output {target}: exists and is not empty; give a new directory.")
-    saved = load_recipe(output_dir / RECIPE_FILE)
-    if saved.peft.method not in ("lora", "ia3"):
-        raise FinetuneError(
-            f"{output_dir}: a {saved.peft.method} adapter adds virtual tokens at run time and cannot be merged "
-            "into the weights; use the adapter directory with `eval` and `predict`."
-        )
-    task, tokenizer = _restore_task(output_dir, recipe)
-    model = _restore_model(output_dir, recipe, task).merge_and_unload()
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    saved.peft = type(saved.peft)()  # the merged model is a plain one
-    saved.model.name_or_path = str(target.absolute())
-    saved.save(partial / RECIPE_FILE, header=f"# Merged from the adapter in {output_dir.absolute()}\n")
-    if target.exists():
-        target.rmdir()
-    os.replace(partial, target)
-    return target
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise DataError(f"--input: file not found: {path}. Give a JSON Lines file, one object per line.")
-    records = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(
-                    f"{path} line {number}: not valid JSON ({exc.msg}); each line must be one JSON object."
-                ) from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path} line {number}: expected a JSON object, got {type(record).__name__}.")
-            records.append(record)
-    if not records:
-        raise DataError(f"{path}: no input lines; give one JSON object per line.")
-    return records

@@ -7,6 +7,10 @@ repository), ``recipe.yaml``, ``strategy.json``, the results JSON files, ``train
 subdirectories, ``training_args.bin`` (a pickle; ``recipe.yaml`` is the reproducible record), hidden,
 partial and lock files. ``--dry-run`` prints exactly that list and contacts nothing.
 
+`train_and_push` is the training entry of `hf-finetune train` and `hf_finetune.train`: `pipeline.train`
+with the push of a recipe's ``hub`` section as its ``after_training`` hook (pipeline never imports this
+module).
+
 One commit per push (``create_commit``), so a failed upload changes nothing on the Hub. The token is
 `huggingface_hub`'s (``HF_TOKEN`` or `hf auth login`); it is passed to the client and never printed,
 logged or written anywhere.
@@ -18,29 +22,45 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from .card import CARD_FILE, write_card
-from .config import check_repo_id
+from .card import write_card
+from .config import Recipe, check_repo_id
 from .errors import FinetuneError
-from .pipeline import check_output_dir, export_merged, is_adapter_dir
+from .hub import check_can_push, hub_token
+from .inference import export_merged
+from .outputs import (
+    CARD_FILE,
+    CURVES_FILE,
+    ENV_FILE,
+    PARTIAL_SUFFIX,
+    RECIPE_FILE,
+    RESULTS_FILE,
+    STRATEGY_FILE,
+    TRAINER_STATE,
+    check_output_dir,
+    is_adapter_dir,
+)
+from .pipeline import train
 
 logger = logging.getLogger("hf_finetune")
 
 #: top-level files never uploaded
 EXCLUDED = ("training_args.bin",)
-EXCLUDED_SUFFIXES = (".partial", ".lock", ".tmp")
+EXCLUDED_SUFFIXES = (PARTIAL_SUFFIX, ".lock", ".tmp")
 #: files of the training record copied next to a merged model
 RECORD_FILES = (
-    "recipe.yaml",
-    "strategy.json",
-    "all_results.json",
+    RECIPE_FILE,
+    STRATEGY_FILE,
+    RESULTS_FILE,
     "train_results.json",
     "eval_results.json",
-    "trainer_state.json",
-    "environment.json",
-    "training_curves.png",
+    TRAINER_STATE,
+    ENV_FILE,
+    CURVES_FILE,
 )
 
 
@@ -80,27 +100,6 @@ def upload_files(folder: Path) -> list[str]:
     return names
 
 
-def hub_token() -> str | None:
-    from huggingface_hub import get_token
-
-    return get_token()
-
-
-def check_can_push() -> None:
-    """Fail before any work when the Hub cannot be reached for a push: offline mode or no token."""
-    from .hub import _truthy
-
-    if _truthy(os.environ.get("HF_HUB_OFFLINE")):
-        raise FinetuneError(
-            "pushing needs the Hugging Face Hub, but HF_HUB_OFFLINE is set; unset it (or use --dry-run)."
-        )
-    if not hub_token():
-        raise FinetuneError(
-            "no Hugging Face token: log in with `hf auth login` or set HF_TOKEN (a token with write access), "
-            "or use --dry-run to see what would be pushed."
-        )
-
-
 def push(
     output_dir: str | Path,
     repo_id: str,
@@ -134,7 +133,7 @@ def push(
                 if source.is_file() and not (folder / name).exists():
                     shutil.copy2(source, folder / name)
             # the merged model's recipe points at the merged folder; the card's base model is the run's
-            shutil.copy2(output_dir / "recipe.yaml", folder / "recipe.yaml")
+            shutil.copy2(output_dir / RECIPE_FILE, folder / RECIPE_FILE)
         else:
             folder.mkdir()
             for name in upload_files(output_dir):
@@ -201,3 +200,28 @@ def _upload(plan: PushPlan, message: str) -> str:
         raise FinetuneError(f"push to {plan.repo_id} failed: the Hub could not be reached ({exc}).") from None
     logger.info("pushed %d files to %s", len(plan.files), plan.repo_id)
     return str(getattr(info, "commit_url", info))
+
+
+# ------------------------------------------------------------------------------------------------
+# Training that ends with a push
+# ------------------------------------------------------------------------------------------------
+def train_and_push(recipe: Recipe, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """`hf-finetune train` and `hf_finetune.train`: `pipeline.train`, then, with ``hub.push``, the push of the
+    finished output directory (main process only). A missing token or offline mode fails before training."""
+    if not recipe.hub.push:
+        return train(recipe, callbacks)
+    check_can_push()
+    return train(recipe, callbacks, after_training=push_after_training)
+
+
+def push_after_training(recipe: Recipe, output_dir: Path) -> None:
+    """Push a finished run as its ``hub`` section says; a failure says how to retry, the model being saved."""
+    hub = recipe.hub
+    try:
+        result = push(output_dir, hub.repo_id, private=hub.private, revision=hub.revision, merge=hub.merge)
+    except FinetuneError as exc:
+        retry = f"hf-finetune push {output_dir} --repo-id {hub.repo_id}" + (" --merge" if hub.merge else "")
+        raise FinetuneError(
+            f"{exc} The trained model is saved in {output_dir}; retry with `{retry}`."
+        ) from None
+    logger.info("pushed to %s: %s", hub.repo_id, result["commit_url"])

@@ -10,13 +10,11 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .errors import RecipeError
+from .outputs import PARTIAL_PREFIX, RECIPE_FILE, TRAINER_STATE
 from .strategies.peft import is_peft_model
 
-RECIPE_FILE = "recipe.yaml"
-TRAINER_STATE = "trainer_state.json"
-# A checkpoint is written under this prefix and renamed to checkpoint-N once complete; the name never
+# A checkpoint is written under PARTIAL_PREFIX and renamed to checkpoint-N once complete; the name never
 # matches transformers' checkpoint pattern, so resume and rotation never see a half-written one.
-PARTIAL_PREFIX = ".partial-"
 
 
 class FinetuneTrainer(Trainer):

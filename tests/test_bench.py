@@ -74,6 +74,8 @@ def test_tiny_bench_writes_the_three_outputs_and_resumes(tmp_path, tiny_model_di
         assert r["mfu"] == pytest.approx(r["train_model_flops"] / r["train_runtime"] / FAKE_PEAK)
         assert 0 < r["mfu"] < 1
         assert r["total_params"] >= r["trainable_params"] > 0
+        # what the cell's process trained on, as it reported it: the tiny recipes train fp32 on the CPU
+        assert (r["device"], r["dtype"], r["machine"]) == ("cpu", "float32", mfu.device_name("cpu"))
         assert not list((out / "cells" / r["task"] / r["strategy"] / "seed1").glob("*.safetensors"))
     by = {(r["task"], r["strategy"]): r for r in records}
     # the overlay took effect: frozen embeddings train fewer parameters, at the same model FLOPs per token
@@ -92,6 +94,7 @@ def test_tiny_bench_writes_the_three_outputs_and_resumes(tmp_path, tiny_model_di
     assert all(" ± " not in row for row in rows)  # one seed: a mean, no spread to show
     assert all(row.count("%") == 2 for row in rows)  # the trainable share and the MFU
     assert "peak RSS MB" in table and "MFU" in table
+    assert f"Ran on {mfu.device_name('cpu')} (cpu, float32)." in table
     png = (out / "results.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
@@ -142,37 +145,57 @@ def test_a_cell_that_runs_out_of_time_is_stopped_and_recorded(tmp_path, tiny_mod
     assert cli.main(["bench", bench_file, "bench.cell_timeout_s=0.5", "--no-progress"]) == 1
     (record,) = read_results(tmp_path / "bench-out" / "results.jsonl")
     assert record["status"] == "failed" and record["error"] == "stopped after bench.cell_timeout_s=0.5s"
-    assert record["wall_s"] < 15  # stopped, not waited for
+    assert not (tmp_path / "bench-out" / "cells" / "alpha" / "full" / "seed1" / "all_results.json").exists()
+
+
+def _wait_until(condition, what: str, timeout: float = 120.0) -> None:
+    """Poll ``condition`` until it holds; fail only after ``timeout`` seconds (a generous bound for a busy
+    machine, not a speed requirement)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen within {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def _running(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_stopping_a_cell_stops_the_processes_it_started(tmp_path):
-    """A timeout (or Ctrl-C / SIGTERM of the bench) stops the cell's whole process group, workers too."""
-    import os
+    """Stopping a cell (its timeout, or Ctrl-C / SIGTERM of the bench) stops its whole process group:
+    the workers it started go with it."""
     import sys
-    import time
 
-    from hf_finetune.bench import _run_child
+    from hf_finetune.launch import run_child, start_child, stop_group
 
     pids = tmp_path / "pids"
     child = (
         "import os, subprocess, sys, time\n"
         "worker = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
-        f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{worker.pid}}')\n"
+        f"open({str(pids)!r} + '.tmp', 'w').write(f'{{os.getpid()}} {{worker.pid}}')\n"
+        f"os.replace({str(pids)!r} + '.tmp', {str(pids)!r})\n"
         "time.sleep(600)\n"
     )
     with (tmp_path / "log").open("w") as log:
-        started = time.time()
-        assert _run_child([sys.executable, "-c", child], log, timeout=3) is None
-    assert time.time() - started < 30
+        proc = start_child([sys.executable, "-c", child], log)
+        _wait_until(pids.exists, "the child writing its pid and its worker's")
+        stop_group(proc)
     for pid in map(int, pids.read_text().split()):
-        for _ in range(50):  # the worker is re-parented to init, which reaps it shortly
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail(f"process {pid} is still running")
+        # the worker is re-parented to init, which reaps it shortly
+        _wait_until(lambda pid=pid: not _running(pid), f"process {pid} ending")
+
+    # a timeout stops the child the same way: run_child returns None (no exit code) instead of waiting
+    with (tmp_path / "log").open("w") as log:
+        assert run_child([sys.executable, "-c", "import time; time.sleep(600)"], log, timeout=0.5) is None
 
 
 def test_impossible_strategies_and_missing_data_fail_before_any_cell_runs(tmp_path, tiny_model_dir, capsys):
@@ -304,9 +327,10 @@ def test_bench_overrides_and_overlays_reach_the_cell_recipes(tmp_path, tiny_mode
     ("edit", "expected"),
     [
         ({"benchh": {}}, "unknown key 'benchh'"),
-        ({"bench": {"seeds": []}}, "bench.seeds must be a non-empty list"),
-        ({"bench": {"seed": [1]}}, "unknown field bench.seed"),
-        ({"bench": {"max_steps": 0}}, "bench.max_steps must be a positive integer"),
+        ({"bench": {"seeds": []}}, "`bench.seeds`: must be a non-empty list"),
+        ({"bench": {"seed": [1]}}, "`bench.seed`: unknown field (did you mean: seeds?)"),
+        ({"bench": {"max_steps": 0}}, "`bench.max_steps`: must be a positive integer"),
+        ({"bench": {"max_steps": "many"}}, "`bench.max_steps`: expected an integer or null, got 'many'"),
         ({"strategies": {"x": {"stratgy": {"freeze_embeddings": True}}}}, "unknown recipe section 'stratgy'"),
         (
             {"strategies": {"x": {"strategy": {"freeze_layer": 2}}}},
@@ -421,28 +445,57 @@ def test_the_headline_metric_follows_the_task_and_its_eval_splits():
         ({"eval_loss": 0.5}, "failed", "eval_validation_matched_accuracy is not among the eval results"),
     ],
 )
-def test_a_cells_score_is_read_from_its_results(tmp_path, monkeypatch, results, status, error):
+def test_a_cells_score_is_read_from_its_results(tmp_path, results, status, error):
     """The score key on a multi-split task; a NaN score (constant predictions) or a missing one fails the cell."""
-    from hf_finetune import bench as bench_mod
-    from hf_finetune.bench import Cell
+    from hf_finetune.bench import Cell, run_cell
     from hf_finetune.catalog import resolve_recipe_path
     from hf_finetune.config import load_recipe
+    from hf_finetune.launch import Launched
 
     recipe = load_recipe(resolve_recipe_path("glue/mnli"))
     metric = "pearson" if any("pearson" in k for k in results) else None
     cell = Cell("mnli", "full", 1, "glue/mnli", [], metric, tmp_path / "cell", recipe=recipe)
 
-    def fake_child(cmd, log, timeout, env=None):
-        cell.run_dir.mkdir()  # as training would
-        (cell.run_dir / "all_results.json").write_text(json.dumps({**results, "train_runtime": 3.0}))
-        return 0
+    def fake_launch(recipe_path, overrides, run_dir, timeout=None, env=None):
+        run_dir.mkdir()  # as training would
+        (run_dir / "all_results.json").write_text(json.dumps({**results, "train_runtime": 3.0}))
+        return Launched(0, 3.5, tmp_path / "cell.log", {"max_rss_mb": 512.0})
 
-    monkeypatch.setattr(bench_mod, "_run_child", fake_child)
     fake_bench = type("B", (), {"cell_timeout_s": None, "keep_models": False})()
-    record = bench_mod.run_cell(cell, fake_bench, peak=None)
+    record = run_cell(cell, fake_bench, peak=None, launcher=fake_launch)
     assert record["status"] == status
     if status == "ok":
         assert record["metric"] == "validation_matched_accuracy" and record["score"] == 0.71
+        assert record["peak_memory_mb"] == 512.0 and record["wall_s"] == 3.5
     else:
         assert record["score"] is None and error in record["error"], record["error"]
     json.dumps(record, allow_nan=False)  # the record stays strict JSON
+
+
+def test_a_cells_record_carries_the_precision_and_machine_its_process_trained_on(tmp_path):
+    """The cell's recipe asked for bf16, its process reported fp32 (a CPU without native bf16 turns it off):
+    the record says fp32, on the machine the process named, and its MFU is against the fp32 peak."""
+    from hf_finetune.bench import Cell, run_cell
+    from hf_finetune.catalog import resolve_recipe_path
+    from hf_finetune.config import load_recipe
+    from hf_finetune.launch import Launched
+
+    recipe = load_recipe(resolve_recipe_path("glue/sst2"))
+    cell = Cell("sst2", "full", 1, "glue/sst2", [], None, tmp_path / "cell", recipe=recipe, dtype="bfloat16")
+    reported = {"max_rss_mb": 100.0, "device": "cpu", "dtype": "float32", "machine": "Some CPU"}
+
+    def fake_launch(recipe_path, overrides, run_dir, timeout=None, env=None):
+        run_dir.mkdir()
+        results = {"eval_accuracy": 0.8, "train_runtime": 2.0, "train_model_flops": 4.0e11}
+        (run_dir / "all_results.json").write_text(json.dumps(results))
+        return Launched(0, 2.5, tmp_path / "cell.log", reported)
+
+    fake_bench = type("B", (), {"cell_timeout_s": None, "keep_models": False})()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            mfu, "peak_flops", lambda device, dtype, measure_if_missing=True: {"float32": 1e12}[dtype]
+        )
+        record = run_cell(cell, fake_bench, peak=5e12, launcher=fake_launch)
+    assert record["status"] == "ok"
+    assert (record["device"], record["dtype"], record["machine"]) == ("cpu", "float32", "Some CPU")
+    assert record["peak_flops"] == 1e12 and record["mfu"] == pytest.approx(4.0e11 / 2.0 / 1e12)

@@ -194,11 +194,11 @@ def test_readme_documents_every_recipe_field():
 
 
 def test_mixed_precision_without_accelerator_runs_on_cpu_and_stays_portable(monkeypatch, caplog):
-    from hf_finetune import config
+    from hf_finetune import hardware
 
-    monkeypatch.setattr(config, "_accelerator_available", lambda: False)
-    monkeypatch.setattr(config, "_cpu_has_native", lambda dtype: True)
-    monkeypatch.setattr(config, "_LOGGED", set())
+    monkeypatch.setattr(hardware, "accelerator_available", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_has_native", lambda dtype: True)
+    monkeypatch.setattr(hardware, "LOGGED_ONCE", set())
     with caplog.at_level("INFO", logger="hf_finetune"):
         recipe = load_recipe(BASE, ["training.bf16=true"])
         load_recipe(BASE, ["training.bf16=true", "training.seed=1"])  # tune loads a recipe per candidate
@@ -217,12 +217,12 @@ def test_mixed_precision_without_accelerator_runs_on_cpu_and_stays_portable(monk
 def test_mixed_precision_on_a_cpu_without_native_instructions_trains_in_fp32(monkeypatch, caplog):
     """Emulated bf16 is far slower than fp32 on such CPUs: the run falls back to fp32 and says so; the
     saved recipe keeps bf16 for a GPU, and an explicit use_cpu=true forces autocast on the CPU."""
-    from hf_finetune import config
+    from hf_finetune import hardware
 
-    monkeypatch.setattr(config, "_accelerator_available", lambda: False)
-    monkeypatch.setattr(config, "_cpu_has_native", lambda dtype: False)
+    monkeypatch.setattr(hardware, "accelerator_available", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_has_native", lambda dtype: False)
     # the warning comes once per process: an earlier test on a CPU without bf16 may already have had it
-    monkeypatch.setattr(config, "_LOGGED", set())
+    monkeypatch.setattr(hardware, "LOGGED_ONCE", set())
     with caplog.at_level("WARNING", logger="hf_finetune"):
         recipe = load_recipe(BASE, ["training.bf16=true"])
         load_recipe(BASE, ["training.bf16=true", "training.learning_rate=1e-3"])
@@ -237,11 +237,11 @@ def test_mixed_precision_on_a_cpu_without_native_instructions_trains_in_fp32(mon
     not Path("/proc/cpuinfo").exists() or __import__("platform").machine() != "x86_64", reason="x86 Linux"
 )
 def test_native_bf16_detection_matches_the_cpu_flags():
-    from hf_finetune.config import _cpu_has_native
+    from hf_finetune.hardware import cpu_has_native
 
     flags = set()
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("flags"):
             flags = set(line.split(":", 1)[1].split())
             break
-    assert _cpu_has_native("bf16") == bool({"avx512_bf16", "amx_tile"} & flags)
+    assert cpu_has_native("bf16") == bool({"avx512_bf16", "amx_tile"} & flags)

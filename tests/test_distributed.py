@@ -282,7 +282,7 @@ def test_launch_checks(monkeypatch):
 
 
 def test_multi_process_launch_without_gpu_trains_on_cpu(monkeypatch):
-    monkeypatch.setattr("hf_finetune.config._accelerator_available", lambda: False)
+    monkeypatch.setattr("hf_finetune.hardware.accelerator_available", lambda: False)
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert derived_training_init({"output_dir": "x"})["use_cpu"] is True  # derived; the recipe keeps none
     assert derived_training_init({"output_dir": "x", "use_cpu": False})["use_cpu"] is False  # as set

@@ -11,7 +11,8 @@ import json
 import pytest
 
 from hf_finetune.config import load_recipe
-from hf_finetune.pipeline import predict_output, prepare, train, validate
+from hf_finetune.inference import predict_output
+from hf_finetune.pipeline import prepare, train, validate
 
 from .conftest import MINILM, REPO
 

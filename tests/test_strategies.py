@@ -535,13 +535,13 @@ def test_plan_cli_json_and_table(tiny_model_dir, sentiment_files, tmp_path, caps
 
 
 def test_meta_plan_equals_the_plan_on_loaded_weights(tiny_model_dir, sentiment_files, tmp_path):
-    from hf_finetune.pipeline import _load_model, prepare, strategy_plan
+    from hf_finetune.pipeline import load_model, prepare, strategy_plan
 
     recipe = load_recipe(
         tiny_recipe(tiny_model_dir, sentiment_files, tmp_path / "out", strategy={"freeze_layers": -1})
     )
     prepared = prepare(recipe)
-    assert prepared.plan.to_dict() == strategy_plan(recipe, _load_model(prepared)).to_dict()
+    assert prepared.plan.to_dict() == strategy_plan(recipe, load_model(prepared)).to_dict()
 
 
 def test_gradual_unfreezing_keeps_ddp_replicas_identical(tiny_model_dir, sentiment_files, tmp_path):

@@ -12,9 +12,10 @@ import torch
 from hf_finetune import cli
 from hf_finetune.config import load_recipe
 from hf_finetune.errors import FinetuneError
+from hf_finetune.inference import evaluate_output, predict_output
 from hf_finetune.labels import SINGLE, LabelSchema
-from hf_finetune.pipeline import evaluate_output, predict_output, prepare, train, validate
-from hf_finetune.tasks.token_classification import align_labels, split_words, windows
+from hf_finetune.pipeline import prepare, train, validate
+from hf_finetune.tasks.words import align_labels, split_words, windows
 
 from .conftest import minilm_path, tiny_recipe, train_fails, write_jsonl
 

@@ -12,7 +12,8 @@ import torch
 
 from hf_finetune import cli
 from hf_finetune.config import load_recipe
-from hf_finetune.pipeline import evaluate_output, predict_output, train
+from hf_finetune.inference import evaluate_output, predict_output
+from hf_finetune.pipeline import train
 
 from .conftest import NEGATIVE, POSITIVE, tiny_recipe, write_jsonl
 

@@ -6,7 +6,7 @@ fetched from the Hub.
 
 from __future__ import annotations
 
-from .classification import GLUE_TASKS, Classification, Glue, MultiLabel, Regression
+from .classification import GLUE_TASKS, Classification, Glue, MultiLabel, Regression, glue_task
 from .sequence_labeling import Seqeval
 from .squad import Squad
 
@@ -19,6 +19,7 @@ __all__ = [
     "Seqeval",
     "Squad",
     "available_metrics",
+    "glue_task",
     "load_metric",
 ]
 

@@ -23,6 +23,15 @@ GLUE_TASKS = (
     "ax",
 )
 
+
+def glue_task(dataset: str | None, config: str | None) -> str | None:
+    """The GLUE task a recipe's ``data.dataset`` / ``data.config`` name (``glue`` or ``nyu-mll/glue``
+    with a GLUE config such as ``sst2``), else None."""
+    if dataset and dataset.rstrip("/").split("/")[-1] == "glue" and config in GLUE_TASKS:
+        return config
+    return None
+
+
 _CITATION = "Wang et al., GLUE: A Multi-Task Benchmark and Analysis Platform for Natural Language Understanding (2018)."
 
 

@@ -1,11 +1,12 @@
 """The recipe's ``peft`` section as a `peft` config, applied to the task model.
 
-- ``task_type`` comes from the task (SEQ_CLS, TOKEN_CLS, QUESTION_ANS).
+- ``task_type`` comes from the task class (its ``peft_task_type``: SEQ_CLS, TOKEN_CLS, QUESTION_ANS).
 - The task head is found by introspection (everything outside the base model, see layers.py) and goes
   to ``modules_to_save``: it is trained whole and saved with the adapter. It is never a LoRA target.
 - ``target_modules: auto``: LoRA adapts every ``nn.Linear`` inside the transformer blocks (attention
   projections and the feed-forward layers); IA3 uses peft's table for the architecture.
-- Method x task combinations that peft cannot train are refused up front (see UNSUPPORTED).
+- Method x task combinations that peft cannot train are refused up front: each task class lists them
+  in ``refused_peft_methods``, with the reason.
 
 Everything here also runs on a ``meta``-device model, so errors come before any weights load.
 """
@@ -17,30 +18,12 @@ from typing import Any
 
 from torch import nn
 
-from ..config import PeftSection, Recipe
+from ..config.schema import PeftSection, Recipe
 from ..errors import RecipeError
+from ..tasks import get_task
 from .layers import HEAD, discover_layout
 
-TASK_TYPES = {
-    "text-classification": "SEQ_CLS",
-    "token-classification": "TOKEN_CLS",
-    "question-answering": "QUESTION_ANS",
-}
 PROMPT_METHODS = ("prefix_tuning", "prompt_tuning", "p_tuning")
-#: (method, task) pairs that peft wraps but cannot train correctly, and why
-UNSUPPORTED = {
-    (
-        "prompt_tuning",
-        "token-classification",
-    ): "peft prepends the virtual tokens to the logits but not to the "
-    "per-token labels, so the loss does not line up",
-    ("p_tuning", "token-classification"): "peft prepends the virtual tokens to the logits but not to the "
-    "per-token labels, so the loss does not line up",
-    ("prompt_tuning", "question-answering"): "the virtual tokens shift every position, while the answer "
-    "start/end labels and the offset mapping do not move with them",
-    ("p_tuning", "question-answering"): "the virtual tokens shift every position, while the answer "
-    "start/end labels and the offset mapping do not move with them",
-}
 
 
 def head_modules(model: nn.Module) -> list[str]:
@@ -70,14 +53,15 @@ def peft_config(section: PeftSection, task_name: str, model: nn.Module) -> Any:
     import peft
 
     method = section.method
-    if (method, task_name) in UNSUPPORTED:
+    task = get_task(task_name).task_class
+    refused = task.refused_peft_methods
+    if method in refused:
+        raise RecipeError("peft.method", f"{method} does not work for {task_name}: {refused[method]}.")
+    task_type = task.peft_task_type
+    if task_type is None:
         raise RecipeError(
-            "peft.method",
-            f"{method} does not work for {task_name}: {UNSUPPORTED[method, task_name]}. Use lora or ia3"
-            + (" or prefix_tuning" if task_name == "token-classification" else "")
-            + ".",
+            "peft.method", f"{task_name} has no PEFT task type, so peft cannot wrap its model; drop `peft`."
         )
-    task_type = TASK_TYPES[task_name]
     heads = head_modules(model)
     to_save = list(dict.fromkeys(heads + list(section.modules_to_save)))
     _check_modules_exist(model, section.modules_to_save)

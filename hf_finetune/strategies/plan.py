@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import PeftSection, StrategyConfig
+from ..config.schema import PeftSection, StrategyConfig
 from ..errors import RecipeError
 from .layers import EMBEDDINGS, HEAD, POOLER, PROMPT, Layout, LayoutError, discover_layout, layer_part
 
@@ -106,6 +106,41 @@ class StrategyPlan:
                 ],
             }
         return out
+
+    def format_table(self) -> str:
+        """The table `hf-finetune plan` prints: one row per parameter group, then the trainable share."""
+        unit = {"epoch": "epoch", "steps": "step"}.get(self.unfreeze_unit or "", "")
+        header = (
+            "group",
+            "params",
+            "trainable",
+            "lr",
+            "weight_decay",
+            *(["from " + unit] if unit else []),
+            "modules",
+        )
+        rows = [header]
+        for g in self.groups:
+            row = [
+                g.name,
+                f"{g.params:,}",
+                "yes" if g.trainable else "frozen",
+                "-" if g.lr is None else f"{g.lr:.3g}",
+                "-" if g.weight_decay is None else f"{g.weight_decay:g}",
+            ]
+            if unit:
+                row.append("-" if not g.trainable else str(g.unfreeze_at or 0))
+            row.append(", ".join(g.modules))
+            rows.append(tuple(row))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+        lines = [f"strategy: {self.description} ({self.architecture}, {self.num_layers} layers)"]
+        for r in rows:
+            cells = [c.rjust(w) if 0 < i < 3 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
+            lines.append("  ".join(cells) + "  " + r[-1])
+        lines.append(
+            f"trainable {self.trainable_params:,} of {self.total_params:,} parameters ({self.trainable_percent:.2f}%)"
+        )
+        return "\n".join(lines)
 
     # ------------------------------------------------------------------ applying it
     def apply(self, model) -> None:

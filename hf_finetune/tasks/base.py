@@ -1,17 +1,24 @@
-"""What every task provides, and the data checks they share.
+"""What every task provides, and the data checks and helpers they share.
 
 A task turns raw splits into model inputs and model outputs into metrics and predictions.
 Everything up to ``prepare`` runs without a model: `hf-finetune validate` stops there.
+
+A task also owns its facts, as class attributes the rest of the package reads from the registered
+class (``get_task(name).task_class``): the Auto class of its head, the model card's title and usage
+snippet, the PEFT task type and the PEFT methods it refuses, and the metric a bench or a search ranks
+runs by. Adding a task is one module: a `Task` subclass that sets them, registered with `register_task`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
+import numpy as np
+
 from ..cache import preprocessing_key, tokenised_path
-from ..config import Recipe
+from ..config.schema import Recipe
 from ..data import DataSource, load_splits
 from ..errors import DataError, RecipeError
 
@@ -20,8 +27,49 @@ logger = logging.getLogger(__name__)
 
 class Task:
     name: ClassVar[str]
-    #: the `transformers` auto class of the task head
-    auto_model_class: ClassVar[Any]
+    """The registered task name (set by `register_task`), e.g. "text-classification"."""
+
+    # ---------------------------------------------------------------- the task's facts
+    # Required ones have no value here: `register_task` refuses a class that leaves one unset.
+    auto_class: ClassVar[str]
+    """Name of the `transformers` Auto class of the task head, e.g. "AutoModelForSequenceClassification"."""
+
+    card_title: ClassVar[str]
+    """The task as the model card's evaluation results name it, e.g. "Text Classification"."""
+
+    usage_example: ClassVar[str]
+    """The call the model card's usage snippet makes on a `transformers.pipeline` of this task, e.g.
+    ``model("a gripping, beautifully acted film")``."""
+
+    pipeline_kwargs: ClassVar[str] = ""
+    """Extra keyword arguments (Python source, with a leading comma) for the card's `pipeline(...)` call,
+    e.g. ``', aggregation_strategy="simple"'``."""
+
+    peft_task_type: ClassVar[str | None]
+    """The `peft.TaskType` name of the head ("SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS"); None: no PEFT."""
+
+    refused_peft_methods: ClassVar[Mapping[str, str]] = {}
+    """PEFT methods peft wraps for this task but cannot train correctly: method -> why, and what to use
+    instead. A recipe that asks for one fails before any weights load."""
+
+    headline_candidates: ClassVar[tuple[str, ...]] = ("accuracy",)
+    """The metrics :meth:`headline_metric` picks from by default, preferred first."""
+
+    @classmethod
+    def headline_metric(cls, recipe: Recipe, results: Mapping[str, Any]) -> str:
+        """The metric (no ``eval_`` prefix) a bench or a search ranks this recipe's runs by.
+
+        ``results`` is a run's ``all_results.json``. The default is the first of
+        :attr:`headline_candidates` that ``results`` holds (see :func:`metric_key`), else the first.
+        """
+        return first_metric(recipe, results, cls.headline_candidates)
+
+    @property
+    def auto_model_class(self) -> Any:
+        """The `transformers` Auto class named by :attr:`auto_class` (imported on use)."""
+        import transformers
+
+        return getattr(transformers, self.auto_class)
 
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
@@ -188,6 +236,38 @@ class Task:
     def input_fields(self) -> list[str]:
         """Fields that `hf-finetune predict` reads from each input line."""
         return []
+
+
+def metric_key(recipe: Recipe, metric: str) -> str:
+    """The all_results.json key of ``metric`` on the recipe's (first) eval split: ``eval_<metric>``, or
+    ``eval_<split>_<metric>`` when the recipe evaluates several splits (MNLI's matched and mismatched)."""
+    metric = metric.removeprefix("eval_")
+    splits = recipe.data.eval_splits
+    if len(splits) > 1 and not metric.startswith(tuple(f"{split}_" for split in splits)):
+        return f"eval_{splits[0]}_{metric}"
+    return f"eval_{metric}"
+
+
+def first_metric(recipe: Recipe, results: Mapping[str, Any], candidates: Sequence[str]) -> str:
+    """The first of ``candidates`` that ``results`` holds (by :func:`metric_key`), else the first."""
+    return next((name for name in candidates if metric_key(recipe, name) in results), candidates[0])
+
+
+def capped_max_length(tokenizer, wanted: int) -> int:
+    """``wanted`` (``data.max_seq_length``), or the tokenizer's own limit when that is smaller (warned)."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < wanted:
+        logger.warning(
+            "data.max_seq_length=%d exceeds the tokenizer's limit %d; using %d", wanted, limit, limit
+        )
+        return limit
+    return wanted
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, shifted by the maximum for stability."""
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 def pad_multiple(args) -> int | None:

@@ -17,34 +17,37 @@ from typing import Any
 
 import numpy as np
 
-from ..config import TaskConfig, _help
+from ..config.schema import TaskConfig, field_help
 from ..errors import DataError, RecipeError
-from .base import Task
+from .base import Task, capped_max_length, softmax
 from .registry import register_task
-from .text_classification import _max_length
 
 logger = logging.getLogger(__name__)
 
 SHOWN = 10  # offending ids listed in an error
+_SHIFTED_POSITIONS = (
+    "the virtual tokens shift every position, while the answer start/end labels and the offset mapping do "
+    "not move with them. Use lora or ia3"
+)
 
 
 @dataclass
 class QuestionAnsweringConfig(TaskConfig):
-    question_column: str = _help("Column with the question.", "question")
-    context_column: str = _help("Column with the context the answer is taken from.", "context")
-    answers_column: str = _help(
+    question_column: str = field_help("Column with the question.", "question")
+    context_column: str = field_help("Column with the context the answer is taken from.", "context")
+    answers_column: str = field_help(
         "Column with the answers: {text: [...], answer_start: [...]} (character offsets).", "answers"
     )
-    id_column: str | None = _help("Column with the question id (used in error messages).", "id")
-    doc_stride: int = _help(
+    id_column: str | None = field_help("Column with the question id (used in error messages).", "id")
+    doc_stride: int = field_help(
         "Tokens shared by consecutive windows of a long context; must leave room for the question.", 128
     )
-    max_answer_length: int = _help("Longest answer, in tokens, that post-processing considers.", 30)
-    n_best_size: int = _help("Start and end candidates searched per window.", 20)
-    version_2_with_negative: bool = _help(
+    max_answer_length: int = field_help("Longest answer, in tokens, that post-processing considers.", 30)
+    n_best_size: int = field_help("Start and end candidates searched per window.", 20)
+    version_2_with_negative: bool = field_help(
         "SQuAD v2: questions may have no answer (empty answer list); metric squad_v2.", False
     )
-    null_score_diff_threshold: float = _help(
+    null_score_diff_threshold: float = field_help(
         "v2: answer nothing when the no-answer score beats the best span by more than this.", 0.0
     )
 
@@ -98,7 +101,7 @@ def best_spans(
         scores = [c[0] for c in found]
         if with_negative and np.isfinite(null_scores[example]):
             scores.append(null_scores[example])
-        probabilities = _softmax(np.array(scores)) if scores else np.array([])
+        probabilities = softmax(np.array(scores)) if scores else np.array([])
         if not found or (with_negative and null_scores[example] - found[0][0] > null_threshold):
             score = float(probabilities[-1]) if with_negative and len(probabilities) else 0.0
             results.append({"start": 0, "end": 0, "score": score, "answered": False})
@@ -109,11 +112,6 @@ def best_spans(
     return results
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max())
-    return e / e.sum()
-
-
 @register_task(
     "question-answering",
     QuestionAnsweringConfig,
@@ -122,16 +120,20 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 class QuestionAnsweringTask(Task):
     cfg: QuestionAnsweringConfig
 
+    auto_class = "AutoModelForQuestionAnswering"
+    card_title = "Question Answering"
+    usage_example = 'model(question="Where is it based?", context="Hugging Face is based in New York City.")'
+    peft_task_type = "QUESTION_ANS"
+    refused_peft_methods = {
+        "prompt_tuning": _SHIFTED_POSITIONS,
+        "p_tuning": _SHIFTED_POSITIONS,
+    }
+    headline_candidates = ("f1", "exact_match", "accuracy")
+
     def __init__(self, recipe):
         super().__init__(recipe)
         self.raw = None
         self.eval_features: dict[str, Any] = {}
-
-    @property
-    def auto_model_class(self):
-        from transformers import AutoModelForQuestionAnswering
-
-        return AutoModelForQuestionAnswering
 
     def describe(self) -> dict[str, Any]:
         return {"metrics": self.metric_names()}
@@ -248,7 +250,7 @@ class QuestionAnsweringTask(Task):
         self.require_fast_tokenizer(tokenizer, "character offsets of tokens")
         if self.raw is None:
             return
-        max_length = _max_length(tokenizer, data.max_seq_length)
+        max_length = capped_max_length(tokenizer, data.max_seq_length)
         room = max_length - tokenizer.num_special_tokens_to_add(pair=True)
         longest, where = 0, None
         for split, ds in self.raw.items():
@@ -272,7 +274,7 @@ class QuestionAnsweringTask(Task):
             [q.lstrip() for q in questions],
             contexts,
             truncation="only_second",
-            max_length=_max_length(tokenizer, data.max_seq_length),
+            max_length=capped_max_length(tokenizer, data.max_seq_length),
             stride=self.cfg.doc_stride,
             return_overflowing_tokens=True,
             return_offsets_mapping=True,

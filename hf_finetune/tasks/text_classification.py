@@ -12,38 +12,49 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..config import TaskConfig, _help
+from ..config.schema import TaskConfig, field_help
 from ..errors import DataError, RecipeError
 from ..labels import MULTI, PROBLEM_TYPES, REGRESSION, SINGLE, LabelSchema, build_schema, infer_problem_type
-from .base import Task
+from ..metrics import glue_task
+from .base import Task, capped_max_length, first_metric, softmax
 from .registry import register_task
 
 logger = logging.getLogger(__name__)
 
+#: the headline metric per GLUE task (as the GLUE leaderboard ranks them); the others: accuracy
+GLUE_HEADLINE = {
+    "cola": "matthews_correlation",
+    "stsb": "pearson",
+    "mrpc": "f1",
+    "qqp": "f1",
+}
+
 
 @dataclass
 class TextClassificationConfig(TaskConfig):
-    text_column: str = _help("Column with the (first) text.", "text")
-    text_pair_column: str | None = _help(
+    text_column: str = field_help("Column with the (first) text.", "text")
+    text_pair_column: str | None = field_help(
         "Column with the second text of a pair (MRPC, RTE, MNLI, ...).", None
     )
-    label_column: str = _help(
+    label_column: str = field_help(
         "Column with the label: class id, class name, list (multi-label) or number.", "label"
     )
-    labels: list[str] | None = _help(
+    labels: list[str] | None = field_help(
         "Label names in id order; default: ClassLabel names or the sorted values.", None
     )
-    num_labels: int | None = _help("Number of labels; checked against the data (1 means regression).", None)
+    num_labels: int | None = field_help(
+        "Number of labels; checked against the data (1 means regression).", None
+    )
     problem_type: Literal[
         "auto", "single_label_classification", "multi_label_classification", "regression"
-    ] = _help(
+    ] = field_help(
         "auto: lists -> multi-label, non-integral numbers or num_labels 1 -> regression, else single-label.",
         "auto",
     )
-    metric: str | list[str] = _help(
+    metric: str | list[str] = field_help(
         "auto (GLUE datasets: the task's official metric) or names from hf_finetune.metrics.", "auto"
     )
-    multi_label_threshold: float = _help(
+    multi_label_threshold: float = field_help(
         "Multi-label: a label is predicted when its sigmoid exceeds this.", 0.5
     )
 
@@ -94,15 +105,24 @@ class TextClassificationConfig(TaskConfig):
 class TextClassificationTask(Task):
     cfg: TextClassificationConfig
 
+    auto_class = "AutoModelForSequenceClassification"
+    card_title = "Text Classification"
+    usage_example = 'model("a gripping, beautifully acted film")'
+    peft_task_type = "SEQ_CLS"
+    headline_candidates = ("accuracy", "pearson", "matthews_correlation", "f1")
+
+    @classmethod
+    def headline_metric(cls, recipe, results) -> str:
+        """GLUE's own metric per task (Matthews correlation for CoLA, Pearson for STS-B, F1 for MRPC and
+        QQP, else accuracy); other datasets: accuracy, else Pearson (regression), Matthews or F1."""
+        glue = glue_task(recipe.data.dataset, recipe.data.config)
+        if glue is not None:
+            return GLUE_HEADLINE.get(glue, "accuracy")
+        return first_metric(recipe, results, cls.headline_candidates)
+
     def __init__(self, recipe):
         super().__init__(recipe)
         self.labels: LabelSchema | None = None
-
-    @property
-    def auto_model_class(self):
-        from transformers import AutoModelForSequenceClassification
-
-        return AutoModelForSequenceClassification
 
     # ---------------------------------------------------------------- data checks
     def text_fields(self) -> dict[str, str | None]:
@@ -177,7 +197,7 @@ class TextClassificationTask(Task):
 
     def preprocess(self, raw, tokenizer):
         cfg = self.cfg
-        max_length = _max_length(tokenizer, self.recipe.data.max_seq_length)
+        max_length = capped_max_length(tokenizer, self.recipe.data.max_seq_length)
         schema = self.labels
 
         def encode(batch, with_labels: bool):
@@ -194,14 +214,12 @@ class TextClassificationTask(Task):
         return out
 
     def metric_names(self) -> list[str]:
-        from ..metrics import GLUE_TASKS
-
         metric = self.cfg.metric
         if metric != "auto":
             return [metric] if isinstance(metric, str) else list(metric)
-        data = self.recipe.data
-        if data.dataset and data.dataset.rstrip("/").split("/")[-1] == "glue" and data.config in GLUE_TASKS:
-            return [f"glue/{data.config}"]
+        glue = glue_task(self.recipe.data.dataset, self.recipe.data.config)
+        if glue is not None:
+            return [f"glue/{glue}"]
         problem = self.labels.problem_type
         if problem == REGRESSION:
             return ["regression"]
@@ -269,7 +287,7 @@ class TextClassificationTask(Task):
 
         cfg = self.cfg
         texts, pairs = self.read_inputs(records, where)
-        max_length = _max_length(tokenizer, self.recipe.data.max_seq_length)
+        max_length = capped_max_length(tokenizer, self.recipe.data.max_seq_length)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]) + len(pairs[i] or ""))
         device = next(model.parameters()).device
         outputs: list[dict[str, Any] | None] = [None] * len(texts)
@@ -302,25 +320,10 @@ class TextClassificationTask(Task):
                 "label": [schema.names[j] for j in chosen],
                 "score": [round(float(probs[j]), 6) for j in chosen],
             }
-        probs = _softmax(logits)
+        probs = softmax(logits)
         best = int(probs.argmax())
         return {"label": schema.names[best], "score": round(float(probs[best]), 6)}
 
 
-def _max_length(tokenizer, wanted: int) -> int:
-    limit = getattr(tokenizer, "model_max_length", None)
-    if isinstance(limit, int) and 0 < limit < wanted:
-        logger.warning(
-            "data.max_seq_length=%d exceeds the tokenizer's limit %d; using %d", wanted, limit, limit
-        )
-        return limit
-    return wanted
-
-
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)

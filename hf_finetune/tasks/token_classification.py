@@ -10,42 +10,44 @@ subwords are left out of the loss (-100), unless ``label_all_tokens`` trains on 
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..config import TaskConfig, _help
+from ..config.schema import TaskConfig, field_help
 from ..errors import DataError, RecipeError
-from ..labels import SINGLE, LabelSchema, _classlabel_names
+from ..labels import SINGLE, LabelSchema, classlabel_names
 from ..metrics.sequence_labeling import OUTSIDE, entities, split_tag
-from .base import Task, pad_multiple
+from .base import Task, capped_max_length, pad_multiple, softmax
 from .registry import register_task
-from .text_classification import _max_length, _softmax
+from .words import IGNORE, align_labels, locate_words, split_words, windows
 
 logger = logging.getLogger(__name__)
 
-IGNORE = -100  # label id that the loss and the metric skip
+_UNALIGNED_LABELS = (
+    "peft prepends the virtual tokens to the logits but not to the per-token labels, so the loss does not "
+    "line up. Use lora or ia3 or prefix_tuning"
+)
 
 
 @dataclass
 class TokenClassificationConfig(TaskConfig):
-    tokens_column: str = _help("Column with the words of each sentence (a list of strings).", "tokens")
-    tags_column: str = _help(
+    tokens_column: str = field_help("Column with the words of each sentence (a list of strings).", "tokens")
+    tags_column: str = field_help(
         "Column with one tag per word: IOB names (B-PER, I-PER, O) or ClassLabel ids.", "ner_tags"
     )
-    labels: list[str] | None = _help(
+    labels: list[str] | None = field_help(
         "Tag names in id order; default: the dataset's ClassLabel names, else O then B-/I- of each "
         "type found in the training split.",
         None,
     )
-    label_all_tokens: bool = _help(
+    label_all_tokens: bool = field_help(
         "Train on every subword of a word (continuations of a B-X word get I-X); default: first "
         "subword only. Evaluation is per word either way.",
         False,
     )
-    strict: bool = _help(
+    strict: bool = field_help(
         "Require IOB2 (every I-X continues a B-X/I-X; an error names the first example that does "
         "not) and score entities strictly. Off: IOB1 and loose IOB2 are read the conlleval way.",
         False,
@@ -76,83 +78,6 @@ def _is_iob(tag: Any) -> bool:
     return True
 
 
-def align_labels(
-    word_ids: list[int | None], tag_ids: list[int], continuation: dict[int, int] | None = None
-) -> list[int]:
-    """Per-subword labels from per-word tags: the first subword of a word gets the word's tag,
-    special tokens -100, continuation subwords -100 (or ``continuation[tag]`` when given)."""
-    labels: list[int] = []
-    previous = None
-    for word in word_ids:
-        if word is None:
-            labels.append(IGNORE)
-        elif word != previous:
-            labels.append(tag_ids[word])
-        else:
-            labels.append(IGNORE if continuation is None else continuation[tag_ids[word]])
-        previous = word
-    return labels
-
-
-# Words of raw text, split the way CoNLL-style corpora are: abbreviations (U.S.), numbers and
-# dates (3.5, 1,000, 1996-08-22) and hyphenated words (Franco-German) stay whole; clitics ('s)
-# and every other symbol stand alone, so "Paris.Then" is three words.
-_WORD = re.compile(
-    r"(?:[^\W\d_]\.){2,}"  # U.S., e.g.
-    r"|\d+(?:[-.,:/]\d+)+"  # numbers with separators, dates, times
-    r"|\w+(?:-\w+)*"  # words, hyphenated words
-    r"|['\u2019](?:s|S|re|ve|ll|d|m|t)\b"  # clitics, straight or curly apostrophe
-    r"|[^\w\s]"  # any other symbol
-)
-
-
-def split_words(text: str) -> list[tuple[str, int, int]]:
-    """Raw text -> (word, start, end) with character offsets into ``text``."""
-    return [(m.group(), m.start(), m.end()) for m in _WORD.finditer(text)]
-
-
-def locate_words(words: list[str], text: str, where: str) -> list[tuple[int, int]]:
-    """Character spans of ``words`` found in order in ``text``."""
-    spans = []
-    position = 0
-    for i, word in enumerate(words):
-        start = text.find(word, position)
-        if start < 0:
-            raise DataError(
-                f"{where}: token {i} {word!r} does not occur in 'text' after character {position}; "
-                "the tokens must appear in the text in order (or give only one of the two)."
-            )
-        position = start + len(word)
-        spans.append((start, position))
-    return spans
-
-
-def windows(counts: list[int], budget: int) -> list[tuple[int, int]]:
-    """Split words with ``counts`` subwords each into overlapping windows of at most ``budget``
-    subwords; consecutive windows share about a quarter of the budget as context."""
-    n = len(counts)
-    if sum(counts) <= budget:
-        return [(0, n)]
-    overlap = budget // 4
-    spans = []
-    start = 0
-    while True:
-        end, total = start, 0
-        while end < n and total + counts[end] <= budget:
-            total += counts[end]
-            end += 1
-        end = max(end, start + 1)  # a single word longer than the budget is truncated
-        spans.append((start, end))
-        if end >= n:
-            return spans
-        back, shared = end, 0
-        while back > start + 1 and shared + counts[back - 1] <= overlap:
-            shared += counts[back - 1]
-            back -= 1
-        # overlap only when the next window still reaches past this one
-        start = back if shared + counts[end] <= budget else end
-
-
 @register_task(
     "token-classification",
     TokenClassificationConfig,
@@ -161,15 +86,20 @@ def windows(counts: list[int], budget: int) -> list[tuple[int, int]]:
 class TokenClassificationTask(Task):
     cfg: TokenClassificationConfig
 
+    auto_class = "AutoModelForTokenClassification"
+    card_title = "Token Classification"
+    usage_example = 'model("Hugging Face is based in New York City")'
+    pipeline_kwargs = ', aggregation_strategy="simple"'
+    peft_task_type = "TOKEN_CLS"
+    refused_peft_methods = {
+        "prompt_tuning": _UNALIGNED_LABELS,
+        "p_tuning": _UNALIGNED_LABELS,
+    }
+    headline_candidates = ("f1", "exact_match", "accuracy")
+
     def __init__(self, recipe):
         super().__init__(recipe)
         self.labels: LabelSchema | None = None
-
-    @property
-    def auto_model_class(self):
-        from transformers import AutoModelForTokenClassification
-
-        return AutoModelForTokenClassification
 
     # ---------------------------------------------------------------- data checks
     def prepare(self, raw) -> None:
@@ -218,7 +148,7 @@ class TokenClassificationTask(Task):
     def _label_names(self, train) -> list[str]:
         cfg = self.cfg
         column = cfg.tags_column
-        feature_names = _classlabel_names(train.features[column])
+        feature_names = classlabel_names(train.features[column])
         if cfg.labels is not None:
             if feature_names is not None and feature_names != cfg.labels:
                 raise RecipeError(
@@ -255,7 +185,7 @@ class TokenClassificationTask(Task):
     def _check_tags(self, ds, split: str) -> None:
         cfg, schema = self.cfg, self.labels
         ids = self._ids(ds)
-        feature_names = _classlabel_names(ds.features[cfg.tags_column])
+        feature_names = classlabel_names(ds.features[cfg.tags_column])
         loose = 0
         for row, (example, words, tags) in enumerate(zip(ids, ds[cfg.tokens_column], ds[cfg.tags_column])):
             where = f"example id {example} (row {row}) in the {split} split"
@@ -349,7 +279,7 @@ class TokenClassificationTask(Task):
 
     def preprocess(self, raw, tokenizer):
         cfg, data = self.cfg, self.recipe.data
-        max_length = _max_length(tokenizer, data.max_seq_length)
+        max_length = capped_max_length(tokenizer, data.max_seq_length)
         continuation = self.continuation_ids()
         label2id = self.labels.label2id
         if cfg.label_all_tokens:
@@ -384,7 +314,7 @@ class TokenClassificationTask(Task):
         for split, ds in raw.items():
             with_tags = split != data.test_split and cfg.tags_column in ds.column_names
             all_subwords = cfg.label_all_tokens and split == data.train_split
-            names = _classlabel_names(ds.features[cfg.tags_column]) if with_tags else None
+            names = classlabel_names(ds.features[cfg.tags_column]) if with_tags else None
             id_map = [label2id[n] for n in names] if names else None  # the data's ClassLabel ids -> model ids
             encoded = self.tokenise(
                 ds,
@@ -515,7 +445,7 @@ class TokenClassificationTask(Task):
         """Tag probabilities per word (first subword), long sentences read in overlapping windows."""
         import torch
 
-        max_length = _max_length(tokenizer, self.recipe.data.max_seq_length)
+        max_length = capped_max_length(tokenizer, self.recipe.data.max_seq_length)
         budget = max(1, max_length - tokenizer.num_special_tokens_to_add(pair=False))
         num_labels = len(self.labels.names)
         # The untruncated subword count of every word decides the windows.
@@ -556,6 +486,6 @@ class TokenClassificationTask(Task):
                             word, central = a + w, min(w, b - a - 1 - w)
                             if central > centrality[s][word]:
                                 centrality[s][word] = central
-                                probs[s][word] = _softmax(logits[row, position])
+                                probs[s][word] = softmax(logits[row, position])
                         previous = w
         return probs

@@ -1,0 +1,262 @@
+"""Reading a recipe: YAML or a dict, dotted overrides, every section built and checked, TrainingArguments.
+
+A recipe has the sections ``task``, ``model``, ``data``, ``strategy``, ``peft``, ``training`` and ``hub``.
+``training`` is :class:`transformers.TrainingArguments` itself, so every Trainer option works in a recipe.
+Checks that span sections (PEFT with a freezing strategy, ``hub.merge`` without an adapter) live here, as
+does what this machine implies for the Trainer (``use_cpu``, mixed precision). This is the one config
+module that reads the task registry: ``task.name`` picks the dataclass of the ``task`` section.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .. import hardware
+from ..distributed import launched_world_size
+from ..errors import RecipeError, close_matches
+from .coerce import Override, apply_overrides, build_section, coerce_field, coerce_fields, parse_yaml
+from .schema import (
+    SECTIONS,
+    DataConfig,
+    HubConfig,
+    ModelConfig,
+    PeftSection,
+    Recipe,
+    StrategyConfig,
+    TaskConfig,
+    absolute_path,
+    is_secret,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def load_recipe(
+    source: str | Path | dict[str, Any], overrides: Sequence[str] = (), output_dir: str | None = None
+) -> Recipe:
+    """Read a recipe (a YAML path, or a dict) and apply ``section.field=value`` overrides.
+
+    Raises :class:`RecipeError` naming the field for every problem; loads no data and no weights.
+    """
+    if isinstance(source, dict):
+        raw, origin = _deep_copy(source), None
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise RecipeError(
+                None,
+                f"recipe file not found: {path}. Give the path of a recipe YAML file "
+                "(`hf-finetune recipes` lists the bundled ones).",
+            )
+        raw = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+        origin = str(path)
+        if raw is None:
+            raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError(
+            None,
+            f"{origin or 'recipe'}: expected a mapping with the sections "
+            f"{', '.join(SECTIONS)}, got {type(raw).__name__}.",
+        )
+    for key in raw:
+        if key not in SECTIONS:
+            raise RecipeError(
+                str(key),
+                f"unknown recipe section{close_matches(str(key), SECTIONS)}; "
+                f"sections are: {', '.join(SECTIONS)}.",
+            )
+    apply_overrides(raw, overrides)
+
+    task_raw = raw.get("task")
+    if isinstance(task_raw, str):  # shorthand `task: text-classification`
+        task_raw = {"name": task_raw}
+    task_raw = dict(task_raw or {})
+    from ..tasks import get_task  # imported on use: the task modules pull in datasets and evaluate
+
+    task_name = coerce_field(task_raw.get("name", TaskConfig.name), str, "task.name")
+    spec = get_task(task_name)
+    task_raw["name"] = task_name
+    task = build_section(spec.config_class, task_raw, "task")
+    model = build_section(ModelConfig, raw.get("model"), "model")
+    data = build_section(DataConfig, raw.get("data"), "data")
+    strategy = build_section(StrategyConfig, raw.get("strategy"), "strategy")
+    peft = build_section(PeftSection, raw.get("peft"), "peft")
+    hub = build_section(HubConfig, raw.get("hub"), "hub")
+    if hub.merge and peft.method not in ("lora", "ia3"):
+        raise RecipeError(
+            "hub.merge",
+            "merges a LoRA or IA3 adapter into the weights; "
+            + (
+                f"a {peft.method} adapter cannot be merged."
+                if peft.enabled
+                else "this recipe trains no adapter."
+            )
+            + " Drop it.",
+        )
+    _check_strategy_with_peft(strategy, peft)
+
+    training_raw = raw.get("training") or {}
+    if not isinstance(training_raw, dict):
+        raise RecipeError(
+            "training", f"expected a mapping of TrainingArguments fields, got {type(training_raw).__name__}."
+        )
+    training_raw = dict(training_raw)
+    resume = _resume_setting(training_raw)
+    for key, value in training_raw.items():
+        if is_secret(str(key)) and value is not None:
+            raise RecipeError(
+                f"training.{key}",
+                "a token in a recipe or an override ends up in saved files and shell history; remove it, "
+                "and set the HF_TOKEN environment variable or run `hf auth login` instead.",
+            )
+    if output_dir is not None:
+        training_raw["output_dir"] = output_dir
+    if training_raw.get("output_dir") in (None, ""):
+        stem = Path(origin).stem if origin else "run"
+        training_raw["output_dir"] = os.path.join("runs", stem)
+    training, training_fields = build_training_arguments(training_raw)
+    _check_training_values(training)
+    return Recipe(
+        task=task,
+        model=model,
+        data=data,
+        training=training,
+        strategy=strategy,
+        peft=peft,
+        hub=hub,
+        source=origin,
+        training_fields=training_fields,
+        resume=resume,
+    )
+
+
+def _check_training_values(args: Any) -> None:
+    """Values the Trainer would accept and then train nothing (or diverge) with."""
+    if not args.learning_rate > 0:
+        raise RecipeError("training.learning_rate", f"must be positive, got {args.learning_rate}.")
+    if args.max_steps == 0 or (args.max_steps < 0 and not args.num_train_epochs > 0):
+        field_name = "training.max_steps" if args.max_steps == 0 else "training.num_train_epochs"
+        raise RecipeError(
+            field_name,
+            "trains nothing: give a positive `training.max_steps`, or `training.num_train_epochs` > 0 "
+            "with max_steps left at -1.",
+        )
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(args, name) < 1:
+            raise RecipeError(f"training.{name}", f"must be at least 1, got {getattr(args, name)}.")
+
+
+def _resume_setting(training_raw: dict[str, Any]) -> str | None:
+    """``training.resume`` (or the Trainer's own ``resume_from_checkpoint``), taken out of the section:
+    ``auto``/``true`` -> "auto", ``false``/absent -> None, anything else is a checkpoint directory."""
+    given = {k: training_raw.pop(k) for k in ("resume", "resume_from_checkpoint") if k in training_raw}
+    given = {k: v.parsed(empty=None) if isinstance(v, Override) else v for k, v in given.items()}
+    given = {k: v for k, v in given.items() if v is not None}
+    if len(given) > 1:
+        raise RecipeError(
+            "training.resume", "and `training.resume_from_checkpoint` are both set; keep `training.resume`."
+        )
+    if not given:
+        return None
+    key, value = next(iter(given.items()))
+    if value is False or (isinstance(value, str) and value.lower() in ("", "no", "never", "false")):
+        return None
+    if value is True or (isinstance(value, str) and value.lower() in ("auto", "latest", "true")):
+        return "auto"
+    if not isinstance(value, str):
+        raise RecipeError(
+            f"training.{key}",
+            f"expected `auto`, `false` or the path of a checkpoint directory, got {value!r}.",
+        )
+    return absolute_path(value)
+
+
+def _check_strategy_with_peft(strategy: StrategyConfig, peft: PeftSection) -> None:
+    if not peft.enabled:
+        return
+    if strategy.gradual_unfreezing is not None:
+        raise RecipeError(
+            "strategy.gradual_unfreezing",
+            f"cannot be combined with `peft.method: {peft.method}`: PEFT keeps the whole base model frozen and "
+            "trains its adapters from the start, so there are no layers to unfreeze. Drop one of the two.",
+        )
+    for name in ("freeze_embeddings", "freeze_all_but_head"):
+        if getattr(strategy, name):
+            raise RecipeError(
+                f"strategy.{name}",
+                f"has no effect with `peft.method: {peft.method}`, which freezes the whole base model already; drop it.",
+            )
+    if strategy.freeze_layers:
+        raise RecipeError(
+            "strategy.freeze_layers",
+            f"has no effect with `peft.method: {peft.method}`, which freezes the whole base model already; to adapt "
+            "only some layers, list their modules in `peft.target_modules`.",
+        )
+
+
+def build_training_arguments(raw: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    from transformers import TrainingArguments
+
+    values = coerce_fields(TrainingArguments, raw, "training")
+    init = derived_training_init(values)
+    try:
+        args = TrainingArguments(**init)
+    except (ValueError, TypeError, ImportError) as exc:
+        raise RecipeError("training", f"{exc}") from None
+    return args, values
+
+
+def derived_training_init(values: dict[str, Any]) -> dict[str, Any]:
+    """The TrainingArguments kwargs: the recipe's values plus what this machine and launch imply
+    (``use_cpu``, or mixed precision turned off), which are not written into the saved recipe."""
+    init = dict(values)
+    if "use_cpu" not in values and launched_world_size() > 1 and not hardware.accelerator_available():
+        # a multi-process launch (torchrun, accelerate launch) on a machine without a GPU: without use_cpu,
+        # Accelerate finds no device to spread over and every process would train alone on all the data
+        logger.info(
+            "training: %d processes and no accelerator: DDP on the CPU over gloo", launched_world_size()
+        )
+        init["use_cpu"] = True
+    mixed = "bf16" if values.get("bf16") else "fp16" if values.get("fp16") else None
+    if mixed and "use_cpu" not in values and not hardware.accelerator_available():
+        if hardware.cpu_has_native(mixed):
+            # TrainingArguments refuses mixed precision without an accelerator unless use_cpu is set. Derive
+            # it here (and keep it out of the saved recipe) so one recipe runs bf16 on a GPU and on a CPU.
+            hardware.log_once(
+                logger,
+                logging.INFO,
+                ("cpu", mixed),
+                "training: no accelerator found; %s autocast runs on the CPU (use_cpu=true)",
+                mixed,
+            )
+            init["use_cpu"] = True
+        else:
+            # Without the instructions, autocast emulates the dtype: slower than fp32, not faster (bf16
+            # matmuls ran at 1/160 of the fp32 rate on an AVX2-only EPYC). The saved recipe keeps the
+            # setting, so the same recipe still uses mixed precision on a GPU.
+            hardware.log_once(
+                logger,
+                logging.WARNING,
+                ("emulated", mixed),
+                "training.%s: no accelerator, and this CPU has no native %s instructions, where autocast "
+                "would emulate %s at a fraction of fp32 speed; training in fp32 instead. To force it on "
+                "the CPU anyway, set training.use_cpu=true.",
+                mixed,
+                mixed,
+                mixed,
+            )
+            for key in (mixed, f"{mixed}_full_eval"):
+                init[key] = False
+    return init
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value

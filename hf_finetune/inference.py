@@ -1,0 +1,195 @@
+"""Using a finished output directory: evaluate it on a split, predict with it on a JSON Lines file, and fold
+a peft adapter into a standalone model (`hf-finetune eval`, `predict`, `export --merge`).
+
+The saved model and label maps replace the base checkpoint; the rest of the run's recipe (data, columns,
+metric) is read back from its ``recipe.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .config import Recipe, load_recipe
+from .errors import DataError, FinetuneError, RecipeError
+from .hub import ensure_hub_mode
+from .outputs import (
+    ADAPTER_CONFIG,
+    PARTIAL_SUFFIX,
+    RECIPE_FILE,
+    atomic_write_text,
+    check_output_dir,
+    is_adapter_dir,
+)
+from .pipeline import make_task
+from .trainer import FinetuneTrainer
+
+
+def load_output_recipe(output_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """The recipe of the run in ``output_dir``, pointed at the model saved there."""
+    output_dir = check_output_dir(output_dir)
+    # The saved model replaces the base checkpoint; the rest of the recipe (data, labels, metric) is the run's.
+    recipe = load_recipe(output_dir / RECIPE_FILE, [*overrides, f"model.name_or_path={output_dir}"])
+    recipe.model.tokenizer_name_or_path = None
+    return recipe
+
+
+def restore_task(output_dir: Path, recipe: Recipe):
+    """The task with the saved label maps, and the tokenizer: no weights yet."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    ensure_hub_mode()
+    task = make_task(recipe)
+    task.restore(AutoConfig.from_pretrained(output_dir))
+    return task, AutoTokenizer.from_pretrained(output_dir)
+
+
+def restore_model(output_dir: Path, recipe: Recipe, task):
+    """The trained model: a full checkpoint, or the base model + the peft adapter (with its head)."""
+    import torch
+
+    if is_adapter_dir(output_dir):
+        from peft import PeftModel
+        from transformers import AutoConfig
+
+        base_name = json.loads((output_dir / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
+        base = task.auto_model_class.from_pretrained(
+            base_name, config=AutoConfig.from_pretrained(output_dir), revision=recipe.model.revision
+        )
+        model = PeftModel.from_pretrained(base, output_dir)
+    else:
+        model = task.auto_model_class.from_pretrained(output_dir)
+    if torch.cuda.is_available() and not recipe.training.use_cpu:
+        model.to("cuda")
+    return model
+
+
+def evaluate_output(
+    output_dir: str | Path, split: str | None = None, overrides=(), batch_size: int | None = None
+):
+    """Re-evaluate a trained model on a split of the recipe's data; writes eval_<split>_results.json."""
+    import tempfile
+
+    from transformers import TrainingArguments
+
+    output_dir = Path(output_dir)
+    recipe = load_output_recipe(output_dir, overrides)
+    split = split or (recipe.data.eval_splits[0] if recipe.data.eval_splits else None)
+    if split is None:
+        raise RecipeError("data.eval_split", "the recipe names no evaluation split; pass --split NAME.")
+    recipe.data.eval_split = split
+    if recipe.data.test_split == split:
+        recipe.data.test_split = None  # evaluating it means it has labels
+    task, tokenizer = restore_task(output_dir, recipe)
+    raw = task.load([split])
+    task.prepare(raw)  # checks columns and label values against the saved label maps
+    data = task.preprocess(raw, tokenizer)[split]
+    model = restore_model(output_dir, recipe, task)
+    with tempfile.TemporaryDirectory() as scratch:
+        args = TrainingArguments(
+            output_dir=scratch,
+            per_device_eval_batch_size=batch_size or recipe.training.per_device_eval_batch_size,
+            report_to="none",
+            use_cpu=recipe.training.use_cpu,
+            bf16=recipe.training.bf16,  # the same autocast as the evaluation during training
+            fp16=recipe.training.fp16,
+            bf16_full_eval=recipe.training.bf16_full_eval,
+        )
+        trainer = FinetuneTrainer(
+            model=model,
+            args=args,
+            processing_class=tokenizer,
+            data_collator=task.data_collator(tokenizer, args),
+            compute_metrics=task.compute_metrics(),
+            preprocess_logits_for_metrics=task.preprocess_logits_for_metrics(),
+        )
+        metrics = trainer.evaluate(eval_dataset=data, metric_key_prefix="eval")
+    metrics["eval_samples"] = len(raw[split])  # examples, not features (QA windows)
+    metrics["split"] = split
+    atomic_write_text(output_dir / f"eval_{split}_results.json", json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def predict_output(
+    output_dir: str | Path,
+    input_path: str | Path,
+    output_path: str | Path,
+    batch_size: int = 32,
+    overrides=(),
+) -> int:
+    """Read JSON Lines, write one JSON object per line: the input fields plus label and score."""
+    output_dir, input_path, output_path = Path(output_dir), Path(input_path), Path(output_path)
+    recipe = load_output_recipe(output_dir, overrides)
+    records = read_input_jsonl(input_path)
+    task, tokenizer = restore_task(output_dir, recipe)
+    task.check_inputs(records, str(input_path))
+    model = restore_model(output_dir, recipe, task)
+    results = task.predict(model, tokenizer, records, batch_size, where=str(input_path))
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in results)
+    atomic_write_text(output_path, lines)  # never leave a half-written output file
+    return len(results)
+
+
+def export_merged(output_dir: str | Path, target: str | Path) -> Path:
+    """`hf-finetune export --merge`: fold a LoRA/IA3 adapter (and its head) into a standalone model directory.
+
+    The result loads with plain ``AutoModelFor...from_pretrained`` and works with `eval` and `predict`. It is
+    written next to the target and renamed into place, so a failure leaves nothing half-written.
+    """
+    import os
+    import shutil
+
+    output_dir, target = Path(output_dir), Path(target)
+    recipe = load_output_recipe(output_dir)
+    if not is_adapter_dir(output_dir):
+        raise FinetuneError(
+            f"{output_dir}: holds a full model, not a peft adapter ({ADAPTER_CONFIG} missing); it is standalone already."
+        )
+    if target.exists() and any(target.iterdir()):
+        raise FinetuneError(f"--output {target}: exists and is not empty; give a new directory.")
+    saved = load_recipe(output_dir / RECIPE_FILE)
+    if saved.peft.method not in ("lora", "ia3"):
+        raise FinetuneError(
+            f"{output_dir}: a {saved.peft.method} adapter adds virtual tokens at run time and cannot be merged "
+            "into the weights; use the adapter directory with `eval` and `predict`."
+        )
+    task, tokenizer = restore_task(output_dir, recipe)
+    model = restore_model(output_dir, recipe, task).merge_and_unload()
+    partial = target.with_name(target.name + PARTIAL_SUFFIX)
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    saved.peft = type(saved.peft)()  # the merged model is a plain one
+    saved.model.name_or_path = str(target.absolute())
+    saved.save(partial / RECIPE_FILE, header=f"# Merged from the adapter in {output_dir.absolute()}\n")
+    if target.exists():
+        target.rmdir()
+    os.replace(partial, target)
+    return target
+
+
+def read_input_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a user's JSON Lines file (`predict --input`), strictly: a line that is not one JSON
+    object is an error that names the line. (Files this package writes are read with `outputs.read_jsonl`.)"""
+    if not path.is_file():
+        raise DataError(f"--input: file not found: {path}. Give a JSON Lines file, one object per line.")
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(
+                    f"{path} line {number}: not valid JSON ({exc.msg}); each line must be one JSON object."
+                ) from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path} line {number}: expected a JSON object, got {type(record).__name__}.")
+            records.append(record)
+    if not records:
+        raise DataError(f"{path}: no input lines; give one JSON object per line.")
+    return records

@@ -1,0 +1,242 @@
+"""What a search is: the recipe, the space, the options and the tune directory's layout (`Tune`), and
+`prepare_tune`, which checks all of it before the first trial; plus the overrides every trial's recipe gets.
+
+The tune directory holds ``study.db`` (the optuna study in SQLite: a second run with the same recipe, space
+and settings continues it), ``trials.jsonl``, ``leaderboard.md``, ``importance.png``, ``best_recipe.yaml``,
+``trials/trial-NNN/`` (each trial's run directory, weights removed; with ``--trial-seeds``, one
+``seedS/`` directory per seed in it) with its ``.log``, and with ``--confirm-seeds`` ``confirm.jsonl`` (the
+recipe as given and the best recipe retrained per seed, in ``confirm/``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import Recipe, load_recipe, plain
+from ..errors import FinetuneError
+from .space import Space, load_space, show
+
+STUDY_DB = "study.db"
+TRIALS = "trials.jsonl"
+LEADERBOARD = "leaderboard.md"
+PLOT = "importance.png"
+BEST_RECIPE = "best_recipe.yaml"
+CONFIRM = "confirm.jsonl"
+TRIALS_DIR = "trials"
+CONFIRM_DIR = "confirm"
+LOCK = ".lock"
+
+
+def recipe_value(recipe: Recipe, name: str) -> Any:
+    """The value of dotted field ``name`` in a resolved recipe (Trainer defaults included)."""
+    section, _, rest = name.partition(".")
+    if section == "training":
+        node: Any = recipe.training
+    else:
+        node = getattr(recipe, section)
+    for part in rest.split("."):
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif node is None or not hasattr(node, part):
+            return None
+        else:
+            node = getattr(node, part)
+    return plain(node)
+
+
+def value_overrides(values: dict[str, Any]) -> list[str]:
+    return [f"{name}={json.dumps(value)}" for name, value in values.items()]
+
+
+def result_overrides(recipe: Recipe) -> list[str]:
+    """What trials change that changes the result, so `best_recipe.yaml` keeps it too: an evaluation every
+    epoch if the recipe never evaluates (the pruner needs them; each evaluation also draws from the random
+    stream the later dropout masks come from), and scoring the last model, not the best checkpoint."""
+    out = []
+    if str(recipe_value(recipe, "training.eval_strategy")) == "no":
+        out.append("training.eval_strategy=epoch")
+    if recipe_value(recipe, "training.load_best_model_at_end"):
+        out.append("training.load_best_model_at_end=false")
+    return out
+
+
+def run_overrides(recipe: Recipe, output_dir: Path, seed: int | None = None) -> list[str]:
+    """What every trial (and confirmation run) changes besides the searched values: its own output dir, no
+    checkpoints, no Hub push, no progress bars, and `result_overrides`."""
+    out = [
+        f"training.output_dir={json.dumps(str(output_dir))}",
+        "training.save_strategy=no",
+        "training.report_to=none",
+        "training.disable_tqdm=true",
+        "hub.push=false",
+        *result_overrides(recipe),
+    ]
+    if seed is not None:
+        out.append(f"training.seed={seed}")
+    return out
+
+
+@dataclass
+class Tune:
+    recipe_path: str
+    overrides: list[str]
+    space: Space
+    output_dir: Path
+    trials: int | None
+    budget_minutes: float | None
+    seed: int
+    metric: str | None
+    direction: str
+    confirm_seeds: list[int] = field(default_factory=list)
+    keep_models: bool = False
+    #: seeds every trial trains with (its score is their mean); empty: once, with the recipe's training.seed
+    trial_seeds: list[int] = field(default_factory=list)
+    base: Recipe | None = None
+    layers: int = 0
+    storage: Any = None
+
+    def base_value(self, name: str) -> Any:
+        return recipe_value(self.base, name)
+
+    def trial_recipe(self, values: dict[str, Any], extra: Sequence[str] = ()) -> Recipe:
+        return load_recipe(self.recipe_path, [*self.overrides, *value_overrides(values), *extra])
+
+    def start_values(self, start: Any) -> dict[str, Any]:
+        """The field values of a `start_with` entry: `recipe` (the recipe's own) or a mapping."""
+        return {f: self.base_value(f) for f in self.space.fields} if start == "recipe" else dict(start)
+
+    @property
+    def seeds(self) -> list[int | None]:
+        """The seeds each trial trains with; [None]: once, with the recipe's own training.seed."""
+        return list(self.trial_seeds) or [None]
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        """What must match for a second run to continue the study in the same directory."""
+        out = {
+            "recipe": hashlib.sha1(Path(self.recipe_path).read_bytes()).hexdigest(),
+            "overrides": self.overrides,
+            "space": hashlib.sha1(self.space.text.encode()).hexdigest(),
+            "metric": self.metric,
+            "direction": self.direction,
+            "seed": self.seed,
+        }
+        if self.trial_seeds:  # absent when not given, so that searches made before the option still resume
+            out["trial_seeds"] = list(self.trial_seeds)
+        return out
+
+
+def prepare_tune(
+    recipe_path: str,
+    overrides: Sequence[str],
+    space_path: str | Path,
+    output_dir: str | Path | None = None,
+    trials: int | None = None,
+    budget_minutes: float | None = None,
+    seed: int = 0,
+    metric: str | None = None,
+    direction: str | None = None,
+    confirm_seeds: Sequence[int] = (),
+    keep_models: bool = False,
+    trial_seeds: Sequence[int] = (),
+) -> Tune:
+    """Check everything before the first trial: the options, the space against the recipe (every field, each
+    end of every range, every choice, and the strategy each implies on a weightless model), the data."""
+    from ..pipeline import meta_model, prepare, strategy_plan, with_peft
+
+    if trials is None and budget_minutes is None:
+        raise FinetuneError(
+            "tune: give --trials N and/or --budget-minutes M (the search stops at the first)."
+        )
+    if trials is not None and trials < 1:
+        raise FinetuneError(f"--trials: at least 1, got {trials}.")
+    if budget_minutes is not None and not budget_minutes > 0:
+        raise FinetuneError(f"--budget-minutes: a positive number of minutes, got {budget_minutes}.")
+    if len(set(confirm_seeds)) != len(list(confirm_seeds)):
+        raise FinetuneError(f"--confirm-seeds: repeats a seed: {list(confirm_seeds)}.")
+    if len(set(trial_seeds)) != len(list(trial_seeds)):
+        raise FinetuneError(f"--trial-seeds: repeats a seed: {list(trial_seeds)}.")
+    space = load_space(space_path)
+    base = load_recipe(recipe_path, list(overrides))
+    selected_on = list(trial_seeds) or [base.training.seed]
+    shared = sorted(set(selected_on) & set(confirm_seeds))
+    if shared:
+        where = "--trial-seeds" if trial_seeds else "the recipe's training.seed (every trial's seed)"
+        raise FinetuneError(
+            f"--confirm-seeds: {shared} also in {where}: the confirmation would retrain runs the search "
+            "selected on, and favour its winner; confirm with other seeds."
+        )
+    if direction is None:
+        lower_better = metric is not None and any(
+            w in metric.lower() for w in ("loss", "mse", "mae", "error")
+        )
+        direction = "minimize" if lower_better else "maximize"
+    out = Path(output_dir) if output_dir else Path("runs") / "tune" / Path(recipe_path).stem
+    tune = Tune(
+        recipe_path=str(Path(recipe_path).resolve()),
+        overrides=list(overrides),
+        space=space,
+        output_dir=out,
+        trials=trials,
+        budget_minutes=budget_minutes,
+        seed=seed,
+        metric=metric,
+        direction=direction,
+        confirm_seeds=list(confirm_seeds),
+        keep_models=keep_models,
+        trial_seeds=list(trial_seeds),
+        base=base,
+    )
+    prepared = prepare(base, stage="validate")  # data, labels, tokenizer, config, the recipe's own strategy
+    tune.layers = prepared.plan.num_layers
+    meta = None
+    for param in space.params:
+        try:
+            param.distribution(tune.layers)
+        except ValueError as exc:
+            raise FinetuneError(
+                f"{space.path}: parameters.{param.field}: {exc} (`layers` is {tune.layers} for this model)."
+            ) from None
+        for key, accepted in param.when.items():
+            for value in accepted:
+                try:
+                    load_recipe(recipe_path, [*overrides, f"{key}={json.dumps(value)}"])
+                except FinetuneError as exc:
+                    raise FinetuneError(f"{space.path}: parameters.{param.field}.when: {exc}") from None
+        conditions = {k: v[0] for k, v in param.when.items()}
+        for value in param.candidates(tune.layers):
+            where = f"{space.path}: parameters.{param.field}={show(value)}"
+            try:
+                recipe = tune.trial_recipe({**conditions, param.field: value})
+                if param.field.split(".")[0] in ("strategy", "peft") or any(
+                    k.split(".")[0] in ("strategy", "peft") for k in conditions
+                ):
+                    if meta is None:
+                        meta = prepared
+                    strategy_plan(recipe, with_peft(recipe, meta_model(meta)))
+            except FinetuneError as exc:
+                raise FinetuneError(f"{where}: {exc}") from None
+    for i, start in enumerate(space.start_with):
+        space.fixed_params(
+            tune.start_values(start), tune.base_value, tune.layers, f"start_with[{i}]", start == "recipe"
+        )
+    return tune
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def trial_dir(tune: Tune, number: int) -> Path:
+    """The run directory of trial ``number`` (its log and memory file beside it)."""
+    return tune.output_dir / TRIALS_DIR / f"trial-{number:03d}"
+
+
+def train_overrides(tune: Tune, values: dict[str, Any], run_dir: Path, seed: int | None = None) -> list[str]:
+    """The overrides of one training of the search's recipe with ``values``, into ``run_dir`` (with ``seed``,
+    else the recipe's own): the user's overrides, the values, then `run_overrides`."""
+    return [*tune.overrides, *value_overrides(values), *run_overrides(tune.base, run_dir, seed=seed)]
