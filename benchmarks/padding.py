@@ -121,7 +121,8 @@ def main() -> int:
                 done[name, seed] = row
                 print(
                     f"{name} seed {seed}: {result['train_samples_per_second']:.1f} samples/s, "
-                    f"dev accuracy {result['eval_accuracy']:.4f}, train_runtime {result['train_runtime']:.0f}s",
+                    f"dev accuracy {result['eval_accuracy']:.4f}, "
+                    f"train_runtime {result['train_runtime']:.0f}s; {_train.describe(result)}",
                     flush=True,
                 )
     by_variant = {name: [r for (v, _), r in sorted(done.items()) if v == name] for name in VARIANTS}

@@ -30,6 +30,16 @@ HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 
+def _load_record():
+    """benchmarks/_record.py, by path (this folder is off sys.path)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_record", HERE / "_record.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--draws", type=int, default=40, help="dropout draws per padding (default 40)")
@@ -44,6 +54,7 @@ def main() -> int:
     args = parser.parse_args()
 
     import torch
+    import yaml
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from hf_finetune import load_recipe
@@ -68,6 +79,14 @@ def main() -> int:
     kwargs = {"attn_implementation": args.attention} if args.attention else {}
     model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=2, **kwargs)
     model.train()
+    # what the matmuls really ran in: the recipe's bf16 is turned off on a CPU without native bf16
+    observed = {"device": "cpu"}
+    first_linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+    def hook(module, inputs, output) -> None:  # returns None: the output passes unchanged
+        observed.setdefault("matmul_dtype", str(output.dtype).removeprefix("torch."))
+
+    first_linear.register_forward_hook(hook)
     labels = torch.tensor(list(batch[recipe.task.label_column]))
     texts = list(batch[recipe.task.text_column])
 
@@ -88,7 +107,10 @@ def main() -> int:
             draws.append(torch.cat([p.grad.flatten().float() for p in model.parameters()]))
         return list(encoded["input_ids"].shape), torch.stack(draws)
 
+    record = _load_record()
+    raw = yaml.safe_load((HERE.parent / "recipes" / "glue" / "sst2.yaml").read_text())
     report: dict = {
+        "machine": record.machine(),
         "draws": args.draws,
         "batch_seed": args.batch_seed,
         "same_length": args.same_length,
@@ -104,6 +126,10 @@ def main() -> int:
         print(
             f"{padding:>10} {tuple(shape)}: mean gradient norm {mean.norm():.4f}, one draw from it {noise:.4f}"
         )
+    report["precision"] = record.precision(
+        record.asked_precision(raw["training"]), observed, report["machine"]
+    )
+    print(f"precision {record.label(report)} on {record.describe_machine(report['machine'])}")
     noise = (report["longest"]["noise_per_draw"] + report["max_length"]["noise_per_draw"]) / 2
     report["difference_of_means"] = (means["longest"] - means["max_length"]).norm().item()
     report["difference_expected_from_draws_alone"] = noise * math.sqrt(2 / args.draws)

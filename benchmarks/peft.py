@@ -41,7 +41,7 @@ def main() -> int:
                 print(
                     f"{name}: accuracy {result['eval_accuracy']:.4f}, {result['train_samples_per_second']:.1f} "
                     f"samples/s, peak RSS {result['max_rss_mb']:.0f} MB, trains {result['trainable_params']:,} "
-                    f"of {result['total_params']:,} ({result['strategy']})",
+                    f"of {result['total_params']:,} ({result['strategy']}); {_train.describe(result)}",
                     flush=True,
                 )
     summary = {}
@@ -53,6 +53,7 @@ def main() -> int:
             "trainable_params": results[0]["trainable_params"],
             "total_params": results[0]["total_params"],
             "trainable_percent": 100 * results[0]["trainable_params"] / results[0]["total_params"],
+            "precision": [r["precision"] for r in results],  # asked and really used, per run
         }
     full, lora = summary["full"], summary["lora"]
     gap = 100 * (statistics.mean(full["eval_accuracy"]) - statistics.mean(lora["eval_accuracy"]))
@@ -64,6 +65,8 @@ def main() -> int:
         f"LoRA trains {lora['trainable_percent']:.2f}% of the parameters; accuracy gap {gap:.2f} points; "
         f"speed {report['speed_ratio_lora_over_full']:.2f}x; peak memory {report['memory_ratio_lora_over_full']:.2f}x"
     )
+    for name, results in runs.items():
+        print(f"{name}: {_train.describe(results[0])}")
     print(f"wrote {output}")
     return 0
 

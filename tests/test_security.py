@@ -9,13 +9,12 @@ import shutil
 import subprocess
 import sys
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
 from hf_finetune import cli
 from hf_finetune.config import load_recipe
-from hf_finetune.pipeline import prepare, train
+from hf_finetune.pipeline import train
 
 from .conftest import REPO, tiny_recipe, write_recipe
 
@@ -47,27 +46,40 @@ def test_pickle_weights_need_allow_pickle(tiny_model_dir, sentiment_files, tmp_p
     assert torch.equal(saved["bert.embeddings.word_embeddings.weight"][-1], unused)
 
 
-def test_hub_checkpoints_load_with_safetensors_only(tiny_model_dir, sentiment_files, tmp_path, monkeypatch):
-    """For a Hub id the rule is enforced by from_pretrained(use_safetensors=True), unless allow_pickle."""
-    from transformers import PreTrainedModel
+def test_hub_checkpoints_load_with_safetensors_only(
+    tiny_model_dir, sentiment_files, tmp_path, capsys, hf_cache
+):
+    """A Hub id whose cached snapshot holds only pytorch_model.bin is refused unless allow_pickle; the same
+    weights as model.safetensors load. Real snapshots in this session's temporary Hub cache, no mocks."""
+    from hf_finetune.bundled import seed_cache
 
-    from hf_finetune import pipeline
+    pickled = seed_cache("acme/tiny-bert-pickled", pickle_only_copy(tiny_model_dir, tmp_path / "p"))
+    assert (pickled / "pytorch_model.bin").is_file() and not list(pickled.glob("*.safetensors"))
+    safe = seed_cache("acme/tiny-bert-safe", tiny_model_dir)
+    assert pickled.is_relative_to(hf_cache) and safe.is_relative_to(hf_cache)
+    training = {"max_steps": 2, "eval_strategy": "no"}
 
-    seen = []
+    def recipe(name, out, **model):
+        recipe = tiny_recipe(name, sentiment_files, tmp_path / out, training=training)
+        recipe["model"].update(model)
+        return recipe
 
-    def fake(cls, name, **kwargs):
-        seen.append(kwargs.get("use_safetensors"))
-        raise OSError(f"{name} does not appear to have a file named model.safetensors")
+    code = cli.main(["train", write_recipe(tmp_path / "r.yaml", recipe("acme/tiny-bert-pickled", "refused"))])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "`model.allow_pickle`: acme/tiny-bert-pickled has no safetensors weights" in err, err
+    assert "set `model.allow_pickle: true` only if you trust the checkpoint" in err
+    assert not (tmp_path / "refused").exists()
 
-    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(fake))
-    recipe = load_recipe(tiny_recipe(tiny_model_dir, sentiment_files, tmp_path / "out"))
-    prepared = prepare(recipe)
-    with pytest.raises(Exception, match="`model.allow_pickle`: .* has no safetensors weights"):
-        pipeline._load_model(prepared)
-    recipe.model.allow_pickle = True
-    with pytest.raises(OSError):
-        pipeline._load_model(prepare(recipe))
-    assert seen == [True, None]
+    original = load_file(tiny_model_dir / "model.safetensors")["embeddings.word_embeddings.weight"][-1]
+    for name, out, model in (
+        ("acme/tiny-bert-pickled", "pickled", {"allow_pickle": True}),
+        ("acme/tiny-bert-safe", "safe", {}),
+    ):
+        train(load_recipe(recipe(name, out, **model)))
+        saved = load_file(tmp_path / out / "model.safetensors")
+        # the snapshot's weights were the ones trained from: an embedding row no batch touched is unchanged
+        assert torch.equal(saved["bert.embeddings.word_embeddings.weight"][-1], original), name
 
 
 def test_no_token_in_logs_recipe_card_or_outputs(tiny_model_dir, sentiment_files, tmp_path):
