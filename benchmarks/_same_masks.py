@@ -41,7 +41,7 @@ def _remember_length(module, args, kwargs):
 def install() -> None:
     from hf_finetune import pipeline
 
-    load = pipeline._load_model
+    load = pipeline.load_model
 
     def load_with_same_masks(prepared):
         model = load(prepared)
@@ -49,5 +49,5 @@ def install() -> None:
         model.register_forward_pre_hook(_remember_length, with_kwargs=True)
         return model
 
-    pipeline._load_model = load_with_same_masks
+    pipeline.load_model = load_with_same_masks
     F.dropout = _dropout

@@ -16,7 +16,7 @@ except PackageNotFoundError:  # running from a source tree
 # public name -> (module, attribute)
 _API = {
     "Recipe": ("config", "Recipe"),
-    "load_recipe": ("config", "load_recipe"),
+    "load_recipe": ("config.load", "load_recipe"),
     "DataError": ("errors", "DataError"),
     "FinetuneError": ("errors", "FinetuneError"),
     "RecipeError": ("errors", "RecipeError"),

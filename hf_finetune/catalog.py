@@ -75,9 +75,6 @@ def resolve(name: str, kind: str | None = None) -> str:
     return name
 
 
-resolve_recipe_path = resolve
-
-
 def entries(kind: str | None = None) -> list[Entry]:
     """Every bundled file, or those of one kind, sorted by kind (in TITLES order) then name."""
     if kind is not None and kind not in TITLES:

@@ -65,7 +65,7 @@ def train(memory_file: str, recipe_path: str, overrides: list[str], report: list
 
 def _train(recipe_path: str, overrides: list[str], report: list[str] | None, facts: dict[str, Any]) -> int:
     from .catalog import resolve
-    from .config import load_recipe
+    from .config.load import load_recipe
     from .errors import FinetuneError
     from .logs import setup_logging
 

@@ -190,7 +190,7 @@ def _no_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace, overrides: Sequence[str], **kwargs: Any):
-    from .config import load_recipe
+    from .config.load import load_recipe
 
     return load_recipe(catalog.resolve(args.recipe), list(overrides), **kwargs)
 
@@ -348,7 +348,10 @@ def _run_tune(args: argparse.Namespace) -> int:
 def _run_recipes(args: argparse.Namespace) -> int:
     root = catalog.recipes_dir()
     if root is None:
-        print(f"no bundled recipes found (set {catalog.RECIPES_ENV} to a folder laid out like recipes/)")
+        print(
+            f"no bundled recipes found (set {catalog.RECIPES_ENV} to a folder laid out like recipes/)",
+            file=sys.stderr,
+        )
         return 1
     found = catalog.entries(args.kind)
     width = max((len(e.name) for e in found), default=0) + 2

@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import Recipe, load_recipe
+from .config import Recipe
+from .config.load import load_recipe
 from .errors import DataError, FinetuneError, RecipeError
 from .hub import ensure_hub_mode
 from .outputs import (

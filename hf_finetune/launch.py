@@ -9,14 +9,12 @@ its parent. Next to the run directory ``D`` it leaves ``D.log`` (everything it p
 ``$ hf-finetune train ...`` header line) and ``D.memory.json`` (its peak RSS, peak CUDA memory, and the
 device, precision and machine it trained on).
 
-Also here: what a run scored (the headline metric of its recipe), removing a run's weights, and the
-progress bar bench and tune draw.
+Also here: the progress bar bench and tune draw.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import shutil
 import signal
@@ -29,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .outputs import RESULTS_FILE, read_json
+from .outputs import read_json
 
 CHILD_MODULE = "hf_finetune.child"
 LOG_SUFFIX = ".log"
@@ -257,55 +255,6 @@ def last_error(log_file: str | Path, code: int | None) -> str:
         if "Error" in line or "error" in line:
             return line[:500]
     return f"exit code {code}" + (f": {lines[-1][:300]}" if lines else "")
-
-
-def drop_weights(run_dir: str | Path, keep: bool = False) -> None:
-    """Remove checkpoints (and, unless ``keep``, the weights) from a run dir and its per-seed run dirs."""
-    run_dir = Path(run_dir)
-    for directory in (run_dir, *sorted(run_dir.glob("seed*/"))):
-        for checkpoint in directory.glob("checkpoint-*"):
-            shutil.rmtree(checkpoint, ignore_errors=True)
-        if keep:
-            continue
-        for pattern in WEIGHT_PATTERNS:
-            for weights in directory.glob(pattern):
-                weights.unlink()
-
-
-def run_results(run_dir: str | Path) -> dict[str, Any] | None:
-    """The run's all_results.json, or None when the run did not finish."""
-    try:
-        results = read_json(Path(run_dir) / RESULTS_FILE)
-    except (OSError, ValueError):
-        return None
-    return results if isinstance(results, dict) else None
-
-
-# ------------------------------------------------------------------------------------------------
-# What a run scored
-# ------------------------------------------------------------------------------------------------
-def metric_key(recipe, metric: str) -> str:
-    """The all_results.json key of ``metric`` on the recipe's (first) eval split (`tasks.base.metric_key`)."""
-    from .tasks.base import metric_key as key_of
-
-    return key_of(recipe, metric)
-
-
-def headline_metric(recipe, results: dict[str, Any]) -> str:
-    """The metric a bench or a search scores a run of ``recipe`` by: its task's headline metric."""
-    from .tasks import get_task
-
-    return get_task(recipe.task.name).task_class.headline_metric(recipe, results)
-
-
-def score_key(recipe, results: dict[str, Any], metric: str | None = None) -> str:
-    """The results key a run is scored by: ``metric`` if given, else the recipe's headline metric."""
-    return metric_key(recipe, metric or headline_metric(recipe, results))
-
-
-def finite(value: Any) -> Any:
-    """NaN and infinities as None: records stay strict JSON."""
-    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 # ------------------------------------------------------------------------------------------------

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
+import shutil
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -31,6 +33,7 @@ ENV_FILE = "environment.json"
 CURVES_FILE = "training_curves.png"
 PARTIAL_PREFIX = ".partial-"  # a checkpoint being written; renamed into place when complete
 PARTIAL_SUFFIX = ".partial"  # a file being written; os.replace'd over its final name
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt")  # model weights in a run directory
 _PACKAGES = (
     "hf-finetune",
     "torch",
@@ -157,7 +160,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
-            continue
+            logger.warning("%s: skipping a line that is not whole JSON (an interrupted write)", path)
     return rows
 
 
@@ -218,3 +221,31 @@ def eval_results(metrics: dict[str, Any]) -> dict[str, Any]:
         for k, v in metrics.items()
         if k.startswith("eval_") and not k.endswith(("_runtime", "_per_second"))
     }
+
+
+def run_results(run_dir: str | Path) -> dict[str, Any] | None:
+    """A run's final metrics (all_results.json), or None when the run did not finish."""
+    try:
+        results = read_json(Path(run_dir) / RESULTS_FILE)
+    except (OSError, ValueError):
+        return None
+    return results if isinstance(results, dict) else None
+
+
+def drop_weights(run_dir: str | Path, keep: bool = False) -> None:
+    """Remove checkpoints (and, unless ``keep``, the weights) from a run dir and its per-seed run dirs
+    (``seed*/``): what a bench cell or a search trial keeps once it is scored."""
+    run_dir = Path(run_dir)
+    for directory in (run_dir, *sorted(run_dir.glob("seed*/"))):
+        for checkpoint in directory.glob("checkpoint-*"):
+            shutil.rmtree(checkpoint, ignore_errors=True)
+        if keep:
+            continue
+        for pattern in WEIGHT_PATTERNS:
+            for weights in directory.glob(pattern):
+                weights.unlink()
+
+
+def finite(value: Any) -> Any:
+    """NaN and infinities as None: JSON records stay strict JSON."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from .card import write_card
-from .config import Recipe, load_recipe
+from .config import Recipe
+from .config.load import load_recipe
 from .distributed import check_launch
 from .distributed import configure as configure_parallel
 from .errors import FinetuneError, RecipeError
@@ -35,6 +36,7 @@ from .outputs import (
     STRATEGY_FILE,
     TRAINER_STATE,
     atomic_write_text,
+    is_output_dir,
     plot_curves,
     read_json,
     write_environment,
@@ -323,7 +325,7 @@ def resume_point(recipe: Recipe) -> Path | None:
     if out.exists() and not out.is_dir():
         raise RecipeError("training.output_dir", f"{out} is a file; give a directory.")
     entries = [p.name for p in out.iterdir() if not p.name.startswith(PARTIAL_PREFIX)] if out.is_dir() else []
-    if entries and RECIPE_FILE not in entries:
+    if entries and not is_output_dir(out):
         raise RecipeError(
             "training.output_dir",
             f"{out} is not empty and holds no {RECIPE_FILE}, so it is not an hf-finetune run; training would "

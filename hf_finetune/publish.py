@@ -29,7 +29,7 @@ from typing import Any
 
 from .card import write_card
 from .config import Recipe, check_repo_id
-from .errors import FinetuneError
+from .errors import FinetuneError, first_line
 from .hub import check_can_push, hub_token
 from .inference import export_merged
 from .outputs import (
@@ -195,7 +195,7 @@ def _upload(plan: PushPlan, message: str) -> str:
             401: " The token was refused: log in again (`hf auth login`) or check HF_TOKEN.",
             403: " The token cannot write to this repository: use a write token, or a namespace you own.",
         }.get(status, "")
-        raise FinetuneError(f"push to {plan.repo_id} failed: {str(exc).splitlines()[0]}.{hint}") from None
+        raise FinetuneError(f"push to {plan.repo_id} failed: {first_line(exc)}.{hint}") from None
     except OSError as exc:  # connection refused, DNS, timeouts
         raise FinetuneError(f"push to {plan.repo_id} failed: the Hub could not be reached ({exc}).") from None
     logger.info("pushed %d files to %s", len(plan.files), plan.repo_id)

@@ -49,7 +49,29 @@ def _imports(module: str) -> list[tuple[str, str | None]]:
                     found.append((target, alias.name))
         elif isinstance(node, ast.Import):
             found += [(alias.name, None) for alias in node.names if alias.name in MODULES]
+        elif _is_import_module(node):
+            target = _dynamic_target(module, node.args[0].value)
+            if target in MODULES:
+                found.append((target, None))
     return found
+
+
+def _is_import_module(node: ast.AST) -> bool:
+    """``import_module("...")`` / ``importlib.import_module("...")`` with a literal name: a lazy import is
+    still an import, and counts in the graph."""
+    if not isinstance(node, ast.Call) or not node.args:
+        return False
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+    first = node.args[0]
+    return name == "import_module" and isinstance(first, ast.Constant) and isinstance(first.value, str)
+
+
+def _dynamic_target(module: str, name: str) -> str:
+    if not name.startswith("."):
+        return name
+    package = module if MODULES[module].name == "__init__.py" else module.rsplit(".", 1)[0]
+    return package + name if name.strip(".") else package
 
 
 def _graph() -> dict[str, set[str]]:
@@ -119,6 +141,11 @@ def test_the_checker_sees_a_cycle():
 
 def test_the_graph_is_read():
     graph = _graph()
+    lazy = ast.parse('importlib.import_module(".load", __name__)').body[0].value
+    assert (
+        _is_import_module(lazy)
+        and _dynamic_target("hf_finetune.config", ".load") == "hf_finetune.config.load"
+    )
     assert len(MODULES) > 30
     assert "hf_finetune.errors" in graph["hf_finetune.outputs"]
     assert sum(len(targets) for targets in graph.values()) > 50

@@ -56,7 +56,7 @@ class Ctx:
 
     def finished_run(self, recipe: dict) -> None:
         """An output dir as a finished run of ``recipe`` leaves it (no training needed for the guard)."""
-        from hf_finetune.config import load_recipe
+        from hf_finetune.config.load import load_recipe
 
         self.out.mkdir(parents=True, exist_ok=True)
         load_recipe(recipe).save(self.out / "recipe.yaml")

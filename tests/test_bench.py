@@ -308,7 +308,7 @@ def test_bench_overrides_and_overlays_reach_the_cell_recipes(tmp_path, tiny_mode
     }
     bench_file = _bench_file(tmp_path, tiny_model_dir, strategies, tasks=("alpha",), seeds=(1, 2))
     bench = load_bench(bench_file, ["bench.seeds=[3]", "bench.max_steps=7", "training.weight_decay=0.05"])
-    from hf_finetune.config import load_recipe
+    from hf_finetune.config.load import load_recipe
 
     cells = bench.cells()
     assert [(c.strategy, c.seed) for c in cells] == [("lora", 3), ("gradual", 3)]
@@ -423,9 +423,14 @@ def test_lora_flops_count_the_adapters_and_the_trained_head_once(tiny_model_dir)
 
 
 def test_the_headline_metric_follows_the_task_and_its_eval_splits():
-    from hf_finetune.bench import default_metric, metric_key
-    from hf_finetune.catalog import resolve_recipe_path
-    from hf_finetune.config import load_recipe
+    from hf_finetune.tasks import get_task
+    from hf_finetune.tasks.base import metric_key
+
+    def default_metric(recipe, results):
+        return get_task(recipe.task.name).task_class.headline_metric(recipe, results)
+
+    from hf_finetune.catalog import resolve as resolve_recipe_path
+    from hf_finetune.config.load import load_recipe
 
     sst2, mrpc, mnli = (load_recipe(resolve_recipe_path(f"glue/{name}")) for name in ("sst2", "mrpc", "mnli"))
     assert metric_key(sst2, "accuracy") == metric_key(sst2, "eval_accuracy") == "eval_accuracy"
@@ -448,8 +453,8 @@ def test_the_headline_metric_follows_the_task_and_its_eval_splits():
 def test_a_cells_score_is_read_from_its_results(tmp_path, results, status, error):
     """The score key on a multi-split task; a NaN score (constant predictions) or a missing one fails the cell."""
     from hf_finetune.bench import Cell, run_cell
-    from hf_finetune.catalog import resolve_recipe_path
-    from hf_finetune.config import load_recipe
+    from hf_finetune.catalog import resolve as resolve_recipe_path
+    from hf_finetune.config.load import load_recipe
     from hf_finetune.launch import Launched
 
     recipe = load_recipe(resolve_recipe_path("glue/mnli"))
@@ -476,8 +481,8 @@ def test_a_cells_record_carries_the_precision_and_machine_its_process_trained_on
     """The cell's recipe asked for bf16, its process reported fp32 (a CPU without native bf16 turns it off):
     the record says fp32, on the machine the process named, and its MFU is against the fp32 peak."""
     from hf_finetune.bench import Cell, run_cell
-    from hf_finetune.catalog import resolve_recipe_path
-    from hf_finetune.config import load_recipe
+    from hf_finetune.catalog import resolve as resolve_recipe_path
+    from hf_finetune.config.load import load_recipe
     from hf_finetune.launch import Launched
 
     recipe = load_recipe(resolve_recipe_path("glue/sst2"))

@@ -18,7 +18,7 @@ import yaml
 from hf_finetune import cli
 from hf_finetune.bundled import seed_cache
 from hf_finetune.card import build_card, hub_base_model
-from hf_finetune.config import load_recipe
+from hf_finetune.config.load import load_recipe
 from hf_finetune.pipeline import train
 from hf_finetune.publish import upload_files
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_finetune.config import load_recipe
+from hf_finetune.config.load import load_recipe
 from hf_finetune.data import load_splits, resolve_source
 from hf_finetune.errors import DataError, RecipeError
 
@@ -92,7 +92,7 @@ def test_unreadable_file_names_the_file(tmp_path):
 TOKENISE = """
 import json, logging, sys
 logging.basicConfig(level=logging.INFO)
-from hf_finetune.config import load_recipe
+from hf_finetune.config.load import load_recipe
 from hf_finetune.pipeline import prepare
 prepared = prepare(load_recipe(sys.argv[1]))
 split = prepared.task.preprocess(prepared.raw, prepared.tokenizer)["train"]
@@ -135,7 +135,7 @@ def test_tokenised_splits_are_cached_on_disk_by_tokenizer_and_settings(
         return json.loads(done.stdout.splitlines()[-1]), done.stderr
 
     def files(model_dir, **data):  # the same in this process (no ~10 s import per variant)
-        from hf_finetune.config import load_recipe
+        from hf_finetune.config.load import load_recipe
         from hf_finetune.pipeline import prepare
 
         prepared = prepare(load_recipe(recipe_file(model_dir, **data)))

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from hf_finetune import distributed
-from hf_finetune.config import derived_training_init
+from hf_finetune.config.load import derived_training_init
 from hf_finetune.errors import FinetuneError, RecipeError
 
 from .conftest import REPO, tiny_recipe, write_recipe
@@ -294,7 +294,7 @@ def test_gradient_accumulation_matches_the_doubled_batch(tiny_model_dir, sentime
     """One process: batch 8 x 2 accumulation steps = batch 16. transformers 5 would skip the division by the
     accumulation steps for a model whose forward takes **kwargs; the encoder heads' loss is a plain mean, so
     FinetuneTrainer turns that off (the same rule keeps DDP from multiplying the loss by the world size)."""
-    from hf_finetune.config import load_recipe
+    from hf_finetune.config.load import load_recipe
     from hf_finetune.pipeline import train
 
     recipe = equivalence_recipe(tiny_model_dir, sentiment_files, tmp_path / "unused")

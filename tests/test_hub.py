@@ -44,7 +44,7 @@ def test_seeded_cache_resolves_the_hub_id_offline(tmp_path):
 
 
 def test_missing_model_is_a_clear_error():
-    from hf_finetune.config import load_recipe
+    from hf_finetune.config.load import load_recipe
     from hf_finetune.errors import RecipeError
     from hf_finetune.loading import load_model_config
 

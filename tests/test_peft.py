@@ -21,7 +21,7 @@ from transformers import (
 )
 
 from hf_finetune import cli
-from hf_finetune.config import load_recipe
+from hf_finetune.config.load import load_recipe
 from hf_finetune.errors import RecipeError
 from hf_finetune.inference import (
     evaluate_output,

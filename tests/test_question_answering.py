@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hf_finetune import cli
-from hf_finetune.config import load_recipe
+from hf_finetune.config.load import load_recipe
 from hf_finetune.metrics import load_metric
 from hf_finetune.metrics.squad import normalize_answer, squad_scores
 from hf_finetune.pipeline import prepare, validate
@@ -323,7 +323,7 @@ def test_predict_input_needs_question_and_context(tiny_model_dir, tmp_path, caps
     out = tmp_path / "fake"
     shutil.copytree(tiny_model_dir, out)  # a model directory without a QA head: never loaded here
     recipe = qa_recipe(tiny_model_dir, {"train": str(write_jsonl(tmp_path / "t.jsonl", [qa_row(0)]))}, out)
-    from hf_finetune.config import load_recipe as load
+    from hf_finetune.config.load import load_recipe as load
 
     load(recipe).save(out / "recipe.yaml")
     write_jsonl(tmp_path / "in.jsonl", [{"question": "Who?"}])

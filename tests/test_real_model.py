@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from hf_finetune.config import load_recipe
+from hf_finetune.config.load import load_recipe
 from hf_finetune.inference import predict_output
 from hf_finetune.pipeline import prepare, train, validate
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hf_finetune.config import load_recipe
+from hf_finetune.config.load import load_recipe
 from hf_finetune.pipeline import recipe_differences
 
 from .conftest import REPO, tiny_recipe, write_recipe

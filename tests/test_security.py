@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from hf_finetune import cli
-from hf_finetune.config import load_recipe
+from hf_finetune.config.load import load_recipe
 from hf_finetune.pipeline import train
 
 from .conftest import REPO, tiny_recipe, write_recipe

@@ -24,7 +24,8 @@ from transformers import (
 )
 
 from hf_finetune import cli
-from hf_finetune.config import GradualUnfreezingConfig, StrategyConfig, load_recipe
+from hf_finetune.config import GradualUnfreezingConfig, StrategyConfig
+from hf_finetune.config.load import load_recipe
 from hf_finetune.errors import RecipeError
 from hf_finetune.pipeline import train
 from hf_finetune.strategies import discover_layout, make_plan

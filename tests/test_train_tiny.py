@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hf_finetune import cli
-from hf_finetune.config import load_recipe
+from hf_finetune.config.load import load_recipe
 from hf_finetune.inference import evaluate_output, predict_output
 from hf_finetune.pipeline import train
 

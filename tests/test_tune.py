@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from hf_finetune import cli
-from hf_finetune.config import load_recipe
+from hf_finetune.config.load import load_recipe
 from hf_finetune.tune import load_space
 
 from .conftest import REPO, tiny_recipe, write_recipe, write_sentiment_files

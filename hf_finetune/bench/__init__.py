@@ -22,8 +22,6 @@ A re-run skips the cells already recorded as ``ok`` with the same settings, so a
 Modules: `spec` (the bench file, its cells), `run` (running the cells), `report` (results.md, results.png).
 """
 
-from ..launch import headline_metric as default_metric
-from ..launch import metric_key
 from .report import format_markdown, latest_records, plot_results, read_results, summarise, write_report
 from .run import run_bench, run_cell
 from .spec import (
@@ -50,12 +48,10 @@ __all__ = [
     "BenchSettings",
     "Cell",
     "cell_log",
-    "default_metric",
     "flatten_overrides",
     "format_markdown",
     "latest_records",
     "load_bench",
-    "metric_key",
     "plot_results",
     "read_results",
     "run_bench",

@@ -15,16 +15,21 @@ from typing import Any
 from ..launch import (
     Launched,
     calibrate_in_child,
-    drop_weights,
-    finite,
     progress_bar,
-    run_results,
     run_training,
-    score_key,
     sigterm_as_exit,
     single_device_env,
 )
-from ..outputs import TRAINER_STATE, append_jsonl, drop_torn_line, read_json
+from ..outputs import (
+    TRAINER_STATE,
+    append_jsonl,
+    drop_torn_line,
+    drop_weights,
+    finite,
+    read_json,
+    run_results,
+)
+from ..tasks.base import score_key
 from .report import latest_records, read_results, write_report
 from .spec import RECORD_FIELDS, RESULTS, Bench, Cell, cell_log
 

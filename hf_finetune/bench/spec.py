@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import SECTIONS, build_section, field_help, load_recipe, parse_yaml
+from ..config import SECTIONS, build_section, field_help, parse_yaml
+from ..config.load import load_recipe
 from ..errors import FinetuneError, RecipeError, close_matches
 from ..hardware import accelerator
 

@@ -5,18 +5,15 @@
 - `config.coerce`: the YAML dialect, typed coercion of values by annotation, dotted overrides.
 - `config.load`: `load_recipe`, the cross-section checks, `TrainingArguments`.
 
-This package re-exports their public names, so ``from hf_finetune.config import load_recipe`` works.
-The `config.load` names are imported on first use: a module below recipe loading (a task module, data,
-a strategy) that imports `config.schema` runs this file first, and `config.load` reads the task
-registry, so importing it here eagerly would make every such import a cycle.
+This package re-exports the names of `schema` and `coerce`, not those of `load`: a module below recipe
+loading (a task module, data, a strategy) that imports `config.schema` runs this file first, and
+`config.load` reads the task registry, so this file importing it would put every such module in a
+cycle. Load a recipe with ``from hf_finetune.config.load import load_recipe`` (or
+``hf_finetune.load_recipe``).
 """
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
-
-from ..hardware import accelerator
 from .coerce import (
     Override,
     RecipeLoader,
@@ -47,8 +44,6 @@ from .schema import (
     plain,
 )
 
-_LOAD = ("load_recipe", "build_training_arguments", "derived_training_init")
-
 __all__ = [
     "DEFAULT_MODEL",
     "PEFT_METHODS",
@@ -64,7 +59,6 @@ __all__ = [
     "StrategyConfig",
     "TaskConfig",
     "absolute_path",
-    "accelerator",
     "apply_overrides",
     "build_section",
     "check_repo_id",
@@ -76,11 +70,4 @@ __all__ = [
     "parse_yaml",
     "plain",
     "section_fields",
-    *_LOAD,
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LOAD:
-        return getattr(import_module(".load", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from ..config.schema import PeftSection, Recipe
-from ..errors import RecipeError
+from ..errors import RecipeError, first_line
 from ..tasks import get_task
 from .layers import HEAD, discover_layout
 
@@ -125,7 +125,7 @@ def wrap(model: nn.Module, recipe: Recipe):
         return peft.get_peft_model(model, config)
     except ValueError as exc:
         field = "peft.target_modules" if "target" in str(exc).lower() else "peft"
-        raise RecipeError(field, f"peft refused the model: {str(exc).splitlines()[0][:300]}") from None
+        raise RecipeError(field, f"peft refused the model: {first_line(exc, 300)}") from None
 
 
 def _check_not_head(targets: list[str] | str, heads: list[str]) -> None:

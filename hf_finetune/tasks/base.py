@@ -273,3 +273,13 @@ def softmax(x: np.ndarray) -> np.ndarray:
 def pad_multiple(args) -> int | None:
     """Pad to a multiple of 8 under mixed precision (tensor-core friendly shapes), else not at all."""
     return 8 if (getattr(args, "fp16", False) or getattr(args, "bf16", False)) else None
+
+
+def score_key(recipe: Recipe, results: Mapping[str, Any], metric: str | None = None) -> str:
+    """The results key a run of ``recipe`` is scored by (a bench cell, a search trial): ``metric`` when
+    given, else the headline metric of the recipe's task (see :meth:`Task.headline_metric`)."""
+    from .registry import get_task
+
+    return metric_key(
+        recipe, metric or get_task(recipe.task.name).task_class.headline_metric(recipe, results)
+    )

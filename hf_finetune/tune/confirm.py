@@ -10,8 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..launch import drop_weights, progress_bar, run_results, run_training, score_key, sigterm_as_exit
-from ..outputs import RESULTS_FILE, append_jsonl, read_jsonl
+from ..launch import progress_bar, run_training, sigterm_as_exit
+from ..outputs import RESULTS_FILE, append_jsonl, drop_weights, read_jsonl, run_results
+from ..tasks.base import score_key
 from .report import changed_values, confirmation
 from .setup import CONFIRM, CONFIRM_DIR, Tune, run_overrides, train_overrides
 

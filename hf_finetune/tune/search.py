@@ -20,16 +20,9 @@ from typing import Any
 from optuna.trial import TrialState
 
 from ..errors import FinetuneError
-from ..launch import (
-    ReportTo,
-    drop_weights,
-    progress_bar,
-    run_results,
-    run_training,
-    score_key,
-    sigterm_as_exit,
-)
-from ..outputs import RESULTS_FILE
+from ..launch import ReportTo, progress_bar, run_training, sigterm_as_exit
+from ..outputs import RESULTS_FILE, drop_weights, run_results
+from ..tasks.base import score_key
 from .confirm import confirm
 from .report import best_row, trial_rows, write_outputs
 from .setup import Tune, run_overrides, train_overrides, trial_dir

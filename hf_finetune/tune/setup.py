@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import Recipe, load_recipe, plain
+from ..config import Recipe, plain
+from ..config.load import load_recipe
 from ..errors import FinetuneError
 from .space import Space, load_space, show
 

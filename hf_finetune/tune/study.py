@@ -15,7 +15,7 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from ..errors import FinetuneError
-from ..launch import drop_weights
+from ..outputs import drop_weights
 from .setup import LOCK, STUDY_DB, Tune, trial_dir
 from .space import PrunerSettings
 

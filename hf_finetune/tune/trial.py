@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 from ..config import Recipe
-from ..launch import score_key
+from ..tasks.base import score_key
 
 #: exit code of a trial process that the pruner stopped
 EXIT_PRUNED = 3

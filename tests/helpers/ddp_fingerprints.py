@@ -17,7 +17,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from hf_finetune import pipeline
-from hf_finetune.config import load_recipe
+from hf_finetune.config.load import load_recipe
 
 
 def digest(tensor) -> str:
