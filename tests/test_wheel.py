@@ -24,10 +24,9 @@ import yaml
 from hf_finetune import catalog
 
 from .conftest import REPO
+from .test_cli import GLUE, listed_by_kind
 
 pytestmark = pytest.mark.slow
-
-GLUE = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
 
 
 def _run(cmd, timeout=600, **kwargs) -> subprocess.CompletedProcess:
@@ -88,21 +87,6 @@ def venv(wheel, tmp_path_factory) -> dict:
     return _fresh_venv(tmp_path_factory.mktemp("installed"), wheel)
 
 
-def _listed(text: str) -> dict[str, list[str]]:
-    """`hf-finetune recipes` output -> {section title: [names]} (sections are blank-line separated)."""
-    sections: dict[str, list[str]] = {}
-    title = None
-    for line in text.splitlines():
-        if not line.strip():
-            title = None
-        elif title is None:
-            title = line
-            sections[title] = []
-        else:
-            sections[title].append(line.split()[0])
-    return sections
-
-
 def _cli(venv: dict, *args, **env) -> subprocess.CompletedProcess:
     return _run([venv["bin"] / "hf-finetune", *args], cwd=venv["cwd"], env={**venv["env"], **env})
 
@@ -143,12 +127,12 @@ def test_the_installed_package_and_its_recipes_come_from_the_environment(venv):
 
 def test_recipes_lists_the_bundled_files_by_kind(venv):
     out = _cli(venv, "recipes").stdout
-    sections = _listed(out)
+    sections = listed_by_kind(out)
     assert list(sections)[:4] == list(catalog.TITLES.values()), out
     recipes, bench, spaces, accelerate = (sections[catalog.TITLES[k]] for k in catalog.TITLES)
     assert {f"glue/{name}" for name in GLUE} | {"ner/conll2003", "qa/squad"} <= set(recipes)
-    assert bench == ["bench/glue-quick"]
-    assert spaces == ["tune/default-space", "tune/pairs-space"]
+    assert list(bench) == ["bench/glue-quick"]
+    assert list(spaces) == ["tune/default-space", "tune/pairs-space"]
     assert {"accelerate/cpu-2proc", "accelerate/single-gpu", "accelerate/fsdp"} <= set(accelerate)
     assert str(venv["root"]) in out.splitlines()[-1]  # the footer names the installed folder
 
@@ -206,10 +190,12 @@ def test_an_editable_install_reads_the_recipes_folder_of_the_checkout(source, tm
     """What `make install` does (`pip install -e .`): the bundled files are the checkout's recipes/ itself."""
     editable = _fresh_venv(tmp_path, "--no-build-isolation", "-e", source)
     out = _cli(editable, "recipes").stdout
-    assert "tune/default-space" in _listed(out)[catalog.TITLES[catalog.SPACE]]
+    assert "tune/default-space" in listed_by_kind(out)[catalog.TITLES[catalog.SPACE]]
     assert f"under {source / 'recipes'}," in out.splitlines()[-1]
     (source / "recipes" / "glue" / "new-one.yaml").write_text("# A recipe added to the checkout\n")
     try:
-        assert "glue/new-one" in _listed(_cli(editable, "recipes").stdout)[catalog.TITLES[catalog.RECIPE]]
+        assert (
+            "glue/new-one" in listed_by_kind(_cli(editable, "recipes").stdout)[catalog.TITLES[catalog.RECIPE]]
+        )
     finally:
         (source / "recipes" / "glue" / "new-one.yaml").unlink()
