@@ -1,4 +1,4 @@
-"""`hf-finetune train|validate|plan|eval|predict|export|push|bench|tune|recipes|tasks`.
+"""`hf-finetune init|train|validate|plan|eval|predict|export|push|bench|tune|recipes|tasks`.
 
 The commands are one table, ``COMMANDS``: each entry names a command, its help, the function that adds its
 arguments and the function that runs it. Options, dotted overrides (``section.field=value``) and the other
@@ -60,6 +60,50 @@ def _seed(text: str) -> int:
             f"{text!r} is not a seed; a list of seeds ends at the next option, so give the recipe and "
             "overrides before it"
         ) from None
+
+
+def _init_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "data_file",
+        metavar="DATA_FILE",
+        help="the training data: csv, tsv, json, jsonl, parquet, or CoNLL columns (.conll, .txt)",
+    )
+    p.add_argument(
+        "--task",
+        metavar="NAME",
+        help="text-classification, token-classification or question-answering (default: inferred)",
+    )
+    columns = p.add_argument_group("columns (default: inferred; name one where init asks)")
+    for flag, help in (
+        ("--text-column", "text classification: the text"),
+        ("--text-pair-column", "text classification: the second text of a pair; `none` for one text only"),
+        ("--label-column", "text classification: the label (class name or id, list of names, or number)"),
+        ("--tokens-column", "token classification: the words of each sentence"),
+        ("--tags-column", "token classification: one IOB tag per word"),
+        ("--question-column", "question answering: the question"),
+        ("--context-column", "question answering: the context"),
+        ("--answers-column", "question answering: {text, answer_start}"),
+    ):
+        columns.add_argument(flag, metavar="COLUMN", help=help)
+    p.add_argument(
+        "--model",
+        metavar="NAME_OR_PATH",
+        help="checkpoint to fine-tune (default: sentence-transformers/all-MiniLM-L6-v2); its tokenizer measures "
+        "the lengths (no weights load)",
+    )
+    p.add_argument(
+        "--validation-file",
+        metavar="FILE",
+        help="evaluation data (default: validation/valid/dev/eval next to DATA_FILE, "
+        "else data.validation_size: 0.1)",
+    )
+    p.add_argument(
+        "--output",
+        metavar="PATH",
+        default="recipe.yaml",
+        help="the recipe written (default recipe.yaml; - prints it)",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite an existing --output file")
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
@@ -193,6 +237,27 @@ def _load(args: argparse.Namespace, overrides: Sequence[str], **kwargs: Any):
     from .config.load import load_recipe
 
     return load_recipe(catalog.resolve(args.recipe), list(overrides), **kwargs)
+
+
+def _run_init(args: argparse.Namespace) -> int:
+    from .starter import COLUMN_FLAGS, Options, init_recipe
+
+    options = Options(
+        args.data_file,
+        output=args.output,
+        task=args.task,
+        validation_file=args.validation_file,
+        force=args.force,
+        columns={name: getattr(args, name) for name in COLUMN_FLAGS if getattr(args, name)},
+    )
+    if args.model:
+        options.model = args.model
+    starter = init_recipe(options)
+    report = sys.stderr if starter.path is None else sys.stdout  # `--output -`: the recipe alone on stdout
+    print("\n".join(starter.report), file=report)
+    if starter.path is None:
+        print(starter.text, end="")
+    return 0
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -375,6 +440,8 @@ def _run_tasks(args: argparse.Namespace) -> int:
 
 
 COMMANDS: tuple[Command, ...] = (
+    Command("init", "write a commented starter recipe inferred from a data file",
+            _init_arguments, _run_init),
     Command("train", "fine-tune as a recipe says",
             _train_arguments, _run_train),
     Command("validate", "check a recipe and its data without weights (exit 0 or 2)",

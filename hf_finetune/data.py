@@ -2,14 +2,20 @@
 
 Resolution order for ``data.dataset``: the mirror (``data.mirror`` or ``$HF_FINETUNE_DATA_MIRROR``)
 when it holds ``<dataset>/<config>/``, else the Hugging Face Hub. ``data.files`` bypasses both.
+
+Data without an evaluation split gets one carved out of its training split (``data.validation_size``):
+here, in `load_splits`, so training, `validate` and `eval` of a finished run all see the same rows.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 from .config.schema import DataConfig
 from .errors import DataError, RecipeError, first_line
@@ -87,28 +93,194 @@ def _split_files(folder: Path) -> dict[str, list[str]]:
     return files
 
 
-def load_splits(cfg: DataConfig, splits: list[str]):
-    """Load the named splits as a ``datasets.DatasetDict``; every failure names the file or field."""
+@dataclass
+class SplitBy:
+    """How `data.validation_size` carves the evaluation split: ``values`` has one entry per training row.
+
+    ``stratified``: every value (a label) keeps its share of the rows on both sides. ``grouped``: rows
+    with the same value (a QA context) stay on one side. A task says which with `Task.split_by`.
+    """
+
+    how: Literal["stratified", "grouped"]
+    column: str
+    values: Sequence[Any]
+
+
+def load_splits(cfg: DataConfig, splits: list[str], split_by: Callable[[Any], SplitBy | None] | None = None):
+    """Load the named splits as a ``datasets.DatasetDict``; every failure names the file or field.
+
+    With ``data.validation_size``, the evaluation split is carved out of the training split (loaded for
+    it when only the evaluation split is asked for), and the training split is what is left of it, whichever
+    of the two is asked for; ``split_by(train)`` says how (None: a seeded shuffle).
+    """
     import datasets
 
     source = resolve_source(cfg)
+    wanted = list(dict.fromkeys(splits))
+    carving = cfg.validation_size is not None
+    # the carved split's name; none when `eval --split train` has set eval_split to the training split
+    carved = cfg.eval_splits[0] if carving and cfg.eval_splits else None
+    carved = None if carved == cfg.train_split else carved
+    carving = carving and (carved in wanted or cfg.train_split in wanted)
+    loading = [s for s in wanted if s != carved]
+    if carving and cfg.train_split not in loading:
+        loading.insert(0, cfg.train_split)
     out = {}
-    for split in dict.fromkeys(splits):
+    for split in loading:
         field = _split_field(cfg, split)
         if source.kind == "hub":
             out[split] = _load_hub_split(cfg, split, field)
             continue
         if split not in source.files:
             available = ", ".join(sorted(source.files)) or "none"
+            fix = f"Set `{field}` to one of them."
+            if field == "data.eval_split":
+                fix = (
+                    f"Set `{field}` to one of them, carve one out of the training split with "
+                    "`data.validation_size: 0.1`, or train without evaluation with `data.eval_split: null`."
+                )
             raise DataError(
-                f"`{field}`: split '{split}' not found in {source.description} "
-                f"(splits there: {available}). Set `{field}` to one of them."
+                f"`{field}`: split '{split}' not found in {source.description} (splits there: {available}). {fix}"
             )
         out[split] = _load_files(
             source.files[split], split, field if source.kind == "mirror" else f"data.files.{split}"
         )
+    if carving:
+        train = out[cfg.train_split]
+        if carved is not None:
+            _refuse_a_second_eval_split(cfg, source, carved, train)
+        out[cfg.train_split], validation, note = carve_validation(
+            train, cfg, split_by(train) if split_by else None, carved or "validation"
+        )
+        if carved is not None:
+            out[carved] = validation
+        source.description += f" ({note})"
+    out = {split: out[split] for split in wanted}
     logger.info("data: %s, splits %s", source.description, ", ".join(f"{k}={len(v)}" for k, v in out.items()))
     return datasets.DatasetDict(out), source
+
+
+def _refuse_a_second_eval_split(cfg: DataConfig, source: DataSource, split: str, train) -> None:
+    """`data.validation_size` on data that has the evaluation split already: one of the two must go."""
+    if source.kind == "hub":
+        splits = getattr(train.info, "splits", None) or {}
+        present = split in splits
+    else:
+        present = split in (source.files or {})
+    if present:
+        raise RecipeError(
+            "data.validation_size",
+            f"{source.description} already has the evaluation split '{split}' (`data.eval_split`); drop "
+            f"`data.validation_size` to evaluate on it, or give the carved split another name "
+            f"(e.g. `data.eval_split: heldout`).",
+        )
+
+
+def carve_validation(train, cfg: DataConfig, split_by: SplitBy | None = None, name: str = "validation"):
+    """``(train, validation, note)``: ``data.validation_size`` rows of ``train`` moved to the evaluation
+    split ``name``.
+
+    Reproducible: the rows depend on the data, ``data.validation_size``, ``data.split_seed`` and
+    ``split_by`` only (every process of a run picks the same ones), both sides keep the file order, and
+    the selected datasets' fingerprints (the tokenised cache's key) follow from the chosen rows.
+    """
+    import numpy as np
+
+    size, rows = cfg.validation_size, len(train)
+    wanted = math.ceil(size * rows) if isinstance(size, float) else int(size)
+    where = f"`data.validation_size`: {size} of the {rows} rows of the '{cfg.train_split}' split"
+    if wanted >= rows:
+        raise DataError(
+            f"{where} leaves no training rows; give a smaller fraction or number, or a validation file."
+        )
+    order = [int(i) for i in np.random.default_rng(cfg.split_seed).permutation(rows)]
+    if split_by is None:
+        chosen, how = order[:wanted], "shuffled"
+    elif split_by.how == "stratified":
+        chosen, absent = _stratified(order, split_by.values, wanted, where)
+        how = f"stratified by {split_by.column}"
+        if absent:
+            how += f"; too rare for a validation row, all in train: {', '.join(absent)}"
+    else:
+        chosen = _grouped(order, split_by.values, wanted)
+        how = f"rows that share a {split_by.column} kept together"
+    if not chosen:
+        raise DataError(f"{where} leaves the evaluation split empty; give a larger fraction or number.")
+    if len(chosen) >= rows:
+        raise DataError(
+            f"{where} leaves no training rows ({how}); give a smaller fraction or number, or a validation file."
+        )
+    picked = set(chosen)
+    validation = train.select(sorted(picked))
+    train = train.select([i for i in range(rows) if i not in picked])
+    note = (
+        f"{name}: {len(validation)} rows carved out of {cfg.train_split}, {len(train)} left to "
+        f"train; {how}, data.split_seed {cfg.split_seed}"
+    )
+    logger.info("data.validation_size %s: %s", size, note)
+    return train, validation, note
+
+
+def _stratified(
+    order: list[int], values: Sequence[Any], wanted: int, where: str
+) -> tuple[list[int], list[str]]:
+    """``wanted`` rows, each label's count in proportion to its share (largest remainders get the extra
+    rows), and the labels left without a validation row: a label keeps at least one row in train, so one
+    too rare for a validation row stays there whole (warned)."""
+    counts: dict[Any, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    rows = len(values)
+    exact = {value: wanted * count / rows for value, count in counts.items()}
+    quota = {value: min(math.floor(share), counts[value] - 1) for value, share in exact.items()}
+    by_remainder = sorted(counts, key=lambda v: (-(exact[v] - math.floor(exact[v])), -counts[v], str(v)))
+    missing = wanted - sum(quota.values())
+    while missing > 0:
+        room = [v for v in by_remainder if quota[v] < counts[v] - 1]
+        if not room:
+            raise DataError(
+                f"{where} cannot be stratified: every label needs at least one training row, which leaves "
+                f"at most {sum(quota.values())} rows to validate on; give a smaller fraction or number."
+            )
+        for value in room[:missing]:
+            quota[value] += 1
+        missing = wanted - sum(quota.values())
+    absent = [f"{v} ({counts[v]} rows)" for v in sorted((v for v, q in quota.items() if q == 0), key=str)]
+    if absent:
+        logger.warning(
+            "data.validation_size: no validation row for %s (too rare for its share); they all train",
+            ", ".join(absent),
+        )
+    chosen, taken = [], dict.fromkeys(counts, 0)
+    for i in order:
+        value = values[i]
+        if taken[value] < quota[value]:
+            taken[value] += 1
+            chosen.append(i)
+    return chosen, absent
+
+
+def _grouped(order: list[int], values: Sequence[Any], wanted: int) -> list[int]:
+    """Whole groups, in the seeded order of their first row, until at least ``wanted`` rows are taken."""
+    members: dict[Any, list[int]] = {}
+    for i, value in enumerate(values):
+        members.setdefault(value, []).append(i)
+    chosen: list[int] = []
+    seen: set[Any] = set()
+    for i in order:
+        if len(chosen) >= wanted:
+            break
+        value = values[i]
+        if value not in seen:
+            seen.add(value)
+            chosen.extend(members[value])
+    return chosen
+
+
+def read_data_file(path: str, field: str):
+    """One data file (any of `FORMATS`) as a ``datasets.Dataset``; errors name ``field`` (e.g. a CLI
+    argument) and the file."""
+    return _load_files([path], "train", field)
 
 
 def _split_field(cfg: DataConfig, split: str) -> str:

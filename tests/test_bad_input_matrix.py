@@ -170,6 +170,32 @@ def _output_is_a_file(c: Ctx) -> list[str]:
     return c.train(c.recipe())
 
 
+def _only_train(c: Ctx, **data) -> dict:
+    return _with(c.recipe(), "data", files={"train": c.files["train"]}, **data)
+
+
+def _mirror_with_validation(c: Ctx) -> list[str]:
+    for split, path in c.files.items():
+        (c.tmp / "mirror" / "mine").mkdir(parents=True, exist_ok=True)
+        (c.tmp / "mirror" / "mine" / f"{split}.jsonl").write_text(Path(path).read_text())
+    recipe = _drop(c.recipe(), "data", "files")
+    return c.train(_with(recipe, "data", dataset="mine", mirror=str(c.tmp / "mirror"), validation_size=0.1))
+
+
+def _init_file(c: Ctx, name: str = "reviews.csv") -> str:
+    lines = ["review,summary,stars,sentiment"] + [
+        f"the plot of film {i} was fine and the acting good,a summary of review {i} here,{1 + i % 5},"
+        f"{'positive' if i % 2 else 'negative'}"
+        for i in range(40)
+    ]
+    return c.file(name, "\n".join(lines) + "\n")
+
+
+def _init_output_exists(c: Ctx) -> list[str]:
+    data = _init_file(c)
+    return ["init", data, "--label-column", "sentiment", "--output", c.file("mine.yaml", "my recipe\n")]
+
+
 def _eval_not_a_run(c: Ctx) -> list[str]:
     (c.tmp / "somewhere").mkdir()
     return ["eval", str(c.tmp / "somewhere")]
@@ -278,6 +304,22 @@ ROWS = [
         "--resume and --resume-from: give one of the two",
     ),
     Row("eval-of-a-non-run", _eval_not_a_run, "not an hf-finetune output directory"),
+    Row(
+        "init-two-label-columns",
+        lambda c: ["init", _init_file(c), "--output", str(c.tmp / "new.yaml")],
+        "two columns could be the label: stars, sentiment. Say which with --label-column.",
+    ),
+    Row(
+        "init-unknown-column",
+        lambda c: ["init", _init_file(c), "--label-column", "rating", "--output", str(c.tmp / "new.yaml")],
+        "has no column 'rating'; its columns are: review, summary, stars, sentiment.",
+    ),
+    Row("init-output-exists", _init_output_exists, "mine.yaml exists; pass --force to overwrite it"),
+    Row(
+        "init-unsupported-file",
+        lambda c: ["init", c.file("data.xlsx", "x\n"), "--output", str(c.tmp / "new.yaml")],
+        "`DATA_FILE`: ",
+    ),
     Row("predict-missing-input", _predict_missing_input, "nope.jsonl"),
     # ---- data -----------------------------------------------------------------------------------------
     Row(
@@ -351,6 +393,32 @@ ROWS = [
             _with(c.recipe(), "data", files={**c.files, "validation": c.file("e.csv", "sentence,label\n")})
         ),
         "split 'validation' is empty",
+    ),
+    Row(
+        "validation-size-and-a-validation-file",
+        lambda c: c.train(_with(c.recipe(), "data", validation_size=0.1)),
+        "`data.validation_size`: and `data.files.validation` both give the evaluation split 'validation'",
+    ),
+    Row(
+        "validation-size-out-of-range",
+        lambda c: c.train(c.recipe(), "data.validation_size=1.5"),
+        "`data.validation_size`: must be a fraction in (0, 1) or a whole number of examples, got 1.5",
+    ),
+    Row(
+        "validation-size-leaves-no-training-rows",
+        lambda c: c.train(_only_train(c, validation_size=320)),
+        "`data.validation_size`: 320 of the 320 rows of the 'train' split leaves no training rows",
+    ),
+    Row(
+        "validation-size-on-data-with-the-split",
+        _mirror_with_validation,
+        "already has the evaluation split 'validation' (`data.eval_split`); drop `data.validation_size`",
+    ),
+    Row(
+        "no-eval-split-names-validation-size",
+        lambda c: c.train(_only_train(c)),
+        "carve one out of the training split with `data.validation_size: 0.1`, or train without evaluation "
+        "with `data.eval_split: null`",
     ),
     Row("ner-length-mismatch", _ner_length_mismatch, "tokens but"),
     Row("ner-tag-not-iob", _ner_not_iob, "is not IOB"),

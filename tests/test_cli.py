@@ -99,7 +99,8 @@ def test_train_requires_a_recipe_argument(capsys):
 def test_every_command_of_the_table_has_a_parser_and_is_listed_in_the_help(capsys):
     names = [command.name for command in cli.COMMANDS]
     assert names == [
-        "train", "validate", "plan", "eval", "predict", "export", "push", "bench", "tune", "recipes", "tasks"
+        "init", "train", "validate", "plan", "eval", "predict", "export", "push", "bench", "tune", "recipes",
+        "tasks",
     ]  # fmt: skip
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["--help"])
@@ -164,6 +165,7 @@ def test_the_commands_that_take_overrides_are_all_covered():
 def _minimal(name: str) -> list[str]:
     """The shortest valid command line of each command."""
     return {
+        "init": ["init", "F"],
         "train": ["train", "R"],
         "validate": ["validate", "R"],
         "plan": ["plan", "R"],

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..cache import preprocessing_key, tokenised_path
 from ..config.schema import Recipe
-from ..data import DataSource, load_splits
+from ..data import DataSource, SplitBy, load_splits
 from ..errors import DataError, RecipeError
 
 logger = logging.getLogger(__name__)
@@ -86,8 +86,12 @@ class Task:
         raise ValueError(stage)
 
     def load(self, splits: Sequence[str]):
-        """Load, subsample and check the splits; returns a DatasetDict of raw examples."""
-        raw, self.source = load_splits(self.recipe.data, list(splits))
+        """Load, subsample and check the splits; returns a DatasetDict of raw examples.
+
+        ``data.validation_size`` carves the evaluation split out of the training split first (as
+        :meth:`split_by` says), then ``max_train_samples``/``max_eval_samples`` take the first rows of each.
+        """
+        raw, self.source = load_splits(self.recipe.data, list(splits), self.split_by)
         data = self.recipe.data
         for split in list(raw):
             limit = data.max_train_samples if split == data.train_split else data.max_eval_samples
@@ -100,6 +104,12 @@ class Task:
                     "give a split with examples."
                 )
         return raw
+
+    def split_by(self, train) -> SplitBy | None:
+        """How ``data.validation_size`` carves the evaluation split out of the raw training split ``train``:
+        stratified by a label, rows grouped by a column, or None (the default) for a seeded shuffle. It may
+        read the data and the recipe, never a model: `eval` of a finished run carves the same rows again."""
+        return None
 
     def prepare(self, raw) -> None:
         """Check columns and values and settle the label schema. No model is involved."""

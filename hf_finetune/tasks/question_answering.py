@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..config.schema import TaskConfig, field_help
+from ..data import SplitBy
 from ..errors import DataError, RecipeError
 from .base import Task, capped_max_length, softmax
 from .registry import register_task
@@ -36,19 +37,36 @@ class QuestionAnsweringConfig(TaskConfig):
     question_column: str = field_help("Column with the question.", "question")
     context_column: str = field_help("Column with the context the answer is taken from.", "context")
     answers_column: str = field_help(
-        "Column with the answers: {text: [...], answer_start: [...]} (character offsets).", "answers"
+        "Column with the answers: `{text: [...], answer_start: [...]}` (character offsets), the Hub's "
+        "`squad`/`squad_v2` schema. Training targets the first answer; evaluation scores against all of them.",
+        "answers",
     )
-    id_column: str | None = field_help("Column with the question id (used in error messages).", "id")
+    id_column: str | None = field_help(
+        "Column with the question id, listed in error messages (up to 10 ids); rows are numbered without it.",
+        "id",
+    )
     doc_stride: int = field_help(
-        "Tokens shared by consecutive windows of a long context; must leave room for the question.", 128
+        "Tokens shared by consecutive windows when question + context exceed `data.max_seq_length`. Checked "
+        "before weights load against the room the longest question leaves in a window.",
+        128,
     )
-    max_answer_length: int = field_help("Longest answer, in tokens, that post-processing considers.", 30)
-    n_best_size: int = field_help("Start and end candidates searched per window.", 20)
+    max_answer_length: int = field_help(
+        "Longest answer, in tokens, that post-processing considers (end after start, inside the context).", 30
+    )
+    n_best_size: int = field_help(
+        "Start and end candidates searched per window; the best valid span over all of an example's windows "
+        "is its answer.",
+        20,
+    )
     version_2_with_negative: bool = field_help(
-        "SQuAD v2: questions may have no answer (empty answer list); metric squad_v2.", False
+        "SQuAD v2: an empty answer list is an unanswerable question; metric `squad_v2` (`exact`, `f1`, "
+        "`HasAns_*`, `NoAns_*`) instead of `squad` (`exact_match`, `f1`). Off: empty answers are an error.",
+        False,
     )
     null_score_diff_threshold: float = field_help(
-        "v2: answer nothing when the no-answer score beats the best span by more than this.", 0.0
+        "v2: answer nothing (an empty answer, start = end = 0) when the no-answer (`[CLS]`) score beats the "
+        "best span's score by more than this.",
+        0.0,
     )
 
     def __post_init__(self) -> None:
@@ -140,6 +158,14 @@ class QuestionAnsweringTask(Task):
 
     def metric_names(self) -> list[str]:
         return ["squad_v2" if self.cfg.version_2_with_negative else "squad"]
+
+    def split_by(self, train) -> SplitBy | None:
+        """Questions on one context stay on one side of a `data.validation_size` split: a context seen in
+        training would make the validation score too kind."""
+        column = self.cfg.context_column
+        if column not in train.column_names:
+            return None  # prepare() names the missing column
+        return SplitBy("grouped", column, list(train[column]))
 
     # ---------------------------------------------------------------- data checks
     def prepare(self, raw) -> None:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..config.schema import TaskConfig, field_help
+from ..data import SplitBy
 from ..errors import DataError, RecipeError
 from ..labels import MULTI, PROBLEM_TYPES, REGRESSION, SINGLE, LabelSchema, build_schema, infer_problem_type
 from ..metrics import glue_task
@@ -32,30 +33,49 @@ GLUE_HEADLINE = {
 
 @dataclass
 class TextClassificationConfig(TaskConfig):
-    text_column: str = field_help("Column with the (first) text.", "text")
+    text_column: str = field_help(
+        "Column with the (first) text. `predict` reads this field from each JSON line, or `text`.", "text"
+    )
     text_pair_column: str | None = field_help(
-        "Column with the second text of a pair (MRPC, RTE, MNLI, ...).", None
+        "Column with the second text of a pair (MRPC, RTE, MNLI, ...). Pairs go through the tokenizer's own "
+        "pair encoding (segment ids, separators), never string concatenation; `predict` reads this field or "
+        "`text_pair`.",
+        None,
     )
     label_column: str = field_help(
-        "Column with the label: class id, class name, list (multi-label) or number.", "label"
+        "Column with the label: a class id (an index into `labels`), a class name, a list of names "
+        "(multi-label) or a number (regression). Values outside the label list are an error listing the rows.",
+        "label",
     )
     labels: list[str] | None = field_help(
-        "Label names in id order; default: ClassLabel names or the sorted values.", None
+        "Label names in id order; default: the dataset's `ClassLabel` names, else the sorted string values "
+        "(integer labels without names: `0`, `1`, ...). Saved into `config.json` as "
+        "`id2label`/`label2id`, so the saved model predicts names. Must match `ClassLabel` names when present.",
+        None,
     )
     num_labels: int | None = field_help(
-        "Number of labels; checked against the data (1 means regression).", None
+        "Number of labels, checked against the label list or the data (an error names where the other count "
+        "comes from); 1 means regression.",
+        None,
     )
     problem_type: Literal[
         "auto", "single_label_classification", "multi_label_classification", "regression"
     ] = field_help(
-        "auto: lists -> multi-label, non-integral numbers or num_labels 1 -> regression, else single-label.",
+        "`auto`: list labels -> `multi_label_classification`, non-integral numbers or `num_labels: 1` -> "
+        "`regression`, else `single_label_classification`. Written into the saved config.",
         "auto",
     )
     metric: str | list[str] = field_help(
-        "auto (GLUE datasets: the task's official metric) or names from hf_finetune.metrics.", "auto"
+        "`auto`: GLUE datasets get the task's official metric (`glue/<task>`); otherwise accuracy and F1 "
+        "(binary F1 for two classes, macro F1 otherwise), multi-label micro/macro F1 and subset accuracy, "
+        "regression Pearson, Spearman and MSE. Or a name or list from "
+        "`hf_finetune.metrics.available_metrics()`.",
+        "auto",
     )
     multi_label_threshold: float = field_help(
-        "Multi-label: a label is predicted when its sigmoid exceeds this.", 0.5
+        "Multi-label: a label is predicted (in evaluation and `predict`) when its sigmoid exceeds this; "
+        "in (0, 1).",
+        0.5,
     )
 
     def __post_init__(self) -> None:
@@ -158,6 +178,16 @@ class TextClassificationTask(Task):
             ids = list(raw[split]["idx"]) if "idx" in raw[split].column_names else None
             self.labels.check_values(values, split, cfg.label_column, ids)
         logger.info("labels: %s (%s)", ", ".join(self.labels.names), self.labels.problem_type)
+
+    def split_by(self, train) -> SplitBy | None:
+        """Single-label data keeps every label's share on both sides of a `data.validation_size` split."""
+        column = self.cfg.label_column
+        if column not in train.column_names:
+            return None  # prepare() names the missing column
+        values = list(train[column])
+        if self._problem_type(train.features[column], values) != SINGLE or None in values:
+            return None
+        return SplitBy("stratified", column, values)
 
     def describe(self) -> dict[str, Any]:
         return {

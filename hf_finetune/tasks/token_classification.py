@@ -33,23 +33,31 @@ _UNALIGNED_LABELS = (
 
 @dataclass
 class TokenClassificationConfig(TaskConfig):
-    tokens_column: str = field_help("Column with the words of each sentence (a list of strings).", "tokens")
+    tokens_column: str = field_help(
+        "Column with the words of each sentence (a list of non-empty strings); empty sentences or tokens are "
+        "an error naming the example.",
+        "tokens",
+    )
     tags_column: str = field_help(
-        "Column with one tag per word: IOB names (B-PER, I-PER, O) or ClassLabel ids.", "ner_tags"
+        "Column with one tag per word: IOB names (`B-PER`, `I-PER`, `O`) or `ClassLabel` ids. Integer tags "
+        "are read through the data's own `ClassLabel` names, so a saved model evaluates data that orders its "
+        "tags differently.",
+        "ner_tags",
     )
     labels: list[str] | None = field_help(
-        "Tag names in id order; default: the dataset's ClassLabel names, else O then B-/I- of each "
-        "type found in the training split.",
+        "Tag names in id order (needed for integer tags without `ClassLabel` names); default: the dataset's "
+        "`ClassLabel` names, else `O` then `B-`/`I-` of each type found in the training split.",
         None,
     )
     label_all_tokens: bool = field_help(
-        "Train on every subword of a word (continuations of a B-X word get I-X); default: first "
-        "subword only. Evaluation is per word either way.",
+        "Train on every subword of a word (continuations of a `B-X` word get `I-X`); default: a word's first "
+        "subword carries its tag and the others are left out of the loss. Evaluation is per word either way.",
         False,
     )
     strict: bool = field_help(
-        "Require IOB2 (every I-X continues a B-X/I-X; an error names the first example that does "
-        "not) and score entities strictly. Off: IOB1 and loose IOB2 are read the conlleval way.",
+        "Require IOB2 (every `I-X` continues a `B-X`/`I-X`; an error names the first example and token that "
+        "does not) and score entities the strict way (metric `seqeval/strict`). Off: IOB1 and loose IOB2 are "
+        "read the conlleval way.",
         False,
     )
 
