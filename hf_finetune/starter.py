@@ -369,7 +369,11 @@ def render(settings: list[Setting], head: str) -> str:
 
 
 def _comment(paragraphs: list[str], indent: str) -> list[str]:
-    return [f"{indent}# {line}" for text in paragraphs for line in textwrap.wrap(text, 100 - len(indent))]
+    return [
+        f"{indent}# {line}"
+        for text in paragraphs
+        for line in textwrap.wrap(text, 100 - len(indent), break_on_hyphens=False, break_long_words=False)
+    ]
 
 
 def _flow(value: Any) -> str:

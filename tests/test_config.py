@@ -169,33 +169,6 @@ def test_default_output_dir_comes_from_recipe_name(tmp_path):
     assert Path(load_recipe(path).training.output_dir) == Path("runs/my-run")
 
 
-def test_readme_documents_every_recipe_field():
-    from hf_finetune.config import (
-        DataConfig,
-        GradualUnfreezingConfig,
-        ModelConfig,
-        PeftSection,
-        StrategyConfig,
-        section_fields,
-    )
-    from hf_finetune.tasks import available_tasks
-
-    readme = (REPO / "README.md").read_text()
-    classes = [ModelConfig, DataConfig, StrategyConfig, GradualUnfreezingConfig, PeftSection] + [
-        spec.config_class
-        for spec in available_tasks().values()
-        if spec.task_class.__module__.startswith("hf_finetune.")  # not test_add_a_task.py's toy
-    ]
-    assert len(classes) == 5 + 3
-    missing = [
-        f"{cls.__name__}.{name}"
-        for cls in classes
-        for name in section_fields(cls)
-        if f"`{name}`" not in readme
-    ]
-    assert not missing, f"README.md does not document: {missing}"
-
-
 def test_mixed_precision_without_accelerator_runs_on_cpu_and_stays_portable(monkeypatch, caplog):
     from hf_finetune import hardware
 

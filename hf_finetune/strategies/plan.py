@@ -5,7 +5,7 @@ section. The same plan is printed by `hf-finetune plan`, checked by `hf-finetune
 weights load, applied to the loaded model (`apply`) and turned into the optimizer's parameter groups
 (`optimizer_groups`) by `FinetuneTrainer.create_optimizer`.
 
-Rules (documented in the README):
+Rules (documented in docs/strategies.md):
 
 - frozen: ``freeze_all_but_head`` (every part but the head), ``freeze_embeddings``, ``freeze_layers``
   (bottom N, or all but the top |N|), ``freeze_modules`` regexes. Frozen parameters get

@@ -43,7 +43,9 @@ class SamplerSettings:
 
     n_startup_trials: int = field_help("random trials before TPE models the results", 4)
     n_ei_candidates: int = field_help("candidates TPE scores per draw", 24)
-    multivariate: bool = field_help("model the parameters jointly", False)
+    multivariate: bool = field_help(
+        "model the parameters jointly (grouped by which parameters are sampled together)", False
+    )
 
     def __post_init__(self) -> None:
         _whole("sampler", "n_startup_trials", self.n_startup_trials, 0)
@@ -79,7 +81,9 @@ class ParamSpec:
     """One parameter of `parameters:` (or one alternative of it), as written."""
 
     low: Any = field_help(
-        "lower end of a range: a number, or `layers` (the model's number of transformer layers)", None
+        "lower end of a range: a number, or `layers` (the model's number of transformer layers); a range "
+        "whose ends are both integers samples integers",
+        None,
     )
     high: Any = field_help("upper end of a range: a number, or `layers`", None)
     log: bool = field_help("sample the range on a log scale (needs low > 0 and no step)", False)
