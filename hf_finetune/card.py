@@ -88,14 +88,16 @@ def base_model_license(repo_id: str | None, revision: str | None = None) -> str 
         return None
 
 
-def eval_metrics(results: dict[str, Any]) -> dict[str, float]:
-    """Final evaluation metrics by name (``eval_accuracy`` -> ``accuracy``; MNLI ``eval_<split>_x`` kept whole)."""
+def eval_metrics(results: dict[str, Any], prefix: str = "eval") -> dict[str, float]:
+    """Final evaluation metrics by name (``eval_accuracy`` -> ``accuracy``; MNLI ``eval_<split>_x`` kept whole);
+    ``prefix="test"``: the test split's (``test_accuracy`` -> ``accuracy``)."""
     out = {}
+    start = f"{prefix}_"
     for key, value in results.items():
-        if not key.startswith("eval_") or key.endswith(NOT_METRICS) or isinstance(value, bool):
+        if not key.startswith(start) or key.endswith(NOT_METRICS) or isinstance(value, bool):
             continue
         if isinstance(value, (int, float)):
-            out[key[len("eval_") :]] = float(value)
+            out[key[len(start) :]] = float(value)
     return out
 
 
@@ -188,6 +190,8 @@ def build_card(output_dir: str | Path, repo_id: str | None = None, merged_from_a
     eval_splits = eval_splits if isinstance(eval_splits, list) else [eval_splits]
     eval_split = eval_splits[0]
     metrics = eval_metrics(results)
+    test_split = data.get("test_split") or "test"
+    test_metrics = eval_metrics(results, "test")
     name = (repo_id or output_dir.resolve().name).split("/")[-1]
     is_adapter = adapter is not None and not merged_from_adapter
     method = peft.get("method")
@@ -206,6 +210,7 @@ def build_card(output_dir: str | Path, repo_id: str | None = None, merged_from_a
     if strategy.get("gradual_unfreezing"):
         tags.append("gradual-unfreezing")
 
+    scores = _by_split(metrics, eval_splits) + [(test_split, m, v) for m, v in test_metrics.items()]
     eval_results = [
         EvalResult(
             task_type=task_name,
@@ -218,7 +223,7 @@ def build_card(output_dir: str | Path, repo_id: str | None = None, merged_from_a
             metric_name=metric.replace("_", " ").title(),
             metric_value=round(value, 6),
         )
-        for split, metric, value in _by_split(metrics, eval_splits)
+        for split, metric, value in scores
     ]
     card_data = ModelCardData(
         base_model=base,
@@ -249,6 +254,20 @@ def build_card(output_dir: str | Path, repo_id: str | None = None, merged_from_a
     if metrics:
         lines += ["", f"Results on the `{eval_split}` split:", ""]
         lines += [f"- {m}: {v:.4f}" for m, v in metrics.items()]
+    stopping = early_stopping_text(results)
+    if stopping:
+        lines += ["", stopping]
+    if test_metrics:
+        count = results.get("test_samples")
+        lines += [
+            "",
+            "## Test results",
+            "",
+            f"On the held-out `{test_split}` split" + (f" ({count} examples)" if count else "") + ", scored "
+            "once after training, on the final model; it took no part in training or in choosing the model:",
+            "",
+        ]
+        lines += [f"- {m}: {v:.4f}" for m, v in test_metrics.items()]
 
     lines += ["", "## Strategy", "", _strategy_text(plan, peft, training)]
     if plan:
@@ -348,11 +367,43 @@ def _hyperparameters(training: dict[str, Any], results: dict[str, Any]) -> str:
         "num_train_epochs": training.get("num_train_epochs", 3) if not training.get("max_steps") else None,
         "max_steps": training.get("max_steps"),
         "mixed_precision": "bf16" if training.get("bf16") else "fp16" if training.get("fp16") else "no",
+        "loss": results.get("loss_function"),  # set when the task's recipe changed it (hf_finetune.losses)
+        "class_weights": ", ".join(f"{k} {v:.4g}" for k, v in (results.get("class_weights") or {}).items()),
+        "early_stopping": _early_stopping_setting(training.get("early_stopping"), results),
         "seed": training.get("seed", 42),
         "train_runtime (s)": results.get("train_runtime"),
         "train_samples_per_second": results.get("train_samples_per_second"),
     }
     return "\n".join(f"- {k}: {v}" for k, v in shown.items() if v not in (None, ""))
+
+
+def early_stopping_text(results: dict[str, Any]) -> str | None:
+    """How early stopping ended, from a run's all_results.json: "Training stopped early at step N of M (patience
+    P on METRIC); best at step B (METRIC x), the model saved." None when the run did not use it."""
+    config = results.get("early_stopping")
+    if not isinstance(config, dict):
+        return None
+    metric = str(config.get("metric", "")).removeprefix("eval_")
+    patience = f"patience {config.get('patience')} on {metric}"
+    value = results.get("best_metric")
+    best = f"best at step {results.get('best_step')}" + (
+        f" ({metric} {value:.4f})" if isinstance(value, (int, float)) else ""
+    )
+    if results.get("stopped_early"):
+        return (
+            f"Training stopped early at step {results.get('stopped_at_step')} of "
+            f"{results.get('scheduled_steps')} ({patience}); {best}, the model saved here."
+        )
+    return f"Early stopping ({patience}) did not stop the run; {best}, the model saved here."
+
+
+def _early_stopping_setting(setting: Any, results: dict[str, Any]) -> str | None:
+    if not setting:
+        return None
+    config = setting if isinstance(setting, dict) else {}
+    metric = str((results.get("early_stopping") or {}).get("metric", "")).removeprefix("eval_")
+    text = f"patience {config.get('patience', 3)}, threshold {config.get('threshold', 0.0):g}"
+    return text + (f", on {metric}" if metric else "")
 
 
 def _task_title(task_name: str) -> str:

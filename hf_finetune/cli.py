@@ -98,6 +98,11 @@ def _init_arguments(p: argparse.ArgumentParser) -> None:
         "else data.validation_size: 0.1)",
     )
     p.add_argument(
+        "--encoding",
+        metavar="CODEC",
+        help="the data files' text encoding, e.g. latin-1 or cp1252 (default UTF-8); written as data.encoding",
+    )
+    p.add_argument(
         "--output",
         metavar="PATH",
         default="recipe.yaml",
@@ -131,7 +136,21 @@ def _plan_arguments(p: argparse.ArgumentParser) -> None:
 def _eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("output_dir", help="the training.output_dir of a finished run")
     _add_overrides(p)
-    p.add_argument("--split", help="split to evaluate (default: the recipe's eval split)")
+    p.add_argument("--split", help="split of the run's data to evaluate (default: the recipe's eval split)")
+    p.add_argument(
+        "--file",
+        metavar="FILE",
+        help="evaluate this labelled data file instead (csv, tsv, json, jsonl, parquet, conll), without the "
+        "run's training data; labels map through the saved model's",
+    )
+    p.add_argument(
+        "--name", help="name of --file's results: eval_NAME_results.json (default: the file's stem)"
+    )
+    p.add_argument(
+        "--predictions",
+        action="store_true",
+        help="also write predictions_NAME.jsonl: each row's input fields and the prediction, as predict does",
+    )
     p.add_argument("--batch-size", type=int)
 
 
@@ -247,6 +266,7 @@ def _run_init(args: argparse.Namespace) -> int:
         output=args.output,
         task=args.task,
         validation_file=args.validation_file,
+        encoding=args.encoding,
         force=args.force,
         columns={name: getattr(args, name) for name in COLUMN_FLAGS if getattr(args, name)},
     )
@@ -299,7 +319,15 @@ def _run_plan(args: argparse.Namespace) -> int:
 def _run_eval(args: argparse.Namespace) -> int:
     from .inference import evaluate_output
 
-    metrics = evaluate_output(args.output_dir, args.split, args.overrides, args.batch_size)
+    metrics = evaluate_output(
+        args.output_dir,
+        args.split,
+        args.overrides,
+        args.batch_size,
+        file=args.file,
+        name=args.name,
+        predictions=args.predictions,
+    )
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -448,7 +476,7 @@ COMMANDS: tuple[Command, ...] = (
             _validate_arguments, _run_validate),
     Command("plan", "print the parameter groups a recipe trains, without weights",
             _plan_arguments, _run_plan),
-    Command("eval", "re-evaluate a trained output directory",
+    Command("eval", "evaluate a trained output directory on a split or a labelled file",
             _eval_arguments, _run_eval),
     Command("predict", "label JSON Lines with a trained output directory",
             _predict_arguments, _run_predict),

@@ -3,6 +3,7 @@
 One token per line with its tag in the last column (other columns, such as CoNLL-2003's POS and
 chunk tags, are ignored); a blank line ends a sentence; ``-DOCSTART-`` lines are document
 separators and are skipped. Columns are split on tabs when a line has any, else on whitespace.
+Files are UTF-8 (a byte-order mark skipped) unless `data.encoding` names another codec.
 Rows come out with the Hub's field names: ``id`` (``<file name>:<line of the first token>``, so
 error messages point into the file), ``tokens``, ``ner_tags``.
 """
@@ -12,31 +13,35 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import DataError
+from .textfile import codec, encoding_message, first_undecodable
 
 TOKENS = "tokens"
 TAGS = "ner_tags"
 DOCSTART = "-DOCSTART-"
 
 
-def read_conll(paths: list[str], field: str) -> dict[str, list]:
-    """Columns ``id``, ``tokens``, ``ner_tags`` from one or more CoNLL files, in file order."""
+def read_conll(
+    paths: list[str], field: str, encoding: str | None = None, encoding_option: str = "data.encoding"
+) -> dict[str, list]:
+    """Columns ``id``, ``tokens``, ``ner_tags`` from one or more CoNLL files, in file order; a file that does
+    not decode with ``encoding`` is an error naming its line and ``encoding_option`` as the fix."""
     ids: list[str] = []
     tokens: list[list[str]] = []
     tags: list[list[str]] = []
     for path in paths:
-        for first_line, words, labels in _sentences(Path(path), field):
+        for first_line, words, labels in _sentences(Path(path), field, encoding, encoding_option):
             ids.append(f"{Path(path).name}:{first_line}")
             tokens.append(words)
             tags.append(labels)
     return {"id": ids, TOKENS: tokens, TAGS: tags}
 
 
-def _sentences(path: Path, field: str):
+def _sentences(path: Path, field: str, encoding: str | None, encoding_option: str):
     words: list[str] = []
     labels: list[str] = []
     first_line = 0
     try:
-        handle = path.open(encoding="utf-8-sig")  # a byte-order mark is not part of the first token
+        handle = path.open(encoding=codec(encoding))  # a byte-order mark is not part of the first token
     except OSError as exc:
         raise DataError(f"`{field}`: cannot open {path}: {exc.strerror}.") from None
     with handle:
@@ -65,6 +70,9 @@ def _sentences(path: Path, field: str):
                 words.append(columns[0])
                 labels.append(columns[-1])
         except UnicodeDecodeError as exc:
-            raise DataError(f"`{field}`: {path} is not UTF-8 text ({exc.reason}); convert it.") from None
+            problem = first_undecodable(path, encoding)
+            if problem is None:  # cannot happen: the same codec failed on the same bytes
+                raise DataError(f"`{field}`: {path} does not decode ({exc.reason}).") from None
+            raise DataError(encoding_message(field, path, problem, encoding, encoding_option)) from None
     if words:
         yield first_line, words, labels

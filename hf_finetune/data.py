@@ -143,7 +143,10 @@ def load_splits(cfg: DataConfig, splits: list[str], split_by: Callable[[Any], Sp
                 f"`{field}`: split '{split}' not found in {source.description} (splits there: {available}). {fix}"
             )
         out[split] = _load_files(
-            source.files[split], split, field if source.kind == "mirror" else f"data.files.{split}"
+            source.files[split],
+            split,
+            field if source.kind == "mirror" else f"data.files.{split}",
+            cfg.encoding,
         )
     if carving:
         train = out[cfg.train_split]
@@ -277,10 +280,12 @@ def _grouped(order: list[int], values: Sequence[Any], wanted: int) -> list[int]:
     return chosen
 
 
-def read_data_file(path: str, field: str):
+def read_data_file(
+    path: str, field: str, encoding: str | None = None, encoding_option: str = "data.encoding"
+):
     """One data file (any of `FORMATS`) as a ``datasets.Dataset``; errors name ``field`` (e.g. a CLI
-    argument) and the file."""
-    return _load_files([path], "train", field)
+    argument) and the file, and a file that does not decode names ``encoding_option`` as the fix."""
+    return _load_files([path], "train", field, encoding, encoding_option)
 
 
 def _split_field(cfg: DataConfig, split: str) -> str:
@@ -291,7 +296,13 @@ def _split_field(cfg: DataConfig, split: str) -> str:
     return "data.eval_split"
 
 
-def _load_files(paths: list[str], split: str, field: str):
+def _load_files(
+    paths: list[str],
+    split: str,
+    field: str,
+    encoding: str | None = None,
+    encoding_option: str = "data.encoding",
+):
     import datasets
 
     suffixes = set()
@@ -315,7 +326,9 @@ def _load_files(paths: list[str], split: str, field: str):
         )
     builder, kwargs = FORMATS[next(iter(suffixes))]
     if builder == "conll":
-        return _load_conll(paths, field)
+        return _load_conll(paths, field, encoding, encoding_option)
+    if encoding is not None and builder != "parquet":
+        kwargs = {**kwargs, "encoding": encoding}  # unset: the builders' UTF-8 (and an unchanged fingerprint)
     try:
         ds = datasets.load_dataset(builder, data_files={split: paths}, split=split, **kwargs)
     except Exception as exc:  # datasets raises many types for unreadable files
@@ -324,20 +337,64 @@ def _load_files(paths: list[str], split: str, field: str):
                 f"`{field}`: split '{split}' is empty ({', '.join(paths)} has no rows); "
                 "give a file with examples."
             ) from None
-        raise DataError(
-            f"`{field}`: could not read {', '.join(paths)} as {builder}: {first_line(exc)}"
-        ) from exc
+        raise DataError(_why_unreadable(paths, builder, field, encoding, encoding_option, exc)) from exc
+    if builder == "json":
+        _require_text(ds, paths, field, encoding, encoding_option)
     return ds
 
 
-def _load_conll(paths: list[str], field: str):
+def _require_text(ds, paths: list[str], field: str, encoding: str | None, encoding_option: str) -> None:
+    """pyarrow's JSON reader keeps bytes that are not UTF-8 inside its strings, so a Latin-1 JSON Lines file
+    "loads" and fails on first use; a full validation of the table (UTF-8 included, about 1.5 GB/s) finds it
+    now, and the file is scanned for the line."""
+    import pyarrow as pa
+
+    try:
+        ds.data.table.validate(full=True)
+    except pa.ArrowInvalid as exc:
+        from .textfile import encoding_message, first_undecodable
+
+        for path in paths:
+            problem = first_undecodable(path, encoding)
+            if problem is not None:
+                raise DataError(encoding_message(field, path, problem, encoding, encoding_option)) from None
+        raise DataError(
+            f"`{field}`: {', '.join(paths)} did not load as valid text: {first_line(exc)}"
+        ) from None
+
+
+def _why_unreadable(
+    paths: list[str], builder: str, field: str, encoding: str | None, encoding_option: str, exc: Exception
+) -> str:
+    """The message for files the loader failed on: scanned (only now) for the first byte that does not
+    decode, then (JSON) the first line that does not parse; else the loader's own first line."""
+    from .textfile import encoding_message, first_bad_json_line, first_undecodable
+
+    if builder in ("csv", "json"):
+        for path in paths:
+            problem = first_undecodable(path, encoding)
+            if problem is not None:
+                return encoding_message(field, path, problem, encoding, encoding_option)
+    if builder == "json":
+        for path in paths:
+            bad = first_bad_json_line(path, encoding)
+            if bad is not None:
+                return (
+                    f"`{field}`: could not read {path} as {bad.kind}: line {bad.line} {bad.problem}: "
+                    f"{bad.excerpt!r}. {bad.fix}"
+                )
+    return f"`{field}`: could not read {', '.join(paths)} as {builder}: {first_line(exc)}"
+
+
+def _load_conll(paths: list[str], field: str, encoding: str | None, encoding_option: str):
     import datasets
 
     from .conll import TAGS, TOKENS, read_conll
 
     words = datasets.List(datasets.Value("string"))
     features = datasets.Features({"id": datasets.Value("string"), TOKENS: words, TAGS: words})
-    return datasets.Dataset.from_dict(read_conll(paths, field), features=features)
+    rows = read_conll(paths, field, encoding, encoding_option)
+    return datasets.Dataset.from_dict(rows, features=features)
 
 
 def _load_hub_split(cfg: DataConfig, split: str, field: str):

@@ -8,6 +8,7 @@ metric) is read back from its ``recipe.yaml``.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,16 @@ from .errors import DataError, FinetuneError, RecipeError
 from .hub import ensure_hub_mode
 from .outputs import (
     ADAPTER_CONFIG,
+    EVAL_SPLIT_FILE,
     PARTIAL_SUFFIX,
+    PREDICTIONS_FILE,
     RECIPE_FILE,
     atomic_write_text,
     check_output_dir,
     is_adapter_dir,
+    write_jsonl,
 )
-from .pipeline import make_task
+from .pipeline import make_task, predict_split
 from .trainer import FinetuneTrainer
 
 
@@ -31,7 +35,11 @@ def load_output_recipe(output_dir: str | Path, overrides: list[str] | tuple[str,
     """The recipe of the run in ``output_dir``, pointed at the model saved there."""
     output_dir = check_output_dir(output_dir)
     # The saved model replaces the base checkpoint; the rest of the recipe (data, labels, metric) is the run's.
-    recipe = load_recipe(output_dir / RECIPE_FILE, [*overrides, f"model.name_or_path={output_dir}"])
+    # training.early_stopping=null: how the run trained; an evaluation needs none of what it checks
+    recipe = load_recipe(
+        output_dir / RECIPE_FILE,
+        [*overrides, f"model.name_or_path={output_dir}", "training.early_stopping=null"],
+    )
     recipe.model.tokenizer_name_or_path = None
     return recipe
 
@@ -67,15 +75,32 @@ def restore_model(output_dir: Path, recipe: Recipe, task):
 
 
 def evaluate_output(
-    output_dir: str | Path, split: str | None = None, overrides=(), batch_size: int | None = None
+    output_dir: str | Path,
+    split: str | None = None,
+    overrides=(),
+    batch_size: int | None = None,
+    *,
+    file: str | Path | None = None,
+    name: str | None = None,
+    predictions: bool = False,
 ):
-    """Re-evaluate a trained model on a split of the recipe's data; writes eval_<split>_results.json."""
+    """Re-evaluate a trained model on a split of the recipe's data (``split``, default its eval split), or on
+    any labelled data ``file`` (csv, tsv, json, jsonl, parquet, CoNLL), named ``name`` (default: the file's
+    stem), without the run's training data. The labels are the saved model's (its config.json), so string
+    labels map through them. Writes eval_<name>_results.json and, with ``predictions``, predictions_<name>.jsonl
+    (`predict`'s lines: each row's input fields and the prediction)."""
     import tempfile
 
     from transformers import TrainingArguments
 
     output_dir = Path(output_dir)
     recipe = load_output_recipe(output_dir, overrides)
+    if file is not None:
+        if split is not None:
+            raise FinetuneError("--split and --file: give one of the two (--name names the file's results).")
+        split = _file_name(Path(file), name)
+    elif name is not None:
+        raise FinetuneError("--name: names the results of --file; give --file FILE too.")
     split = split or (recipe.data.eval_splits[0] if recipe.data.eval_splits else None)
     if split is None:
         raise RecipeError("data.eval_split", "the recipe names no evaluation split; pass --split NAME.")
@@ -83,14 +108,16 @@ def evaluate_output(
     if recipe.data.test_split == split:
         recipe.data.test_split = None  # evaluating it means it has labels
     task, tokenizer = restore_task(output_dir, recipe)
-    raw = task.load([split])
-    task.prepare(raw)  # checks columns and label values against the saved label maps
+    raw = task.load([split]) if file is None else _load_file(task, Path(file), split, output_dir)
+    if file is None:
+        task.prepare(raw)  # checks columns and label values against the saved label maps
     data = task.preprocess(raw, tokenizer)[split]
     model = restore_model(output_dir, recipe, task)
+    batch_size = batch_size or recipe.training.per_device_eval_batch_size
     with tempfile.TemporaryDirectory() as scratch:
         args = TrainingArguments(
             output_dir=scratch,
-            per_device_eval_batch_size=batch_size or recipe.training.per_device_eval_batch_size,
+            per_device_eval_batch_size=batch_size,
             report_to="none",
             use_cpu=recipe.training.use_cpu,
             bf16=recipe.training.bf16,  # the same autocast as the evaluation during training
@@ -108,8 +135,51 @@ def evaluate_output(
         metrics = trainer.evaluate(eval_dataset=data, metric_key_prefix="eval")
     metrics["eval_samples"] = len(raw[split])  # examples, not features (QA windows)
     metrics["split"] = split
-    atomic_write_text(output_dir / f"eval_{split}_results.json", json.dumps(metrics, indent=2) + "\n")
+    if file is not None:
+        metrics["file"] = str(Path(file).absolute())
+    atomic_write_text(output_dir / EVAL_SPLIT_FILE.format(split=split), json.dumps(metrics, indent=2) + "\n")
+    if predictions:
+        rows = predict_split(task, model, tokenizer, raw[split], batch_size, str(file or split))
+        write_jsonl(output_dir / PREDICTIONS_FILE.format(split=split), rows)
     return metrics
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _file_name(path: Path, name: str | None) -> str:
+    """The name of `eval --file`'s results (eval_<name>_results.json): ``--name``, else the file's stem."""
+    chosen = name if name is not None else path.stem
+    if not _NAME.fullmatch(chosen):
+        flag = "--name" if name is not None else f"--file {path}: its name"
+        raise FinetuneError(
+            f"{flag} {chosen!r} cannot name the results file (eval_<name>_results.json); give "
+            "--name with letters, digits, '_', '.' or '-'."
+        )
+    return chosen
+
+
+def _load_file(task, path: Path, split: str, output_dir: Path):
+    """`eval --file`: the file as the split ``split``, checked against the saved model's labels; every
+    error names the file."""
+    from datasets import DatasetDict
+
+    from .data import read_data_file
+
+    raw = DatasetDict({split: read_data_file(str(path), "--file")})
+    try:
+        task.prepare(raw)
+    except DataError as exc:
+        text = str(exc)
+        if text.startswith("`task.labels`"):  # the labels are the model's: the recipe's fix does not apply
+            for it in ("them", "it"):
+                text = text.removesuffix(f" Add {it} to `task.labels` or fix the data.")
+            text += (
+                f" The model in {output_dir} knows only these labels (its config.json); evaluate a file "
+                "that uses them."
+            )
+        raise DataError(f"--file {path}: {text}") from None
+    return raw
 
 
 def predict_output(
@@ -128,8 +198,7 @@ def predict_output(
     model = restore_model(output_dir, recipe, task)
     results = task.predict(model, tokenizer, records, batch_size, where=str(input_path))
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in results)
-    atomic_write_text(output_path, lines)  # never leave a half-written output file
+    write_jsonl(output_path, results)  # atomic: never a half-written output file
     return len(results)
 
 

@@ -31,6 +31,9 @@ ADAPTER_CONFIG = "adapter_config.json"  # peft: an adapter-only output
 NOTE_FILE = "INTERRUPTED.txt"  # left by a run stopped with a signal
 ENV_FILE = "environment.json"
 CURVES_FILE = "training_curves.png"
+TEST_RESULTS_FILE = "test_results.json"  # the labelled test split's scores (also in all_results.json)
+PREDICTIONS_FILE = "predictions_{split}.jsonl"  # a test split's (or `eval --predictions`') predictions
+EVAL_SPLIT_FILE = "eval_{split}_results.json"  # `hf-finetune eval` of one split or file
 PARTIAL_PREFIX = ".partial-"  # a checkpoint being written; renamed into place when complete
 PARTIAL_SUFFIX = ".partial"  # a file being written; os.replace'd over its final name
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt")  # model weights in a run directory
@@ -138,6 +141,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return path
 
 
+def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> Path:
+    """Rows as JSON Lines (non-ASCII text kept as is), written atomically: `predict`'s output format."""
+    return atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
     """One JSON object as one line, flushed to disk before returning (a record once written survives a
     crash of the process that wrote it)."""
@@ -215,11 +223,12 @@ def check_output_dir(output_dir: str | Path, need_model: bool = True) -> Path:
 
 
 def eval_results(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The evaluation scores of a run's final metrics, as `hf-finetune train` prints them (no timings)."""
+    """The evaluation (and test) scores of a run's final metrics, as `hf-finetune train` prints them (no
+    timings)."""
     return {
         k: v
         for k, v in metrics.items()
-        if k.startswith("eval_") and not k.endswith(("_runtime", "_per_second"))
+        if k.startswith(("eval_", "test_")) and not k.endswith(("_runtime", "_per_second"))
     }
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import early_stopping
 from .card import write_card
 from .config import Recipe
 from .config.load import load_recipe
@@ -31,6 +32,7 @@ from .outputs import (
     CURVES_FILE,
     NOTE_FILE,
     PARTIAL_PREFIX,
+    PREDICTIONS_FILE,
     RECIPE_FILE,
     RESULTS_FILE,
     STRATEGY_FILE,
@@ -40,6 +42,7 @@ from .outputs import (
     plot_curves,
     read_json,
     write_environment,
+    write_jsonl,
 )
 from .tasks import get_task
 from .trainer import FinetuneTrainer, complete_checkpoints, recipe_header, remove_partial
@@ -85,6 +88,11 @@ def prepare(recipe: Recipe, stage: str = "train") -> Prepared:
         "splits": {name: len(ds) for name, ds in raw.items()},
     }
     summary.update(task.describe())
+    if recipe.early_stopping is not None:  # the metric checked against what the evaluation reports
+        summary["early_stopping"] = early_stopping.settle(recipe, task)
+    test = recipe.data.test_split
+    if test and test in raw:  # what training does with it, at the end
+        summary["test_split"] = _test_plan(task, test, raw[test])
     prepared = Prepared(recipe, task, raw, tokenizer, model_config, summary)
     prepared.plan = strategy_plan(recipe, with_peft(recipe, meta_model(prepared)))
     summary["strategy"] = prepared.plan.description
@@ -218,12 +226,16 @@ def train(
         processing_class=prepared.tokenizer,
         data_collator=collator,
         compute_metrics=task.compute_metrics(),
+        compute_loss_func=task.loss_function(),  # class weights / focal loss (hf_finetune.losses), else None
         preprocess_logits_for_metrics=task.preprocess_logits_for_metrics(),
         recipe=recipe,
         strategy_plan=plan_,
     )
     if resume_from is not None:
         logger.info("resuming from %s", resume_from)
+    stopping = early_stopping.callback(recipe)
+    if stopping is not None:  # before `callbacks`: a search's pruner sees that the run stops here
+        trainer.add_callback(stopping)
     for callback in callbacks:
         trainer.add_callback(callback)
     stopper = StopOnSignal()
@@ -259,12 +271,15 @@ def train(
     if "find_unused_parameters" in parallel:
         train_metrics["ddp_find_unused_parameters"] = parallel["find_unused_parameters"]
     trainer.log_metrics("train", train_metrics)
-    trainer.save_metrics("train", {**train_metrics, "strategy": plan_.description})
+    loss_record = getattr(task.loss_function(), "record", dict)()  # class weights, focal loss
+    stopped = early_stopping.results(recipe, trainer)  # settings, stopped_early, best_step ({} without it)
+    trainer.save_metrics("train", {**train_metrics, "strategy": plan_.description, **loss_record, **stopped})
 
     eval_metrics = _evaluate_splits(trainer, recipe, tokenised, prepared.raw)
     if eval_metrics:
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
+    test_metrics = _run_test_split(trainer, prepared, tokenised, output_dir)
     trainer.save_state()
     if trainer.is_world_process_zero():
         (output_dir / NOTE_FILE).unlink(missing_ok=True)  # a resumed run has now finished
@@ -286,7 +301,7 @@ def train(
     if results is not None:
         return results
     # the other processes never read it: the main process may be rewriting it at this moment
-    return {**train_metrics, **eval_metrics}
+    return {**train_metrics, **eval_metrics, **test_metrics}
 
 
 # Settings that change how a run is watched or where it is kept, not what it trains: the same run may be
@@ -394,6 +409,50 @@ def _quiet_datasets() -> None:
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_warning()
+
+
+def _test_plan(task, split: str, ds) -> str:
+    predictions = PREDICTIONS_FILE.format(split=split)
+    if task.is_labelled(split, ds):
+        return f"{split} (labelled): scored after training (test_* metrics) and predicted ({predictions})"
+    return f"{split} (no labels): predicted after training ({predictions})"
+
+
+def _run_test_split(trainer, prepared: Prepared, tokenised, output_dir: Path) -> dict[str, Any]:
+    """The test split, once, on the final model (the best one under load_best_model_at_end).
+
+    Labelled, it is scored with `Trainer.predict` (``test_*`` metrics, which neither callbacks nor model
+    selection see: it is never an eval_dataset); labelled or not, `predictions_<split>.jsonl` gets each
+    row's input fields with the prediction, from the task's `predict` (what `hf-finetune predict` writes).
+    """
+    task, split = prepared.task, prepared.recipe.data.test_split
+    if not split or split not in prepared.raw:
+        return {}
+    raw = prepared.raw[split]
+    metrics: dict[str, Any] = {}
+    if task.is_labelled(split, raw):
+        task.scored_split = split  # QA scores the test examples, not the evaluation split's
+        try:
+            metrics = trainer.predict(tokenised[split], metric_key_prefix="test").metrics
+        finally:
+            task.scored_split = None
+        metrics["test_samples"] = len(raw)  # examples, not features (QA windows)
+        trainer.log_metrics("test", metrics)
+        trainer.save_metrics("test", metrics)
+    # every process runs the forward passes (a sharded model needs them all); the main one writes the file
+    batch_size = trainer.args.per_device_eval_batch_size
+    rows = predict_split(task, trainer.model, prepared.tokenizer, raw, batch_size, split)
+    if trainer.is_world_process_zero():
+        path = write_jsonl(output_dir / PREDICTIONS_FILE.format(split=split), rows)
+        logger.info("%s split: %d predictions in %s", split, len(rows), path)
+    return metrics
+
+
+def predict_split(task, model, tokenizer, ds, batch_size: int, where: str) -> list[dict[str, Any]]:
+    """The task's `predict` on the rows of a raw split: each row's input fields (`Task.input_fields`; its
+    labels left out) plus the prediction, as `hf-finetune predict` writes them."""
+    fields = [name for name in task.input_fields() if name in ds.column_names]
+    return task.predict(model, tokenizer, ds.select_columns(fields).to_list(), batch_size, where=where)
 
 
 def _evaluate_splits(trainer, recipe: Recipe, tokenised, raw) -> dict[str, Any]:

@@ -4,8 +4,8 @@ What is uploaded: the top-level files of the output directory that make up the m
 weights (full model or PEFT adapter), config, tokenizer, ``README.md`` (the card, rebuilt for the target
 repository), ``recipe.yaml``, ``strategy.json``, the results JSON files, ``trainer_state.json``,
 ``environment.json`` and the training-curve plot. Not uploaded: ``checkpoint-*`` and other
-subdirectories, ``training_args.bin`` (a pickle; ``recipe.yaml`` is the reproducible record), hidden,
-partial and lock files. ``--dry-run`` prints exactly that list and contacts nothing.
+subdirectories, ``training_args.bin`` (a pickle; ``recipe.yaml`` is the reproducible record),
+``predictions_*.jsonl`` (a test split's inputs are the user's data), hidden, partial and lock files. ``--dry-run`` prints exactly that list and contacts nothing.
 
 `train_and_push` is the training entry of `hf-finetune train` and `hf_finetune.train`: `pipeline.train`
 with the push of a recipe's ``hub`` section as its ``after_training`` hook (pipeline never imports this
@@ -37,6 +37,7 @@ from .outputs import (
     CURVES_FILE,
     ENV_FILE,
     PARTIAL_SUFFIX,
+    PREDICTIONS_FILE,
     RECIPE_FILE,
     RESULTS_FILE,
     STRATEGY_FILE,
@@ -51,6 +52,7 @@ logger = logging.getLogger("hf_finetune")
 #: top-level files never uploaded
 EXCLUDED = ("training_args.bin",)
 EXCLUDED_SUFFIXES = (PARTIAL_SUFFIX, ".lock", ".tmp")
+PREDICTIONS_PREFIX = PREDICTIONS_FILE.split("{", 1)[0]  # predictions_<split>.jsonl
 #: files of the training record copied next to a merged model
 RECORD_FILES = (
     RECIPE_FILE,
@@ -95,6 +97,8 @@ def upload_files(folder: Path) -> list[str]:
         if not path.is_file() or path.is_symlink():
             continue
         if name.startswith(".") or name in EXCLUDED or name.endswith(EXCLUDED_SUFFIXES):
+            continue
+        if name.startswith(PREDICTIONS_PREFIX):  # they hold the user's own test inputs: data, not the model
             continue
         names.append(name)
     return names

@@ -23,6 +23,17 @@ RESUME_HELP = (
     "when there is none), a directory continues from that checkpoint; null starts fresh. How to run, not what "
     "to train: it is not written to the saved recipe.yaml (`hf-finetune train --resume` sets it)."
 )
+EARLY_STOPPING_HELP = (
+    "hf-finetune's own: stop training when the monitored metric has not improved for `patience` evaluations in "
+    "a row, and keep the best evaluation's model (transformers' `EarlyStoppingCallback`). `true` (patience 3), "
+    "a number (the patience) or a mapping of the fields in the table below; null: off. It monitors the task's "
+    "headline metric (the one `bench` and `tune` score by) unless `metric_for_best_model` names another "
+    "(lower is better for loss-like metrics). It needs an eval split and `eval_strategy` other than `no`; it "
+    "sets `load_best_model_at_end`, a checkpoint at each evaluation (`save_strategy`/`save_steps` as "
+    "`eval_strategy`/`eval_steps`, unless the recipe sets them otherwise, which is an error), keeps 2 "
+    "checkpoints at least (the best and the newest) and, without `eval_steps`, evaluates every 10% of the steps. "
+    "Part of the run: written to recipe.yaml."
+)
 
 
 def _sections() -> dict[str, type]:
@@ -38,6 +49,7 @@ def _sections() -> dict[str, type]:
             "data": schema.DataConfig,
             "strategy": schema.StrategyConfig,
             "strategy.gradual_unfreezing": schema.GradualUnfreezingConfig,
+            "training.early_stopping": schema.EarlyStoppingConfig,
             "peft": schema.PeftSection,
             "hub": schema.HubConfig,
             "bench": BenchSettings,
@@ -88,8 +100,10 @@ def _training_rows() -> list[tuple[str, str, str, str]]:
         if not f.init or f.name.startswith("_") or schema.is_secret(f.name):
             continue
         help_text = f.metadata.get("help") or "(transformers gives no help text)"
-        out.append((f.name, coerce.describe_type(hints.get(f.name, Any)), _default(f), help_text))
+        default = _default(f)
+        out.append((f.name, coerce.describe_type(hints.get(f.name, Any)), default, help_text))
     out.append(("resume", "text or null", "null", RESUME_HELP))
+    out.append(("early_stopping", "mapping, true, integer or null", "null", EARLY_STOPPING_HELP))
     return out
 
 

@@ -30,10 +30,11 @@ from .config.load import load_recipe
 from .config.schema import DEFAULT_MODEL
 from .data import read_data_file
 from .errors import FinetuneError
-from .labels import MULTI, REGRESSION, SINGLE, build_schema, classlabel_names, infer_problem_type
+from .labels import MULTI, REGRESSION, SINGLE, build_schema, class_id, classlabel_names, infer_problem_type
 from .lengths import choose_length
 from .outputs import atomic_write_text
 from .tasks import get_task
+from .textfile import check_encoding
 
 #: the task fields `init` takes a flag for (--text-column ...)
 COLUMN_FLAGS = tuple(name for names in FLAGS.values() for name in names)
@@ -51,6 +52,7 @@ class Options:
     task: str | None = None
     model: str = DEFAULT_MODEL
     validation_file: str | None = None
+    encoding: str | None = None  # the data files' text encoding (--encoding), kept as data.encoding
     force: bool = False
     columns: dict[str, str | None] = field(default_factory=dict)  # text_column=..., from the flags
 
@@ -63,6 +65,8 @@ class Options:
             words += ["--model", self.model]
         if self.validation_file:
             words += ["--validation-file", self.validation_file]
+        if self.encoding:
+            words += ["--encoding", self.encoding]
         if self.output != "recipe.yaml":
             words += ["--output", self.output]
         return shlex.join(words)
@@ -98,7 +102,9 @@ def init_recipe(opts: Options) -> Starter:
 
 
 def _init(opts: Options, path: Path | None) -> Starter:
-    ds = read_data_file(opts.data_file, "DATA_FILE")
+    if opts.encoding is not None:
+        check_encoding(opts.encoding, "--encoding")
+    ds = read_data_file(opts.data_file, "DATA_FILE", opts.encoding, "--encoding")
     columns = profile(ds)
     given = {"task": opts.task, **opts.columns}
     roles = infer_roles(ds, columns, given, opts.data_file)
@@ -163,7 +169,7 @@ def _class_labels(ds, column: str) -> tuple[str, list[Setting]]:
     counts: Counter = Counter()
     for value in present:
         for item in value if isinstance(value, list) else [value]:
-            counts[names[item] if isinstance(item, int) else item] += 1
+            counts[item if isinstance(item, str) else names[class_id(item)]] += 1
     rows = len(values)
     kind = "rows with each label" if problem == MULTI else "balance"
     balance = ", ".join(f"{name} {counts[name]} ({counts[name] / rows:.1%})" for name in names)
@@ -232,6 +238,9 @@ def _data(opts: Options, ds, roles, problem: str) -> list[Setting]:
             reason,
         ]
     settings = [Setting("data", "files", files, why)]
+    if opts.encoding:
+        why = ["the files' text encoding (--encoding); without it they are read as UTF-8"]
+        settings.append(Setting("data", "encoding", opts.encoding, why))
     if isinstance(split, Setting):
         settings.append(split)
     return settings + _max_seq_length(opts, ds, roles)
@@ -239,7 +248,8 @@ def _data(opts: Options, ds, roles, problem: str) -> list[Setting]:
 
 def _validation(opts: Options, task: str, problem: str) -> Setting | tuple[str, str]:
     if opts.validation_file:
-        read_data_file(opts.validation_file, "--validation-file")  # a bad file fails here, before writing
+        # a bad file fails here, before writing
+        read_data_file(opts.validation_file, "--validation-file", opts.encoding, "--encoding")
         return opts.validation_file, f"validation: {opts.validation_file} (--validation-file)"
     given = Path(opts.data_file)
     found = []
@@ -300,7 +310,7 @@ def _training(opts: Options, rows: int, carved: bool, task: str, problem: str) -
         ("weight_decay", 0.01, None),
         ("eval_strategy", "epoch", "evaluate after every epoch, and keep the best epoch's model"),
         ("save_strategy", "epoch", None),
-        ("save_total_limit", 1, None),
+        ("save_total_limit", 2, "the best and the newest: a run stopped by a signal can resume"),
         ("load_best_model_at_end", True, None),
     ]
     settings = [

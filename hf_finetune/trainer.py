@@ -26,6 +26,10 @@ class FinetuneTrainer(Trainer):
     parameter groups of the strategy plan (layer-wise learning rates, head multiplier), and gradual
     unfreezing is a callback whose not-yet-unfrozen gradients `training_step` drops after each backward.
     Checkpoints are written to a ``.partial-checkpoint-N`` directory and renamed when complete.
+    A task's own loss (class weights, focal loss: `hf_finetune.losses`) comes in as the Trainer's
+    ``compute_loss_func``: the Trainer then counts the step's labels (``num_items_in_batch``) and neither
+    divides that loss by the accumulation steps nor leaves it to DDP's averaging, as the loss is normalised
+    by that count already.
     """
 
     _staging_dir: Path | None = None

@@ -76,6 +76,13 @@ def _with(recipe: dict, section: str, **values) -> dict:
     return recipe
 
 
+def _early(c: Ctx) -> dict:
+    """The tiny recipe with early stopping (patience 2) and no save_strategy of its own."""
+    recipe = c.recipe(training={"early_stopping": {"patience": 2}})
+    recipe["training"].pop("save_strategy")
+    return recipe
+
+
 def _drop(recipe: dict, section: str, key: str) -> dict:
     recipe[section].pop(key)
     return recipe
@@ -191,6 +198,32 @@ def _init_file(c: Ctx, name: str = "reviews.csv") -> str:
     return c.file(name, "\n".join(lines) + "\n")
 
 
+def _labels(c: Ctx, rows: list[dict]) -> list[str]:
+    """A training file of ``rows`` (the validation file stays) in the tiny recipe."""
+    train = str(write_jsonl(c.tmp / "labels.jsonl", rows))
+    return c.train(_with(c.recipe(), "data", files={**c.files, "train": train}))
+
+
+def _float_labels_one_missing(c: Ctx) -> list[str]:
+    rows = [{**row, "label": float(row["label"])} for row in sentiment_rows(40, 6)]  # 1.0 / 0.0, as pandas
+    rows[3]["label"] = None
+    return _labels(c, rows)
+
+
+def _latin1(c: Ctx, name: str = "latin.csv") -> str:
+    lines = ["sentence,label", "a plain review,0", "un café crème très bon,1", "another one,0"]
+    path = c.tmp / name
+    path.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    return str(path)
+
+
+def _broken_json_line(c: Ctx) -> list[str]:
+    lines = [json.dumps(row) for row in sentiment_rows(5, 6)]
+    lines[2] = '{"sentence": "a good film" "label": 1}'
+    train = c.file("broken.jsonl", "\n".join(lines) + "\n")
+    return c.train(_with(c.recipe(), "data", files={**c.files, "train": train}))
+
+
 def _init_output_exists(c: Ctx) -> list[str]:
     data = _init_file(c)
     return ["init", data, "--label-column", "sentiment", "--output", c.file("mine.yaml", "my recipe\n")]
@@ -199,6 +232,24 @@ def _init_output_exists(c: Ctx) -> list[str]:
 def _eval_not_a_run(c: Ctx) -> list[str]:
     (c.tmp / "somewhere").mkdir()
     return ["eval", str(c.tmp / "somewhere")]
+
+
+def _eval_file(c: Ctx, rows: list[dict] | None) -> list[str]:
+    """`eval --file` on a finished run with the tiny model's config (labels negative, positive) and
+    tokenizer: everything `eval` reads before the weights."""
+    import shutil
+
+    c.finished_run(c.recipe())
+    config = json.loads((c.model / "config.json").read_text())
+    config.update(id2label={"0": "negative", "1": "positive"}, label2id={"negative": 0, "positive": 1})
+    (c.out / "config.json").write_text(json.dumps(config))
+    for path in c.model.iterdir():
+        if path.name.startswith(("tokenizer", "vocab", "special_tokens")):
+            shutil.copy(path, c.out / path.name)
+    target = c.tmp / "test.jsonl"
+    if rows is not None:
+        write_jsonl(target, rows)
+    return ["eval", str(c.out), "--file", str(target)]
 
 
 def _predict_missing_input(c: Ctx) -> list[str]:
@@ -282,6 +333,92 @@ ROWS = [
         lambda c: c.train(c.recipe(), "--resume-from", str(c.tmp)),
         "`training.resume`: ",
     ),
+    # early stopping (hf_finetune.early_stopping)
+    Row(
+        "early-stopping-without-eval-split",
+        lambda c: c.train(_early(c), "data.eval_split=null"),
+        "`training.early_stopping`: stops when the evaluation metric stops improving, but `data.eval_split` is null",
+    ),
+    Row(
+        "early-stopping-without-evaluations",
+        lambda c: c.train(_early(c), "training.eval_strategy=no"),
+        "`training.early_stopping`: needs evaluations during training, but `training.eval_strategy` is `no`",
+    ),
+    Row(
+        "early-stopping-without-checkpoints",
+        lambda c: c.train(_early(c), "training.save_strategy=no"),
+        "`training.save_strategy`: is `no` and `training.eval_strategy` is `epoch`: early stopping loads",
+    ),
+    Row(
+        "early-stopping-save-steps-off-the-evaluations",
+        lambda c: c.train(
+            _early(c), "training.eval_strategy=steps", "training.eval_steps=4", "training.save_steps=6"
+        ),
+        "`training.save_steps`: is 6, not a multiple of `training.eval_steps` (4)",
+    ),
+    Row(
+        "early-stopping-without-the-best-model",
+        lambda c: c.train(_early(c), "training.load_best_model_at_end=false"),
+        "`training.load_best_model_at_end`: is false, but `training.early_stopping` keeps the model",
+    ),
+    Row(
+        "early-stopping-keeping-one-checkpoint",
+        lambda c: c.train(_early(c), "training.save_total_limit=1"),
+        "`training.save_total_limit`: is 1: with the best model loaded at the end",
+    ),
+    Row(
+        "early-stopping-patience-zero",
+        lambda c: c.train(_early(c), "training.early_stopping.patience=0"),
+        "`training.early_stopping.patience`: must be at least 1",
+    ),
+    Row(
+        "early-stopping-metric-typo",
+        lambda c: c.train(_early(c), "training.metric_for_best_model=accurracy"),
+        "`training.metric_for_best_model`: 'accurracy' is not among the metrics this run's evaluation "
+        "reports (did you mean: eval_accuracy",
+    ),
+    # class imbalance (hf_finetune.losses)
+    Row(
+        "class-weights-wrong-length",
+        lambda c: c.train(_with(c.recipe(), "task", class_weights=[1.0, 2.0, 3.0])),
+        "`task.class_weights`: has 3 weights, but there are 2 labels [0, 1]; give one weight per label",
+    ),
+    Row(
+        "class-weights-not-positive",
+        lambda c: c.train(c.recipe(), "task.class_weights=[1, 0]"),
+        "`task.class_weights`: weights must be positive numbers; got 0.0 (position 1)",
+    ),
+    Row(
+        "class-weights-for-regression",
+        lambda c: c.train(_with(c.recipe(), "task", problem_type="regression", class_weights="auto")),
+        "`task.class_weights`: class weights need classes, and this task is regression",
+    ),
+    Row(
+        "focal-loss-on-regression-data",
+        lambda c: c.train(
+            _with(
+                _with(c.recipe(), "task", loss="focal"),
+                "data",
+                files={
+                    **c.files,
+                    "train": str(
+                        write_jsonl(c.tmp / "t.jsonl", [{"sentence": "x", "label": i / 4} for i in range(8)])
+                    ),
+                },
+            )
+        ),
+        "`task.loss`: column 'label' holds non-integral numbers, so this task is regression",
+    ),
+    Row(
+        "focal-loss-with-label-smoothing",
+        lambda c: c.train(_with(c.recipe(), "task", loss="focal"), "training.label_smoothing_factor=0.1"),
+        "`training.label_smoothing_factor`: is 0.1, and `task.loss` replaces the Trainer's loss",
+    ),
+    Row(
+        "ner-class-weights-wrong-length",
+        lambda c: _ner(c, ner_rows(10, seed=1), class_weights=[1, 2]),
+        "`task.class_weights`: has 2 weights, but there are 5 tags [O, B-LOC, I-LOC, B-PER, I-PER]",
+    ),
     # ---- command line -------------------------------------------------------------------------------
     Row(
         "override-without-equals",
@@ -321,6 +458,20 @@ ROWS = [
         "`DATA_FILE`: ",
     ),
     Row("predict-missing-input", _predict_missing_input, "nope.jsonl"),
+    Row("eval-file-missing", lambda c: _eval_file(c, None), "`--file`: file not found: "),
+    Row(
+        "eval-file-unknown-label",
+        lambda c: _eval_file(
+            c, [*sentiment_rows(4, 1, as_names=True), {"idx": 4, "sentence": "meh", "label": "neutral"}]
+        ),
+        "test.jsonl: `task.labels`: label values in the test split (column 'label') not in the label list "
+        "[negative, positive]: 'neutral' (row 4). The model in ",
+    ),
+    Row(
+        "eval-file-without-the-text-column",
+        lambda c: _eval_file(c, [{"review": "good", "label": "positive"}]),
+        "test.jsonl: `task.text_column`: column 'sentence' not found in the test split",
+    ),
     # ---- data -----------------------------------------------------------------------------------------
     Row(
         "missing-data-file",
@@ -388,6 +539,38 @@ ROWS = [
         "5 (row 0)",
     ),
     Row(
+        "labels-that-are-not-labels",
+        lambda c: _labels(c, [{"sentence": f"film {i}", "label": bool(i % 2)} for i in range(20)]),
+        "column 'label' of the training split holds no usable labels: 20 values: 20 bool (e.g. False, True)",
+    ),
+    Row(
+        "float-labels-with-a-missing-label",
+        _float_labels_one_missing,
+        "rows of the train split have no label (null or empty) in column 'label': row 3.",
+    ),
+    Row(
+        "one-class-train-split",
+        lambda c: _labels(c, [{"sentence": f"a fine film {i}", "label": "positive"} for i in range(20)]),
+        "every row of the train split (20 rows) has the label 'positive' (column 'label'): a classifier needs "
+        "examples of at least two classes",
+    ),
+    Row(
+        "latin-1-csv",
+        lambda c: c.train(_with(c.recipe(), "data", files={**c.files, "train": _latin1(c)})),
+        "latin.csv is not UTF-8 text: line 3 (byte 38 of the file) has 0xe9",
+    ),
+    Row(
+        "init-latin-1-csv",
+        lambda c: ["init", _latin1(c), "--output", str(c.tmp / "new.yaml")],
+        "or give the encoding it was saved in with --encoding (e.g. --encoding latin-1",
+    ),
+    Row(
+        "unknown-encoding",
+        lambda c: c.train(c.recipe(), "data.encoding=latin-7x"),
+        "`data.encoding`: unknown encoding 'latin-7x'",
+    ),
+    Row("broken-json-line", _broken_json_line, "broken.jsonl as JSON Lines: line 3 is not valid JSON"),
+    Row(
         "empty-split",
         lambda c: c.train(
             _with(c.recipe(), "data", files={**c.files, "validation": c.file("e.csv", "sentence,label\n")})
@@ -398,6 +581,11 @@ ROWS = [
         "validation-size-and-a-validation-file",
         lambda c: c.train(_with(c.recipe(), "data", validation_size=0.1)),
         "`data.validation_size`: and `data.files.validation` both give the evaluation split 'validation'",
+    ),
+    Row(
+        "test-split-is-the-eval-split",
+        lambda c: c.train(c.recipe(), "data.test_split=validation"),
+        "`data.test_split`: 'validation' is also the evaluation split; a test split is held out",
     ),
     Row(
         "validation-size-out-of-range",

@@ -85,7 +85,10 @@ def test_files_need_the_training_split(tmp_path):
 def test_unreadable_file_names_the_file(tmp_path):
     bad = tmp_path / "train.jsonl"
     bad.write_text("{not json\n")
-    with pytest.raises(DataError, match=r"`data.files.train`: could not read .*train.jsonl as json"):
+    with pytest.raises(
+        DataError,
+        match=r"`data.files.train`: could not read .*train.jsonl as JSON Lines: line 1 is not valid JSON",
+    ):
         load_splits(data_cfg(files={"train": str(bad)}), ["train"])
 
 

@@ -54,6 +54,9 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             values = [r[key] for r in ok if r.get(key) is not None]
             row[key] = statistics.fmean(values) if values else None
             row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else None  # one seed: no spread
+        stopping = [r for r in ok if r.get("early_stopping")]
+        row["early_stopping"] = len(stopping)  # seeds whose recipe stops early (the others: 0)
+        row["stopped_early"] = sum(bool(r.get("stopped_early")) for r in stopping)
         row["trainable_params"] = ok[0].get("trainable_params") if ok else None
         row["total_params"] = ok[0].get("total_params") if ok else None
         rows.append(row)
@@ -105,13 +108,23 @@ def format_markdown(bench: Bench, records: list[dict[str, Any]], hidden: int = 0
         if row["score_std"] is not None:
             score += f" ± {row['score_std']:.4f}"
         seeds_cell = f"{row['seeds']}" + (f" ({row['failed']} failed)" if row["failed"] else "")
+        steps = _fmt(row["train_steps"], ".0f")
+        if row["early_stopping"]:
+            steps += f" (stopped early: {row['stopped_early']}/{row['early_stopping']})"
         lines.append(
             f"| {row['task']} | {row['strategy']} | {row['metric']} | {score} | {seeds_cell} | "
-            f"{_fmt(row['train_steps'], '.0f')} | "
+            f"{steps} | "
             f"{_fmt(row['train_runtime'], '.1f')} | {_fmt(row['train_samples_per_second'], '.1f')} | "
             f"{_fmt(row['train_tokens_per_second'], ',.0f')} | {_fmt(row['peak_memory_mb'], ',.0f')} | "
             + (f"{_fmt(row['cuda_peak_memory_mb'], ',.0f')} | " if cuda else "")
             + f"{trainable} | {_fmt(None if row['mfu'] is None else row['mfu'] * 100, '.1f')}{'%' if row['mfu'] is not None else ''} |"
+        )
+    if any(row["early_stopping"] for row in rows):
+        lines[2] += (
+            " Cells with `training.early_stopping` keep their recipe's evaluations: their steps are the steps "
+            "trained (`stopped early: k/n`: k of the n seeds stopped before their schedule's end; each record "
+            "in results.jsonl has `stopped_at_step` and `best_step`), their score the best evaluation's model, "
+            "and their train time includes the evaluations during training."
         )
     if hidden:
         lines[2] += (

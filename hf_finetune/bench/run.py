@@ -31,7 +31,7 @@ from ..outputs import (
 )
 from ..tasks.base import score_key
 from .report import latest_records, read_results, write_report
-from .spec import RECORD_FIELDS, RESULTS, Bench, Cell, cell_log
+from .spec import EARLY_STOPPING_FIELDS, RECORD_FIELDS, RESULTS, Bench, Cell, cell_log
 
 logger = logging.getLogger("hf_finetune")
 
@@ -173,6 +173,8 @@ def run_cell(
     )
     if launched.cuda_peak_mb is not None:
         record["cuda_peak_memory_mb"] = launched.cuda_peak_mb
+    if "early_stopping" in results:  # the recipe's training.early_stopping: where it stopped, the best step
+        record.update({k: results.get(k) for k in EARLY_STOPPING_FIELDS})
     if score is None:
         record["status"] = "failed"
         record["error"] = (

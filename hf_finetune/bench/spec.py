@@ -46,6 +46,9 @@ RECORD_FIELDS = (
     "machine",
 )
 
+#: a cell's record with early stopping in its recipe also has these (from its all_results.json)
+EARLY_STOPPING_FIELDS = ("early_stopping", "stopped_early", "stopped_at_step", "scheduled_steps", "best_step")
+
 
 @dataclass
 class BenchSettings:
@@ -148,18 +151,25 @@ class Bench:
         cells = []
         for task, spec in self.tasks.items():
             for strategy, overlay in self.strategies.items():
+                layers = [*spec["overrides"], *overlay, *self.overrides, *self.cli_overrides]
+                # early stopping keeps the recipe's evaluations and the checkpoints the best model is loaded
+                # from (dropped with the weights once the cell is scored); other cells evaluate once, at the end
+                stops_early = self._early_stopping(spec["recipe"], layers)
                 for seed in self.seeds:
                     run_dir = self.output_dir / CELLS_DIR / task / strategy / f"seed{seed}"
                     overrides = [
-                        *spec["overrides"],
-                        *overlay,
-                        *self.overrides,
-                        *self.cli_overrides,
+                        *layers,
                         *([f"training.max_steps={self.max_steps}"] if self.max_steps is not None else []),
                         f"training.seed={seed}",
-                        "training.eval_strategy=no",  # one evaluation, at the end
-                        "training.save_strategy=no",
-                        "training.load_best_model_at_end=false",
+                        *(
+                            []
+                            if stops_early
+                            else [
+                                "training.eval_strategy=no",  # one evaluation, at the end
+                                "training.save_strategy=no",
+                                "training.load_best_model_at_end=false",
+                            ]
+                        ),
                         "training.report_to=none",
                         "training.disable_tqdm=true",
                         f"training.output_dir={json.dumps(str(run_dir))}",
@@ -196,6 +206,15 @@ class Bench:
                     validate(cell.recipe)
                 except FinetuneError as exc:
                     raise FinetuneError(f"{self.path}: cell {cell.label}: {exc}") from None
+
+    def _early_stopping(self, recipe_path: str, overrides: list[str]) -> bool:
+        """Whether the task's recipe with these layers sets `training.early_stopping` (a recipe that does not
+        load says so next, for each of its cells)."""
+        try:
+            with quiet():
+                return load_recipe(recipe_path, overrides).early_stopping is not None
+        except RecipeError:
+            return False
 
     def _cell_recipe(self, cell: Cell):
         try:

@@ -22,6 +22,7 @@ from .coerce import Override, apply_overrides, build_section, coerce_field, coer
 from .schema import (
     SECTIONS,
     DataConfig,
+    EarlyStoppingConfig,
     HubConfig,
     ModelConfig,
     PeftSection,
@@ -106,6 +107,8 @@ def load_recipe(
         )
     training_raw = dict(training_raw)
     resume = _resume_setting(training_raw)
+    early_stopping = _early_stopping_setting(training_raw)
+    own_fields = set(training_raw)  # what the recipe and overrides set (early stopping adapts only the rest)
     for key, value in training_raw.items():
         if is_secret(str(key)) and value is not None:
             raise RecipeError(
@@ -119,8 +122,10 @@ def load_recipe(
         stem = Path(origin).stem if origin else "run"
         training_raw["output_dir"] = os.path.join("runs", stem)
     training, training_fields = build_training_arguments(training_raw)
+    if early_stopping is not None:
+        training, training_fields = _fit_early_stopping(training, training_fields, own_fields, data)
     _check_training_values(training)
-    return Recipe(
+    recipe = Recipe(
         task=task,
         model=model,
         data=data,
@@ -131,7 +136,11 @@ def load_recipe(
         source=origin,
         training_fields=training_fields,
         resume=resume,
+        early_stopping=early_stopping,
     )
+    if early_stopping is not None:
+        _monitor(recipe)
+    return recipe
 
 
 def _check_training_values(args: Any) -> None:
@@ -173,6 +182,117 @@ def _resume_setting(training_raw: dict[str, Any]) -> str | None:
             f"expected `auto`, `false` or the path of a checkpoint directory, got {value!r}.",
         )
     return absolute_path(value)
+
+
+def _early_stopping_setting(training_raw: dict[str, Any]) -> EarlyStoppingConfig | None:
+    """``training.early_stopping``, taken out of the section (it is no TrainingArguments field): ``true`` (the
+    defaults), a number (the patience) or a mapping of `EarlyStoppingConfig` fields; null/false/absent: off."""
+    if "early_stopping" not in training_raw:
+        return None
+    value = training_raw.pop("early_stopping")
+    if isinstance(value, Override):
+        value = value.parsed(empty=None)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = {"patience": value}
+    return coerce_field(value, EarlyStoppingConfig | None, "training.early_stopping")
+
+
+def _fit_early_stopping(
+    args: Any, values: dict[str, Any], own: set[str], data: DataConfig
+) -> tuple[Any, dict[str, Any]]:
+    """The training settings early stopping needs: evaluations during training, a checkpoint at each one and
+    the best one loaded at the end. What the recipe leaves out is set to fit (and written to recipe.yaml);
+    what it sets that does not fit is an error naming the fields."""
+    from ..early_stopping import DEFAULT_EVAL_STEPS
+
+    where = "training.early_stopping"
+    if not data.eval_splits:
+        raise RecipeError(
+            where,
+            "stops when the evaluation metric stops improving, but `data.eval_split` is null, so nothing is "
+            "evaluated; name the evaluation split, or carve one out of the training data with "
+            "`data.validation_size: 0.1`.",
+        )
+    evaluation = _strategy(args.eval_strategy)
+    if evaluation == "no":
+        raise RecipeError(
+            where,
+            "needs evaluations during training, but `training.eval_strategy` is `no`; set it to `steps` "
+            "(an evaluation every `training.eval_steps` steps) or `epoch`.",
+        )
+    if "load_best_model_at_end" in own and not args.load_best_model_at_end:
+        raise RecipeError(
+            "training.load_best_model_at_end",
+            "is false, but `training.early_stopping` keeps the model of the best evaluation, loaded at the end "
+            "of training; drop `load_best_model_at_end: false`, or drop early stopping.",
+        )
+    changed: dict[str, Any] = {"load_best_model_at_end": True}
+    eval_steps = args.eval_steps
+    if evaluation == "steps" and "eval_steps" not in own:
+        # the patience counts evaluations: 10 a run leave it room (the package default evaluates 4 times)
+        eval_steps = changed["eval_steps"] = DEFAULT_EVAL_STEPS
+    saving = _strategy(args.save_strategy)
+    if saving not in (evaluation, "best"):
+        if "save_strategy" in own:
+            raise RecipeError(
+                "training.save_strategy",
+                f"is `{saving}` and `training.eval_strategy` is `{evaluation}`: early stopping loads the best "
+                "evaluation's checkpoint at the end, so it needs a checkpoint at each evaluation; set "
+                f"`save_strategy: {evaluation}` (or `best`), or drop it.",
+            )
+        saving = changed["save_strategy"] = evaluation
+    if saving == "steps" and not _steps_multiple(args.save_steps, eval_steps):
+        if "save_steps" in own:
+            raise RecipeError(
+                "training.save_steps",
+                f"is {args.save_steps:g}, not a multiple of `training.eval_steps` ({eval_steps:g}): early "
+                "stopping loads the best evaluation's checkpoint at the end, so it needs a checkpoint at each "
+                f"evaluation; set `save_steps: {eval_steps:g}`, or drop it.",
+            )
+        changed["save_steps"] = eval_steps
+    elif saving == "steps" and "save_steps" not in own:
+        changed["save_steps"] = eval_steps
+    if args.save_total_limit == 1:  # the Trainer then deletes all but the best checkpoint when training ends
+        if "save_total_limit" in own:
+            raise RecipeError(
+                "training.save_total_limit",
+                "is 1: with the best model loaded at the end (which `training.early_stopping` sets), the Trainer "
+                "deletes every checkpoint but the best one when training ends, also when a signal stops it, "
+                "which leaves nothing to resume from; set it to 2 (the best checkpoint and the newest) or more, "
+                "or drop it.",
+            )
+        changed["save_total_limit"] = 2
+    changed = {k: v for k, v in changed.items() if k not in values or values[k] != v}
+    if not changed:
+        return args, values
+    return build_training_arguments({**values, **changed})
+
+
+def _steps_multiple(save_steps: float, eval_steps: float | None) -> bool:
+    """Whether checkpoints every ``save_steps`` fall on evaluations every ``eval_steps`` (counts or fractions)."""
+    if eval_steps is None:
+        return False
+    if (save_steps < 1) != (eval_steps < 1):
+        return False
+    ratio = save_steps / eval_steps
+    return abs(ratio - round(ratio)) < 1e-9 and round(ratio) >= 1
+
+
+def _strategy(value: Any) -> str:
+    return str(getattr(value, "value", value))
+
+
+def _monitor(recipe: Recipe) -> None:
+    """The metric early stopping compares (and which way is better), on the TrainingArguments only: the task's
+    headline metric unless `training.metric_for_best_model` names one (`early_stopping.settle` confirms it
+    against the task's evaluation once the data is read)."""
+    from ..early_stopping import default_metric, lower_is_better
+
+    args = recipe.training
+    if "metric_for_best_model" not in recipe.training_fields:
+        args.metric_for_best_model = default_metric(recipe)
+    if "greater_is_better" not in recipe.training_fields:
+        args.greater_is_better = not lower_is_better(args.metric_for_best_model)
 
 
 def _check_strategy_with_peft(strategy: StrategyConfig, peft: PeftSection) -> None:

@@ -100,6 +100,12 @@ class DataConfig:
         "column, blank line between sentences; read as `id`, `tokens`, `ner_tags`). Paths are stored absolute.",
         None,
     )
+    encoding: str | None = field_help(
+        "Text encoding of the csv, tsv, json, jsonl and CoNLL files (local or in the mirror), e.g. `latin-1`, "
+        "`cp1252` (Excel on Windows) or `utf-16`; default UTF-8 (a byte-order mark is skipped). A file that does "
+        "not decode is an error naming its line and byte. Parquet files and Hub datasets carry their own.",
+        None,
+    )
     mirror: str | None = field_help(
         "Local mirror directory laid out `<dataset>/<config>/<split>.<ext>`, read in place; used when it holds "
         "the dataset, else the Hub. Default: `$HF_FINETUNE_DATA_MIRROR`.",
@@ -112,9 +118,11 @@ class DataConfig:
         "validation",
     )
     validation_size: int | float | None = field_help(
-        "Carve the eval split out of the training split when the data has none: a fraction in (0, 1) or a "
-        "number of examples. Taken before max_train/eval_samples; stratified by label for single-label "
-        "classification, else shuffled; the same rows every run (`data.split_seed`).",
+        "Carve the eval split out of the training split when the data has none: a fraction in (0, 1) (rounded "
+        "up) or a number of examples, taken before `max_train_samples`/`max_eval_samples`. Stratified by label "
+        "for single-label classification (a label too rare for a validation row stays in train, with a "
+        "warning); QA keeps questions on one context together; else shuffled. The same rows every run "
+        "(`data.split_seed`).",
         None,
     )
     split_seed: int = field_help(
@@ -123,7 +131,14 @@ class DataConfig:
         42,
     )
     test_split: str | None = field_help(
-        "A split without labels (e.g. GLUE test); `validate` checks its text columns.", None
+        "A held-out split used once, after training, on the final model (the best one when the best is loaded "
+        "at the end); never for evaluation during training or for choosing a model. Labelled (its label column "
+        "is present and holds at least one value that is not null, empty or -1, GLUE's mark of a missing label): "
+        "scored as `test_*` metrics in `all_results.json` and the model card, and predicted. Unlabelled (e.g. "
+        "GLUE test): predicted only. Predictions go to `predictions_<split>.jsonl` in the output dir, in "
+        "`predict`'s format. Always whole (`max_eval_samples` does not apply). Default: `test` when `data.files` "
+        "has a `test` file.",
+        None,
     )
     max_train_samples: int | None = field_help(
         "Use only the first N training examples (for a quick run or a smoke test).", None
@@ -173,6 +188,13 @@ class DataConfig:
             raise RecipeError("data.eval_split", "is an empty list; name a split or set it to null.")
         if self.validation_size is not None:
             self._check_validation_size()
+        if self.test_split is not None and self.test_split in (self.train_split, *self.eval_splits):
+            role = "training" if self.test_split == self.train_split else "evaluation"
+            raise RecipeError(
+                "data.test_split",
+                f"'{self.test_split}' is also the {role} split; a test split is held out from training and "
+                "model selection: name another split, or drop `data.test_split`.",
+            )
         if self.files:
             for split, paths in self.files.items():
                 if not paths:
@@ -185,6 +207,9 @@ class DataConfig:
                 )
                 for split, paths in self.files.items()
             }
+            held_out = "test" not in (self.train_split, *self.eval_splits)
+            if self.test_split is None and "test" in self.files and held_out:
+                self.test_split = "test"  # a test file is there to be tested on
             if self.train_split not in self.files:
                 raise RecipeError(
                     "data.files",
@@ -193,6 +218,10 @@ class DataConfig:
                 )
         if self.mirror is not None:
             self.mirror = absolute_path(self.mirror)
+        if self.encoding is not None:
+            from ..textfile import check_encoding
+
+            check_encoding(self.encoding, "data.encoding")
 
     def _check_validation_size(self) -> None:
         size, field_name = self.validation_size, "data.validation_size"
@@ -227,6 +256,33 @@ class DataConfig:
         if self.eval_split is None:
             return []
         return list(self.eval_split) if isinstance(self.eval_split, list) else [self.eval_split]
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """`training.early_stopping`: stop when the monitored metric stops improving (transformers'
+    `EarlyStoppingCallback`), and keep the best evaluation's model."""
+
+    section: ClassVar[str] = "training.early_stopping"
+    patience: int = field_help(
+        "Stop after this many evaluations in a row without an improvement of the monitored metric (at least 1).",
+        3,
+    )
+    threshold: float = field_help(
+        "An evaluation counts as an improvement only when it beats the best so far by more than this, in the "
+        "metric's own units (0: any improvement counts).",
+        0.0,
+    )
+
+    def __post_init__(self) -> None:
+        if self.patience < 1:
+            raise RecipeError(
+                "training.early_stopping.patience", f"must be at least 1 evaluation, got {self.patience}."
+            )
+        if not self.threshold >= 0.0:
+            raise RecipeError(
+                "training.early_stopping.threshold", f"must be 0 or a positive number, got {self.threshold}."
+            )
 
 
 @dataclass
@@ -472,10 +528,14 @@ class Recipe:
     # `training.resume`: None (start fresh), "auto" (the newest complete checkpoint in the output dir, if
     # any) or a checkpoint directory. How to run, not what to train: it is not written to recipe.yaml.
     resume: str | None = None
+    # `training.early_stopping` (None: off); part of the run, so written to recipe.yaml
+    early_stopping: EarlyStoppingConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved recipe as plain data; `load_recipe` of it gives the same recipe back."""
         training = {k: v for k, v in self.training_fields.items() if not is_secret(k)}
+        if self.early_stopping is not None:
+            training["early_stopping"] = dataclasses.asdict(self.early_stopping)
         return {
             "task": plain(dataclasses.asdict(self.task)),
             "model": plain(dataclasses.asdict(self.model)),

@@ -75,13 +75,14 @@ class Task:
         self.recipe = recipe
         self.cfg = recipe.task
         self.source: DataSource | None = None
+        #: the split `compute_metrics` scores when it needs its raw examples (QA maps features back to them):
+        #: None means the first evaluation split; the pipeline sets it while it scores the test split
+        self.scored_split: str | None = None
 
     # ---------------------------------------------------------------- data, before any model
     def splits_for(self, stage: str) -> list[str]:
         data = self.recipe.data
-        if stage == "train":
-            return [data.train_split, *data.eval_splits]
-        if stage == "validate":
+        if stage in ("train", "validate"):
             return [data.train_split, *data.eval_splits] + ([data.test_split] if data.test_split else [])
         raise ValueError(stage)
 
@@ -89,16 +90,19 @@ class Task:
         """Load, subsample and check the splits; returns a DatasetDict of raw examples.
 
         ``data.validation_size`` carves the evaluation split out of the training split first (as
-        :meth:`split_by` says), then ``max_train_samples``/``max_eval_samples`` take the first rows of each.
+        :meth:`split_by` says), then ``max_train_samples``/``max_eval_samples`` take the first rows of each
+        (the test split is kept whole: its score is reported, so it is never a subsample).
         """
         raw, self.source = load_splits(self.recipe.data, list(splits), self.split_by)
         data = self.recipe.data
         for split in list(raw):
             limit = data.max_train_samples if split == data.train_split else data.max_eval_samples
+            if split == data.test_split:
+                limit = None
             if limit is not None and len(raw[split]) > limit:
                 raw[split] = raw[split].select(range(limit))
             if len(raw[split]) == 0:
-                field = "data.train_split" if split == data.train_split else "data.eval_split"
+                field = _split_field(data, split)
                 raise DataError(
                     f"`{field}`: split '{split}' is empty in {self.source.description}; "
                     "give a split with examples."
@@ -114,6 +118,19 @@ class Task:
     def prepare(self, raw) -> None:
         """Check columns and values and settle the label schema. No model is involved."""
         raise NotImplementedError
+
+    def label_column(self) -> str | None:
+        """The column evaluation scores against (a class, the tags, the answers); None: the task has none."""
+        return None
+
+    def is_labelled(self, split: str, ds) -> bool:
+        """Whether the raw split ``ds`` is scored against labels. Every split is but the test split
+        (`data.test_split`), which is when its label column is present and holds at least one label: a
+        value that is not null, empty, or -1 (how GLUE's test splits mark a missing label)."""
+        if split != self.recipe.data.test_split:
+            return True
+        column = self.label_column()
+        return column is not None and column in ds.column_names and any(map(_is_label, ds[column]))
 
     def require_columns(self, raw, split: str, columns: dict[str, str | None]) -> None:
         """``columns`` maps a recipe field (e.g. 'task.text_column') to the column it names."""
@@ -226,6 +243,11 @@ class Task:
     def compute_metrics(self) -> Callable[[Any], dict[str, float]]:
         raise NotImplementedError
 
+    def loss_function(self) -> Callable[..., Any] | None:
+        """The Trainer's ``compute_loss_func`` (``(outputs, labels, num_items_in_batch) -> loss``) for the run
+        that :meth:`prepare` set up, e.g. class weights or focal loss; None (the default): the model's own."""
+        return None
+
     def preprocess_logits_for_metrics(self) -> Callable[[Any, Any], Any] | None:
         """Reduce each evaluation batch's logits before the Trainer gathers them (None: keep all)."""
         return None
@@ -246,6 +268,19 @@ class Task:
     def input_fields(self) -> list[str]:
         """Fields that `hf-finetune predict` reads from each input line."""
         return []
+
+
+def _is_label(value: Any) -> bool:
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value == -1):
+        return False
+    return not (isinstance(value, (list, tuple, dict)) and not value)
+
+
+def _split_field(data, split: str) -> str:
+    """The recipe field that names ``split``, for error messages."""
+    if split == data.train_split:
+        return "data.train_split"
+    return "data.test_split" if split == data.test_split else "data.eval_split"
 
 
 def metric_key(recipe: Recipe, metric: str) -> str:

@@ -153,6 +153,9 @@ class QuestionAnsweringTask(Task):
         self.raw = None
         self.eval_features: dict[str, Any] = {}
 
+    def label_column(self) -> str:
+        return self.cfg.answers_column
+
     def describe(self) -> dict[str, Any]:
         return {"metrics": self.metric_names()}
 
@@ -178,7 +181,7 @@ class QuestionAnsweringTask(Task):
             )
         if len(data.eval_splits) > 1:
             raise RecipeError("data.eval_split", "question answering evaluates one split; name one.")
-        labelled = [s for s in raw if s != data.test_split]
+        labelled = [s for s in raw if self.is_labelled(s, raw[s])]
         for split in raw:
             columns = {"task.question_column": cfg.question_column, "task.context_column": cfg.context_column}
             if split in labelled:
@@ -339,7 +342,7 @@ class QuestionAnsweringTask(Task):
                 tokenizer,
                 with_indices=True,
                 fn_kwargs={
-                    "with_positions": split != data.test_split and cfg.answers_column in ds.column_names,
+                    "with_positions": self.is_labelled(split, ds) and cfg.answers_column in ds.column_names,
                     "keep_offsets": not train,
                 },
             )
@@ -374,7 +377,7 @@ class QuestionAnsweringTask(Task):
 
         def compute(eval_pred) -> dict[str, float]:
             start_logits, end_logits = eval_pred.predictions[:2]
-            split = self.recipe.data.eval_splits[0]
+            split = self.scored_split or self.recipe.data.eval_splits[0]
             answers = self.answers_for(split, start_logits, end_logits)
             references = [list(a["text"]) for a in self.raw[split][self.cfg.answers_column]]
             return metric.compute(predictions=[a["answer"] for a in answers], references=references)

@@ -16,6 +16,7 @@ from ..config.schema import TaskConfig, field_help
 from ..data import SplitBy
 from ..errors import DataError, RecipeError
 from ..labels import MULTI, PROBLEM_TYPES, REGRESSION, SINGLE, LabelSchema, build_schema, infer_problem_type
+from ..losses import ImbalanceLoss, build_loss, check_loss_fields
 from ..metrics import glue_task
 from .base import Task, capped_max_length, first_metric, softmax
 from .registry import register_task
@@ -43,8 +44,9 @@ class TextClassificationConfig(TaskConfig):
         None,
     )
     label_column: str = field_help(
-        "Column with the label: a class id (an index into `labels`), a class name, a list of names "
-        "(multi-label) or a number (regression). Values outside the label list are an error listing the rows.",
+        "Column with the label: a class id (an index into `labels`; a whole float such as `1.0`, as pandas "
+        "writes it, counts as 1), a class name, a list of names (multi-label) or a number (regression). Values "
+        "outside the label list, rows without a label and a training split of one class only are errors.",
         "label",
     )
     labels: list[str] | None = field_help(
@@ -76,6 +78,26 @@ class TextClassificationConfig(TaskConfig):
         "Multi-label: a label is predicted (in evaluation and `predict`) when its sigmoid exceeds this; "
         "in (0, 1).",
         0.5,
+    )
+    class_weights: Literal["auto"] | list[float] | None = field_help(
+        "Make rare classes count more in the loss (single-label: each example's loss times its class's "
+        "weight). `auto`: inverse class frequency over the training split, normalised so that the "
+        "frequency-weighted mean weight is 1 (sum over classes of frequency x weight = 1; a balanced split gets "
+        "all 1s); or a list of positive numbers, one per label in label order. Multi-label: the `pos_weight` "
+        "of each label's binary cross-entropy, `auto` = negatives / positives of that label. Not for "
+        "regression. Default: unweighted. Logged, shown by `validate`, written to `all_results.json`.",
+        None,
+    )
+    loss: Literal["cross_entropy", "focal"] = field_help(
+        "`cross_entropy` (binary for multi-label), or `focal`: -(1 - p_t)^gamma log p_t, which discounts the "
+        "examples the model already gets right so training dwells on the hard (often minority) ones; times "
+        "the class weight when `class_weights` is set too. Computed in fp32. Not for regression.",
+        "cross_entropy",
+    )
+    focal_gamma: float = field_help(
+        "The focal loss exponent gamma (`loss: focal`): 0 is plain cross-entropy, larger values discount easy "
+        "examples more. At least 0.",
+        2.0,
     )
 
     def __post_init__(self) -> None:
@@ -115,6 +137,12 @@ class TextClassificationConfig(TaskConfig):
             raise RecipeError(
                 "task.multi_label_threshold", f"must be in (0, 1), got {self.multi_label_threshold}."
             )
+        check_loss_fields(
+            self.class_weights,
+            self.loss,
+            self.focal_gamma,
+            regression=self.problem_type == REGRESSION or self.num_labels == 1,
+        )
 
 
 @register_task(
@@ -143,6 +171,7 @@ class TextClassificationTask(Task):
     def __init__(self, recipe):
         super().__init__(recipe)
         self.labels: LabelSchema | None = None
+        self.imbalance: ImbalanceLoss | None = None  # class weights / focal loss, settled by prepare()
 
     # ---------------------------------------------------------------- data checks
     def text_fields(self) -> dict[str, str | None]:
@@ -150,7 +179,7 @@ class TextClassificationTask(Task):
 
     def prepare(self, raw) -> None:
         cfg, data = self.cfg, self.recipe.data
-        labelled = [s for s in raw if s != data.test_split]
+        labelled = [s for s in raw if self.is_labelled(s, raw[s])]
         for split in raw:
             columns = dict(self.text_fields())
             if split in labelled:
@@ -171,13 +200,55 @@ class TextClassificationTask(Task):
                 feature=feature,
                 recipe_labels=cfg.labels,
                 recipe_num_labels=cfg.num_labels,
+                column=cfg.label_column,
             )
-        for split in labelled:
+        for split in sorted(labelled, key=lambda s: s != data.train_split):  # the training split first
             values = train_values if split == data.train_split and train_values is not None else None
             values = values if values is not None else list(raw[split][cfg.label_column])
             ids = list(raw[split]["idx"]) if "idx" in raw[split].column_names else None
             self.labels.check_values(values, split, cfg.label_column, ids)
+            if values is train_values:  # training data (not a saved model's labels): two classes at least
+                cut = data.max_train_samples is not None and len(values) == data.max_train_samples
+                note = ", the first `data.max_train_samples`" if cut else ""
+                self.labels.require_classes(values, split, cfg.label_column, note)
         logger.info("labels: %s (%s)", ", ".join(self.labels.names), self.labels.problem_type)
+        if train_values is not None:  # a run being set up (not a saved model): the loss it trains with
+            self.imbalance = self._imbalance_loss(train_values)
+
+    def _imbalance_loss(self, values: list[Any]) -> ImbalanceLoss | None:
+        """`task.class_weights` / `task.loss` from the training labels ``values`` (checked by now)."""
+        cfg, schema = self.cfg, self.labels
+        if cfg.class_weights is None and cfg.loss == "cross_entropy":
+            return None  # the model's own loss
+        if schema.problem_type == REGRESSION:
+            field = "task.class_weights" if cfg.class_weights is not None else "task.loss"
+            raise RecipeError(
+                field,
+                f"column '{cfg.label_column}' holds non-integral numbers, so this task is regression, which "
+                f"has no classes to weight or focus on; remove `{field}`, or set `task.problem_type` if the "
+                "numbers are classes.",
+            )
+        counts = [0] * len(schema.names)
+        for value in values:
+            encoded = schema.encode(value)
+            if schema.problem_type == MULTI:
+                counts = [c + int(x) for c, x in zip(counts, encoded)]
+            else:
+                counts[encoded] += 1
+        return build_loss(
+            cfg,
+            schema.names,
+            counts,
+            rows=len(values),
+            multi_label=schema.problem_type == MULTI,
+            label_smoothing=self.recipe.training.label_smoothing_factor,
+        )
+
+    def loss_function(self) -> ImbalanceLoss | None:
+        return self.imbalance
+
+    def label_column(self) -> str:
+        return self.cfg.label_column
 
     def split_by(self, train) -> SplitBy | None:
         """Single-label data keeps every label's share on both sides of a `data.validation_size` split."""
@@ -190,11 +261,20 @@ class TextClassificationTask(Task):
         return SplitBy("stratified", column, values)
 
     def describe(self) -> dict[str, Any]:
-        return {
+        out = {
             "labels": self.labels.names,
             "problem_type": self.labels.problem_type,
             "metrics": self.metric_names(),
         }
+        if self.imbalance is not None:
+            out["loss"] = self.imbalance.description
+            if self.imbalance.weights is not None:
+                out["class_weights"] = self.imbalance.weights_by_name()
+        else:
+            out["loss"] = {REGRESSION: "mean squared error", MULTI: "binary cross-entropy"}.get(
+                self.labels.problem_type, "cross-entropy"
+            )
+        return out
 
     def _problem_type(self, feature, values) -> str:
         if self.cfg.problem_type != "auto":
@@ -202,9 +282,8 @@ class TextClassificationTask(Task):
         if self.cfg.num_labels == 1:
             return REGRESSION
         dtype = getattr(feature, "dtype", "")
-        if dtype.startswith("float") and not all(
-            float(v).is_integer() for v in values[:1000] if v is not None
-        ):
+        present = [v for v in values[:1000] if v is not None and v == v]  # None, NaN: a missing label
+        if dtype.startswith("float") and not all(float(v).is_integer() for v in present):
             return REGRESSION
         return infer_problem_type(values)
 
@@ -239,7 +318,7 @@ class TextClassificationTask(Task):
 
         out = {}
         for split, ds in raw.items():
-            with_labels = split != self.recipe.data.test_split and cfg.label_column in ds.column_names
+            with_labels = self.is_labelled(split, ds) and cfg.label_column in ds.column_names
             out[split] = self.tokenise(ds, split, encode, tokenizer, fn_kwargs={"with_labels": with_labels})
         return out
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from ..config.schema import TaskConfig, field_help
 from ..errors import DataError, RecipeError
 from ..labels import SINGLE, LabelSchema, classlabel_names
+from ..losses import ImbalanceLoss, build_loss, check_loss_fields
 from ..metrics.sequence_labeling import OUTSIDE, entities, split_tag
 from .base import Task, capped_max_length, pad_multiple, softmax
 from .registry import register_task
@@ -60,8 +61,29 @@ class TokenClassificationConfig(TaskConfig):
         "read the conlleval way.",
         False,
     )
+    class_weights: Literal["auto"] | list[float] | None = field_help(
+        "Make rare tags count more in the loss (each tagged subword's loss times its tag's weight). `auto`: "
+        "inverse tag frequency over the training split's words (one tag per word, whatever "
+        "`label_all_tokens` says), normalised so that the frequency-weighted mean weight is 1 (sum over tags of "
+        "frequency x weight = 1), so `O` gets less than 1 and rare entity tags more; or a list of positive "
+        "numbers, one per tag in label order. Default: unweighted. Logged, shown by `validate`, written to "
+        "`all_results.json`.",
+        None,
+    )
+    loss: Literal["cross_entropy", "focal"] = field_help(
+        "`cross_entropy`, or `focal`: -(1 - p_t)^gamma log p_t per subword, which discounts the tokens the "
+        "model already tags right (most `O` words) so training dwells on the hard ones; times the tag weight "
+        "when `class_weights` is set too. Computed in fp32; subwords labelled -100 are left out.",
+        "cross_entropy",
+    )
+    focal_gamma: float = field_help(
+        "The focal loss exponent gamma (`loss: focal`): 0 is plain cross-entropy, larger values discount easy "
+        "tokens more. At least 0.",
+        2.0,
+    )
 
     def __post_init__(self) -> None:
+        check_loss_fields(self.class_weights, self.loss, self.focal_gamma)
         if self.labels is None:
             return
         if not self.labels:
@@ -108,25 +130,58 @@ class TokenClassificationTask(Task):
     def __init__(self, recipe):
         super().__init__(recipe)
         self.labels: LabelSchema | None = None
+        self.imbalance: ImbalanceLoss | None = None  # class weights / focal loss, settled by prepare()
 
     # ---------------------------------------------------------------- data checks
     def prepare(self, raw) -> None:
         cfg, data = self.cfg, self.recipe.data
-        labelled = [s for s in raw if s != data.test_split]
+        labelled = [s for s in raw if self.is_labelled(s, raw[s])]
         for split in raw:
             columns = {"task.tokens_column": cfg.tokens_column}
             if split in labelled:
                 columns["task.tags_column"] = cfg.tags_column
             self.require_columns(raw, split, columns)
             self._check_words(raw[split], split)
-        if self.labels is None:  # else restored from a saved model: the data must agree with it
+        restored = self.labels is not None  # from a saved model: the data must agree with it
+        if not restored:
             self.labels = LabelSchema(SINGLE, self._label_names(raw[data.train_split]))
         for split in labelled:
             self._check_tags(raw[split], split)
         logger.info("tags: %s", ", ".join(self.labels.names))
+        if not restored:  # a run being set up: the loss it trains with
+            self.imbalance = self._imbalance_loss(raw[data.train_split])
+
+    def _imbalance_loss(self, train) -> ImbalanceLoss | None:
+        """`task.class_weights` / `task.loss`, with the training split's tags counted per word (checked by now)."""
+        cfg = self.cfg
+        if cfg.class_weights is None and cfg.loss == "cross_entropy":
+            return None
+        feature_names = classlabel_names(train.features[cfg.tags_column])
+        counts = [0] * len(self.labels.names)
+        for tags in train[cfg.tags_column]:
+            for tag in tags:
+                counts[self.labels.label2id[self._tag_name(tag, feature_names)]] += 1
+        return build_loss(
+            cfg,
+            self.labels.names,
+            counts,
+            rows=sum(counts),
+            label_smoothing=self.recipe.training.label_smoothing_factor,
+            item="tag",
+        )
+
+    def loss_function(self) -> ImbalanceLoss | None:
+        return self.imbalance
+
+    def label_column(self) -> str:
+        return self.cfg.tags_column
 
     def describe(self) -> dict[str, Any]:
-        return {"labels": self.labels.names, "metrics": self.metric_names()}
+        out = {"labels": self.labels.names, "metrics": self.metric_names()}
+        out["loss"] = self.imbalance.description if self.imbalance is not None else "cross-entropy"
+        if self.imbalance is not None and self.imbalance.weights is not None:
+            out["class_weights"] = self.imbalance.weights_by_name()
+        return out
 
     def _ids(self, ds) -> list[Any]:
         return list(ds["id"]) if "id" in ds.column_names else list(range(len(ds)))
@@ -320,7 +375,7 @@ class TokenClassificationTask(Task):
 
         out = {}
         for split, ds in raw.items():
-            with_tags = split != data.test_split and cfg.tags_column in ds.column_names
+            with_tags = self.is_labelled(split, ds) and cfg.tags_column in ds.column_names
             all_subwords = cfg.label_all_tokens and split == data.train_split
             names = classlabel_names(ds.features[cfg.tags_column]) if with_tags else None
             id_map = [label2id[n] for n in names] if names else None  # the data's ClassLabel ids -> model ids

@@ -48,7 +48,11 @@ def trial_rows(study) -> list[dict[str, Any]]:
             step = max(t.intermediate_values)
             row["pruned_at_percent"] = step
             row["last_score"] = t.intermediate_values[step]
-        for key in ("seed_scores", "error", "start", "retry_of", "attempt"):
+        if status == "ok" and t.user_attrs.get("stopped_early"):  # by its recipe's early stopping: finished
+            row["stopped_early"] = True
+            row["stopped_at_step"] = t.user_attrs.get("stopped_at_step")
+            row["stopped_at_percent"] = t.user_attrs.get("stopped_at_percent")
+        for key in ("seed_scores", "seeds_stopped_early", "error", "start", "retry_of", "attempt"):
             if key in t.user_attrs:
                 row[key] = t.user_attrs[key]
         rows.append(row)
@@ -180,6 +184,7 @@ def format_leaderboard(
         s: sum(r["status"] == s for r in rows) for s in ("ok", "pruned", "failed", "interrupted", "budget")
     }
     minutes = sum(r["time_s"] or 0 for r in rows) / 60
+    early = sum(bool(r.get("stopped_early")) for r in rows)
     ranked = sorted(rows, key=lambda r: _rank_key(tune, r))
     best = best_row(tune, rows)
     baseline = baseline_row(rows)
@@ -191,7 +196,9 @@ def format_leaderboard(
         + f"; space `{_rel(tune.space.path)}`; {metric} on the validation data ({tune.direction}); "
         f"TPE sampler (seed {tune.seed}), "
         + ("median pruning" if tune.space.pruner is not None else "no pruning")
-        + f". {len(rows)} trials: {by_status['ok']} finished, {by_status['pruned']} pruned, "
+        + f". {len(rows)} trials: {by_status['ok']} finished"
+        + (f" ({early} stopped early by the recipe's early stopping)" if early else "")
+        + f", {by_status['pruned']} pruned, "
         f"{by_status['failed']} failed"
         + (
             f", {by_status['interrupted'] + by_status['budget']} stopped and run again"
@@ -229,6 +236,8 @@ def format_leaderboard(
         else:
             score = "-"
         status = r["status"] + (" (recipe)" if r.get("start") == "recipe" else "")
+        if r.get("stopped_early"):  # finished by its recipe's early stopping, unlike a pruned trial
+            status += f" (stopped early at {r.get('stopped_at_percent')}%)"
         cells = [
             str(rank) if r["status"] in ("ok", "pruned") else "-",
             str(r["trial"]),

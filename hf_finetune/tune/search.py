@@ -146,6 +146,7 @@ def run_trial(tune: Tune, study, trial, values: dict[str, Any], deadline: float 
     wall = 0.0
     peaks: list[float] = []
     scores: dict[str, float] = {}
+    stopped: dict[str, dict[str, int]] = {}
     runtime = 0.0
     for index, seed in enumerate(tune.seeds):
         seed_dir = run_dir if seed is None else run_dir / f"seed{seed}"
@@ -204,6 +205,8 @@ def run_trial(tune: Tune, study, trial, values: dict[str, Any], deadline: float 
             return fail_trial(study, trial, f"{which}{key} is {score} in {seed_dir / RESULTS_FILE}", wall)
         scores[str(seed)] = score
         runtime += results.get("train_runtime") or 0.0
+        if results.get("stopped_early"):  # the recipe's early stopping: finished (ok), not pruned
+            stopped[str(seed)] = _stopped_at(results)
         if seed is not None:
             trial.set_user_attr("seed_scores", scores)
         trial.set_user_attr("trainable_params", results.get("trainable_params"))
@@ -211,13 +214,27 @@ def run_trial(tune: Tune, study, trial, values: dict[str, Any], deadline: float 
     trial.set_user_attr("status", "ok")
     trial.set_user_attr("metric", key.removeprefix("eval_"))
     trial.set_user_attr("train_runtime", round(runtime, 4))
+    if stopped:
+        first = next(iter(stopped.values()))
+        trial.set_user_attr("stopped_early", True)
+        trial.set_user_attr("stopped_at_step", first["step"])
+        trial.set_user_attr("stopped_at_percent", first["percent"])
+        if tune.trial_seeds:
+            trial.set_user_attr("seeds_stopped_early", {s: v["step"] for s, v in stopped.items()})
     study.tell(trial, score)
     return {
         "status": "ok",
         "score": score,
         "time_s": wall,
         "seed_scores": scores if tune.trial_seeds else None,
+        "stopped_at_percent": next(iter(stopped.values()))["percent"] if stopped else None,
     }
+
+
+def _stopped_at(results: dict[str, Any]) -> dict[str, int]:
+    """Where a run stopped early: the step, and the percent of its schedule (as the pruner counts)."""
+    step = int(results.get("stopped_at_step") or 0)
+    return {"step": step, "percent": round(100 * step / max(int(results.get("scheduled_steps") or 1), 1))}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -236,7 +253,9 @@ def _trial_line(number: int, outcome: dict[str, Any], values: dict[str, Any]) ->
     if outcome["status"] == "ok":
         seeds = outcome.get("seed_scores")
         each = f" (seeds {', '.join(f'{s} {v:.4f}' for s, v in seeds.items())})" if seeds else ""
-        return f"trial {number}: {outcome['score']:.4f}{each} in {minutes} ({shown})"
+        early = outcome.get("stopped_at_percent")
+        early_text = f", stopped early at {early}%" if early is not None else ""
+        return f"trial {number}: {outcome['score']:.4f}{each} in {minutes}{early_text} ({shown})"
     if outcome["status"] == "pruned":
         last = outcome.get("score")
         at = f" at {outcome['step']}% ({last:.4f})" if last is not None else ""

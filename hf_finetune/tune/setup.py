@@ -57,21 +57,23 @@ def value_overrides(values: dict[str, Any]) -> list[str]:
 def result_overrides(recipe: Recipe) -> list[str]:
     """What trials change that changes the result, so `best_recipe.yaml` keeps it too: an evaluation every
     epoch if the recipe never evaluates (the pruner needs them; each evaluation also draws from the random
-    stream the later dropout masks come from), and scoring the last model, not the best checkpoint."""
+    stream the later dropout masks come from), and scoring the last model, not the best checkpoint (unless
+    the recipe stops early: a trial then stops as the recipe does, and is scored on its best evaluation)."""
     out = []
     if str(recipe_value(recipe, "training.eval_strategy")) == "no":
         out.append("training.eval_strategy=epoch")
-    if recipe_value(recipe, "training.load_best_model_at_end"):
+    if recipe_value(recipe, "training.load_best_model_at_end") and recipe.early_stopping is None:
         out.append("training.load_best_model_at_end=false")
     return out
 
 
 def run_overrides(recipe: Recipe, output_dir: Path, seed: int | None = None) -> list[str]:
     """What every trial (and confirmation run) changes besides the searched values: its own output dir, no
-    checkpoints, no Hub push, no progress bars, and `result_overrides`."""
+    checkpoints (early stopping keeps those it loads the best model from; the weights are dropped after), no
+    Hub push, no progress bars, and `result_overrides`."""
     out = [
         f"training.output_dir={json.dumps(str(output_dir))}",
-        "training.save_strategy=no",
+        *(["training.save_strategy=no"] if recipe.early_stopping is None else []),
         "training.report_to=none",
         "training.disable_tqdm=true",
         "hub.push=false",

@@ -35,7 +35,9 @@ def report_callback(trial, recipe: Recipe, metric: str | None):
                 return
             self.last_step = step
             trial.report(float(metrics[key]), step)
-            if state.global_step < state.max_steps and trial.should_prune():
+            # a run that stops at this evaluation anyway (its recipe's early stopping) finishes, not pruned
+            stopping = control.should_training_stop
+            if state.global_step < state.max_steps and not stopping and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at {step}% of its schedule ({key} {metrics[key]:.4f})")
 
         def on_train_end(self, args, state, control, **kwargs):
