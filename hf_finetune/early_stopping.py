@@ -24,13 +24,6 @@ logger = logging.getLogger("hf_finetune")
 
 #: what the patience counts when the recipe sets `eval_strategy: steps` without `eval_steps` of its own
 DEFAULT_EVAL_STEPS = 0.1
-#: metric names (their last word) where a lower value is better
-LOWER_IS_BETTER = ("loss", "mse", "mae", "rmse", "error", "perplexity")
-
-
-def lower_is_better(metric: str) -> bool:
-    """Whether a lower value of ``metric`` (``eval_loss``, ``mse``, ...) is the better one."""
-    return metric.lower().rsplit("_", 1)[-1] in LOWER_IS_BETTER
 
 
 def eval_key(metric: str) -> str:
@@ -66,7 +59,7 @@ def settle(recipe: Recipe, task: Any) -> str:
                     "(or eval_loss).",
                 )
         else:
-            from .tasks.base import score_key
+            from .tasks.base import lower_is_better, score_key
 
             key = score_key(recipe, dict.fromkeys(keys, 0.0))
             if key not in keys:

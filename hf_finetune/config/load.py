@@ -286,7 +286,8 @@ def _monitor(recipe: Recipe) -> None:
     """The metric early stopping compares (and which way is better), on the TrainingArguments only: the task's
     headline metric unless `training.metric_for_best_model` names one (`early_stopping.settle` confirms it
     against the task's evaluation once the data is read)."""
-    from ..early_stopping import default_metric, lower_is_better
+    from ..early_stopping import default_metric
+    from ..tasks.base import lower_is_better
 
     args = recipe.training
     if "metric_for_best_model" not in recipe.training_fields:

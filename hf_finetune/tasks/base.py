@@ -320,6 +320,16 @@ def pad_multiple(args) -> int | None:
     return 8 if (getattr(args, "fp16", False) or getattr(args, "bf16", False)) else None
 
 
+#: metric names (their last word) where a lower value is better
+LOWER_IS_BETTER = ("loss", "mse", "mae", "rmse", "error", "perplexity")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a lower value of ``metric`` (``eval_loss``, ``mse``, ...) is the better one: the one rule for
+    early stopping, best-model selection and the direction of a search."""
+    return metric.lower().rsplit("_", 1)[-1] in LOWER_IS_BETTER
+
+
 def score_key(recipe: Recipe, results: Mapping[str, Any], metric: str | None = None) -> str:
     """The results key a run of ``recipe`` is scored by (a bench cell, a search trial): ``metric`` when
     given, else the headline metric of the recipe's task (see :meth:`Task.headline_metric`)."""

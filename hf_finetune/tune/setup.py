@@ -175,10 +175,9 @@ def prepare_tune(
             "selected on, and favour its winner; confirm with other seeds."
         )
     if direction is None:
-        lower_better = metric is not None and any(
-            w in metric.lower() for w in ("loss", "mse", "mae", "error")
-        )
-        direction = "minimize" if lower_better else "maximize"
+        from ..tasks.base import lower_is_better
+
+        direction = "minimize" if metric is not None and lower_is_better(metric) else "maximize"
     out = Path(output_dir) if output_dir else Path("runs") / "tune" / Path(recipe_path).stem
     tune = Tune(
         recipe_path=str(Path(recipe_path).resolve()),
