@@ -43,9 +43,16 @@ sys.exit(code)
 
 
 def train(
-    name: str, recipe: Path, overrides: list[str], scratch: Path, steps: int, prelude: str = ""
+    name: str,
+    recipe: Path,
+    overrides: list[str],
+    scratch: Path,
+    steps: int | None,
+    prelude: str = "",
+    evaluate: bool = False,
 ) -> dict:
-    """Train ``recipe`` for ``steps`` optimizer steps without intermediate evaluation.
+    """Train ``recipe`` for ``steps`` optimizer steps (None: as long as the recipe says), without intermediate
+    evaluation unless ``evaluate`` (then the recipe's own evaluation cadence runs).
 
     ``prelude``: Python run in the child before training (e.g. installing a patch for one experiment).
 
@@ -58,7 +65,11 @@ def train(
     memory = scratch / f"{out.name}.memory.json"
     child = _CHILD.replace("{record!r}", repr(str(RECORD))).replace("{prelude}", prelude)
     cmd = [sys.executable, "-c", child, str(memory), "train", str(recipe)]
-    cmd += [f"training.max_steps={steps}", "training.eval_strategy=no", "training.disable_tqdm=true"]
+    if steps is not None:
+        cmd.append(f"training.max_steps={steps}")
+    if not evaluate:
+        cmd.append("training.eval_strategy=no")
+    cmd.append("training.disable_tqdm=true")
     cmd += [*overrides, "--output-dir", str(out)]
     started = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -72,6 +83,7 @@ def train(
     asked = _record.asked_precision(yaml.safe_load((out / "recipe.yaml").read_text()).get("training", {}))
     result["precision"] = _record.precision(asked, observed, result["machine"])
     result["wall_s"] = time.time() - started
+    result["output_dir"] = str(out)
     MACHINES.append(result["machine"])
     return result
 

@@ -39,6 +39,7 @@ def load_output_recipe(output_dir: str | Path, overrides: list[str] | tuple[str,
     recipe = load_recipe(
         output_dir / RECIPE_FILE,
         [*overrides, f"model.name_or_path={output_dir}", "training.early_stopping=null"],
+        defaults=False,  # the saved recipe records the defaults the run trained with
     )
     recipe.model.tokenizer_name_or_path = None
     return recipe
@@ -219,7 +220,7 @@ def export_merged(output_dir: str | Path, target: str | Path) -> Path:
         )
     if target.exists() and any(target.iterdir()):
         raise FinetuneError(f"--output {target}: exists and is not empty; give a new directory.")
-    saved = load_recipe(output_dir / RECIPE_FILE)
+    saved = load_recipe(output_dir / RECIPE_FILE, defaults=False)
     if saved.peft.method not in ("lora", "ia3"):
         raise FinetuneError(
             f"{output_dir}: a {saved.peft.method} adapter adds virtual tokens at run time and cannot be merged "

@@ -20,6 +20,7 @@ from typing import Any
 from . import early_stopping
 from .card import write_card
 from .config import Recipe
+from .config.defaults import describe as describe_defaults
 from .config.load import load_recipe
 from .distributed import check_launch
 from .distributed import configure as configure_parallel
@@ -88,6 +89,8 @@ def prepare(recipe: Recipe, stage: str = "train") -> Prepared:
         "splits": {name: len(ds) for name, ds in raw.items()},
     }
     summary.update(task.describe())
+    if recipe.defaults:  # what the recipe left out of `training` and the package filled in
+        summary["training_defaults"] = describe_defaults(recipe.defaults)
     if recipe.early_stopping is not None:  # the metric checked against what the evaluation reports
         summary["early_stopping"] = early_stopping.settle(recipe, task)
     test = recipe.data.test_split
@@ -374,7 +377,8 @@ def resume_point(recipe: Recipe) -> Path | None:
 def recipe_differences(saved: Path, recipe: Recipe) -> list[str]:
     """The dotted fields in which the recipe saved in an output dir and ``recipe`` differ."""
     try:
-        before = _flatten(load_recipe(saved).to_dict())
+        # as saved: with the defaults that run got, not those of this machine or version
+        before = _flatten(load_recipe(saved, defaults=False).to_dict())
     except FinetuneError as exc:
         return [f"(it no longer loads: {exc})"]
     now = _flatten(recipe.to_dict())

@@ -132,7 +132,7 @@ def test_readme_figures_are_the_figures_pages():
     figure with its command, machine kind, commit and date; a figure changed in one place only fails here."""
     figures = (DOCS / "figures.md").read_text(encoding="utf-8")
     rows = _headline_rows()
-    assert 5 <= len(rows) <= 8, rows
+    assert 5 <= len(rows) <= 10, rows  # headlines only: the rest are on the figures page
     for row in rows:
         assert len(row) >= 4 and all(row), row  # what, command, machine, date, result
         assert re.search(r"20\d\d-\d\d-\d\d", " ".join(row)), f"no date: {row}"

@@ -114,6 +114,9 @@ def sst2_recipe(mirror, out, name: str) -> dict:
             "disable_tqdm": True,
             "use_cpu": True,
             "report_to": "none",
+            # transformers' own values where hf-finetune has defaults: the thresholds were measured on them
+            "weight_decay": 0.0,
+            "bf16": False,
         },
     }
     recipe.update(sections)

@@ -123,13 +123,16 @@ class Cell:
 
     @property
     def fingerprint(self) -> str:
-        """Changes when the recipe file, the cell's overrides or the machine (device, its name, dtype,
-        threads, torch version) change: such a cell is not 'done', so one table never mixes machines."""
+        """Changes when the recipe file, the cell's overrides, hf-finetune's training defaults or the machine
+        (device, its name, dtype, threads, torch version) change: such a cell is not 'done', so one table never
+        mixes machines."""
+        from ..config.defaults import table_key
         from ..mfu import cache_key
 
         text = Path(self.recipe_path).read_text(encoding="utf-8")
         blob = json.dumps(
-            [text, self.overrides, self.metric, cache_key(self.device, self.dtype)], sort_keys=True
+            [text, self.overrides, self.metric, cache_key(self.device, self.dtype), table_key()],
+            sort_keys=True,
         )
         return hashlib.sha1(blob.encode()).hexdigest()[:16]
 

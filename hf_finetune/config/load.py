@@ -19,6 +19,7 @@ from .. import hardware
 from ..distributed import launched_world_size
 from ..errors import RecipeError, close_matches
 from .coerce import Override, apply_overrides, build_section, coerce_field, coerce_fields, parse_yaml
+from .defaults import training_defaults
 from .schema import (
     SECTIONS,
     DataConfig,
@@ -37,10 +38,16 @@ logger = logging.getLogger(__name__)
 
 
 def load_recipe(
-    source: str | Path | dict[str, Any], overrides: Sequence[str] = (), output_dir: str | None = None
+    source: str | Path | dict[str, Any],
+    overrides: Sequence[str] = (),
+    output_dir: str | None = None,
+    defaults: bool = True,
 ) -> Recipe:
     """Read a recipe (a YAML path, or a dict) and apply ``section.field=value`` overrides.
 
+    ``defaults``: fill what the `training` section leaves out with hf-finetune's defaults (`config.defaults`);
+    False for the recipe.yaml a run saved, which records the defaults it trained with (this machine's, or a
+    later version's, may differ).
     Raises :class:`RecipeError` naming the field for every problem; loads no data and no weights.
     """
     if isinstance(source, dict):
@@ -121,9 +128,23 @@ def load_recipe(
     if training_raw.get("output_dir") in (None, ""):
         stem = Path(origin).stem if origin else "run"
         training_raw["output_dir"] = os.path.join("runs", stem)
+    # hf-finetune's defaults for what the recipe leaves out (config/defaults.py); recorded in recipe.yaml
+    applied = (
+        training_defaults(training_raw, evaluates=bool(data.eval_splits), adapter=peft.enabled)
+        if defaults
+        else []
+    )
+    training_raw = {**{d.field: d.value for d in applied}, **training_raw}
     training, training_fields = build_training_arguments(training_raw)
     if early_stopping is not None:
         training, training_fields = _fit_early_stopping(training, training_fields, own_fields, data)
+        # early stopping's own settings win; a checkpoint cadence by steps means nothing when it saves by epoch
+        applied = [
+            d
+            for d in applied
+            if training_fields.get(d.field) == d.value
+            and not (d.field == "save_steps" and _strategy(training.save_strategy) != "steps")
+        ]
     _check_training_values(training)
     recipe = Recipe(
         task=task,
@@ -137,6 +158,7 @@ def load_recipe(
         training_fields=training_fields,
         resume=resume,
         early_stopping=early_stopping,
+        defaults=tuple(applied),
     )
     if early_stopping is not None:
         _monitor(recipe)

@@ -523,13 +523,16 @@ class Recipe:
     peft: PeftSection = field(default_factory=PeftSection)
     hub: HubConfig = field(default_factory=HubConfig)
     source: str | None = None
-    # The training fields the recipe and overrides set explicitly (the rest are Trainer defaults).
+    # The training fields the recipe and overrides set, and the package's defaults for the ones they leave out
+    # (the rest are transformers' defaults): what recipe.yaml records.
     training_fields: dict[str, Any] = field(default_factory=dict)
     # `training.resume`: None (start fresh), "auto" (the newest complete checkpoint in the output dir, if
     # any) or a checkpoint directory. How to run, not what to train: it is not written to recipe.yaml.
     resume: str | None = None
     # `training.early_stopping` (None: off); part of the run, so written to recipe.yaml
     early_stopping: EarlyStoppingConfig | None = None
+    # the package defaults (`config.defaults.Default`) this recipe got, for what it leaves out of `training`
+    defaults: tuple[Any, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved recipe as plain data; `load_recipe` of it gives the same recipe back."""

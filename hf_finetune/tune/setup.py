@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Recipe, plain
+from ..config.defaults import table_key
 from ..config.load import load_recipe
 from ..errors import FinetuneError
 from .space import Space, load_space, show
@@ -128,6 +129,8 @@ class Tune:
             "metric": self.metric,
             "direction": self.direction,
             "seed": self.seed,
+            # a recipe that leaves a training field out trains differently when hf-finetune's defaults change
+            "training_defaults": table_key(),
         }
         if self.trial_seeds:  # absent when not given, so that searches made before the option still resume
             out["trial_seeds"] = list(self.trial_seeds)
