@@ -24,6 +24,8 @@ import yaml
 from .outputs import (
     ADAPTER_CONFIG,
     CARD_FILE,
+    CLASS_REPORT_FILE,
+    CONFUSION_FILE,
     ENV_FILE,
     NOT_METRICS,
     RECIPE_FILE,
@@ -98,7 +100,15 @@ def eval_metrics(results: dict[str, Any], prefix: str = "eval") -> dict[str, flo
             continue
         if isinstance(value, (int, float)):
             out[key[len(start) :]] = float(value)
-    return out
+    return _without_per_class(out)
+
+
+def _without_per_class(metrics: dict[str, float]) -> dict[str, float]:
+    """Leave out classification's per-label scores (``<label>_precision/_recall/_f1/_support``, found by
+    their ``_support`` key): classification_report.md holds them."""
+    stems = [key[: -len("_support")] for key in metrics if key.endswith("_support")]
+    drop = {f"{stem}_{score}" for stem in stems for score in ("precision", "recall", "f1", "support")}
+    return {k: v for k, v in metrics.items() if k not in drop}
 
 
 def _by_split(metrics: dict[str, float], splits: list[str]) -> list[tuple[str, str, float]]:
@@ -254,6 +264,10 @@ def build_card(output_dir: str | Path, repo_id: str | None = None, merged_from_a
     if metrics:
         lines += ["", f"Results on the `{eval_split}` split:", ""]
         lines += [f"- {m}: {v:.4f}" for m, v in metrics.items()]
+    if (output_dir / CLASS_REPORT_FILE).is_file():
+        lines += ["", f"Per-label precision, recall and F1: [{CLASS_REPORT_FILE}]({CLASS_REPORT_FILE})."]
+        if (output_dir / CONFUSION_FILE).is_file():
+            lines += ["", f"![Confusion matrix on the `{eval_split}` split]({CONFUSION_FILE})"]
     stopping = early_stopping_text(results)
     if stopping:
         lines += ["", stopping]

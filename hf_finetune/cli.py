@@ -156,11 +156,32 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
 
 def _predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("output_dir", help="the training.output_dir of a finished run")
-    p.add_argument("--input", required=True, help="JSON Lines: one object per line with the text field(s)")
     p.add_argument(
-        "--output", required=True, help="JSON Lines written: input + label + score (NER: entities)"
+        "--input",
+        required=True,
+        help="JSON Lines (one object per line), or CSV/TSV by the extension (.csv, .tsv; a header row), with "
+        "the text field(s)",
+    )
+    p.add_argument(
+        "--output",
+        required=True,
+        help="written: input + label + score (NER: entities); CSV/TSV for a .csv/.tsv name, else JSON Lines",
     )
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--top-k",
+        type=int,
+        metavar="K",
+        help="classification: also the K most likely labels with their probabilities (field top_k)",
+    )
+    p.add_argument(
+        "--all-scores",
+        action="store_true",
+        help="classification: also every label's probability (field scores)",
+    )
+    p.add_argument(
+        "--encoding", help="the input file's text encoding (default UTF-8), e.g. latin-1 or cp1252"
+    )
 
 
 def _export_arguments(p: argparse.ArgumentParser) -> None:
@@ -335,7 +356,15 @@ def _run_eval(args: argparse.Namespace) -> int:
 def _run_predict(args: argparse.Namespace) -> int:
     from .inference import predict_output
 
-    count = predict_output(args.output_dir, args.input, args.output, args.batch_size)
+    count = predict_output(
+        args.output_dir,
+        args.input,
+        args.output,
+        args.batch_size,
+        top_k=args.top_k,
+        all_scores=args.all_scores,
+        encoding=args.encoding,
+    )
     print(f"wrote {count} predictions to {args.output}")
     return 0
 

@@ -27,7 +27,8 @@ from .outputs import (
     is_adapter_dir,
     write_jsonl,
 )
-from .pipeline import make_task, predict_split
+from .pipeline import make_task, predict_split, write_class_report
+from .textfile import codec, encoding_message, first_undecodable
 from .trainer import FinetuneTrainer
 
 
@@ -88,7 +89,8 @@ def evaluate_output(
     """Re-evaluate a trained model on a split of the recipe's data (``split``, default its eval split), or on
     any labelled data ``file`` (csv, tsv, json, jsonl, parquet, CoNLL), named ``name`` (default: the file's
     stem), without the run's training data. The labels are the saved model's (its config.json), so string
-    labels map through them. Writes eval_<name>_results.json and, with ``predictions``, predictions_<name>.jsonl
+    labels map through them. Writes eval_<name>_results.json (classification: also classification_report_<name>.md
+    and, single-label, confusion_matrix_<name>.png) and, with ``predictions``, predictions_<name>.jsonl
     (`predict`'s lines: each row's input fields and the prediction)."""
     import tempfile
 
@@ -139,6 +141,7 @@ def evaluate_output(
     if file is not None:
         metrics["file"] = str(Path(file).absolute())
     atomic_write_text(output_dir / EVAL_SPLIT_FILE.format(split=split), json.dumps(metrics, indent=2) + "\n")
+    write_class_report(task, output_dir, split, per_split=True)  # classification_report_<split>.md, ...
     if predictions:
         rows = predict_split(task, model, tokenizer, raw[split], batch_size, str(file or split))
         write_jsonl(output_dir / PREDICTIONS_FILE.format(split=split), rows)
@@ -183,24 +186,112 @@ def _load_file(task, path: Path, split: str, output_dir: Path):
     return raw
 
 
+#: `predict` reads and writes these by the file's extension; anything else is JSON Lines
+DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
+
+
 def predict_output(
     output_dir: str | Path,
     input_path: str | Path,
     output_path: str | Path,
     batch_size: int = 32,
     overrides=(),
+    top_k: int | None = None,
+    all_scores: bool = False,
+    encoding: str | None = None,
 ) -> int:
-    """Read JSON Lines, write one JSON object per line: the input fields plus label and score."""
+    """Read JSON Lines, CSV or TSV (by the extension), write the input fields plus label and score per row, as
+    JSON Lines or, for a `.csv`/`.tsv` output, in that format.
+
+    ``top_k``: also the K most likely labels with their probabilities (`top_k`); ``all_scores``: also every
+    label's probability (`scores`). Both for text classification (not regression). Everything is checked before
+    any weights load."""
     output_dir, input_path, output_path = Path(output_dir), Path(input_path), Path(output_path)
+    if top_k is not None and top_k < 1:
+        raise FinetuneError(f"--top-k: must be at least 1, got {top_k}.")
     recipe = load_output_recipe(output_dir, overrides)
-    records = read_input_jsonl(input_path)
+    records = read_input_records(input_path, encoding)
     task, tokenizer = restore_task(output_dir, recipe)
+    scores = {"top_k": top_k, "all_scores": all_scores} if top_k is not None or all_scores else {}
+    if scores and not getattr(task, "ranks_labels", lambda: False)():
+        flag = "--top-k" if top_k is not None else "--all-scores"
+        raise FinetuneError(
+            f"{flag}: ranks the labels of a classifier; this run ({recipe.task.name}"
+            f"{', regression' if recipe.task.name == 'text-classification' else ''}) has none to rank. Drop {flag}."
+        )
     task.check_inputs(records, str(input_path))
     model = restore_model(output_dir, recipe, task)
-    results = task.predict(model, tokenizer, records, batch_size, where=str(input_path))
+    results = task.predict(model, tokenizer, records, batch_size, where=str(input_path), **scores)
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    write_jsonl(output_path, results)  # atomic: never a half-written output file
+    delimiter = DELIMITERS.get(output_path.suffix.lower())
+    if delimiter is None:
+        write_jsonl(output_path, results)  # atomic: never a half-written output file
+    else:
+        atomic_write_text(output_path, delimited_text(results, delimiter))
     return len(results)
+
+
+def read_input_records(path: Path, encoding: str | None = None) -> list[dict[str, Any]]:
+    """`predict --input`: a CSV or TSV file (by its extension; a header row names the fields) or JSON Lines."""
+    if not path.is_file():
+        raise DataError(
+            f"--input: file not found: {path}. Give a JSON Lines, CSV or TSV file, one example per line."
+        )
+    problem = first_undecodable(path, encoding)
+    if problem is not None:
+        raise DataError(encoding_message("--input", path, problem, encoding, "--encoding"))
+    delimiter = DELIMITERS.get(path.suffix.lower())
+    if delimiter is None:
+        return read_input_jsonl(path, encoding)
+    import csv
+
+    kind = "TSV" if delimiter == "\t" else "CSV"
+    with path.open(encoding=codec(encoding), newline="") as handle:
+        reader = csv.reader(handle, delimiter=delimiter)
+        header = next(reader, None)
+        if not header or not any(name.strip() for name in header):
+            raise DataError(f"{path}: an empty {kind} file; the first line names the columns (e.g. text).")
+        header = [name.strip() for name in header]
+        duplicated = sorted({name for name in header if header.count(name) > 1})
+        if duplicated:
+            raise DataError(
+                f"{path} line 1: the column {duplicated[0]!r} appears twice; name each column once."
+            )
+        records = []
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                raise DataError(
+                    f"{path} line {reader.line_num}: {len(row)} fields where the header has {len(header)}; "
+                    f'quote a field that holds a {"tab" if kind == "TSV" else "comma"} ("like, this").'
+                )
+            records.append(dict(zip(header, row, strict=True)))
+    if not records:
+        raise DataError(f"{path}: a header and no rows; give one example per line after the header.")
+    return records
+
+
+def delimited_text(rows: list[dict[str, Any]], delimiter: str) -> str:
+    """Rows as CSV/TSV text: the union of their fields as the header (in first-seen order); lists and
+    mappings (several labels, `top_k`, `scores`) as JSON in their cell."""
+    import csv
+    import io
+
+    fields: dict[str, None] = {}
+    for row in rows:
+        fields.update(dict.fromkeys(row))
+    out = io.StringIO()
+    writer = csv.writer(out, delimiter=delimiter, lineterminator="\n")
+    writer.writerow(fields)
+    for row in rows:
+        writer.writerow(
+            [
+                json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else "" if v is None else v
+                for v in (row.get(name) for name in fields)
+            ]
+        )
+    return out.getvalue()
 
 
 def export_merged(output_dir: str | Path, target: str | Path) -> Path:
@@ -242,13 +333,13 @@ def export_merged(output_dir: str | Path, target: str | Path) -> Path:
     return target
 
 
-def read_input_jsonl(path: Path) -> list[dict[str, Any]]:
+def read_input_jsonl(path: Path, encoding: str | None = None) -> list[dict[str, Any]]:
     """The records of a user's JSON Lines file (`predict --input`), strictly: a line that is not one JSON
     object is an error that names the line. (Files this package writes are read with `outputs.read_jsonl`.)"""
     if not path.is_file():
         raise DataError(f"--input: file not found: {path}. Give a JSON Lines file, one object per line.")
     records = []
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding=codec(encoding)) as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue

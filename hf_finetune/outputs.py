@@ -34,6 +34,8 @@ CURVES_FILE = "training_curves.png"
 TEST_RESULTS_FILE = "test_results.json"  # the labelled test split's scores (also in all_results.json)
 PREDICTIONS_FILE = "predictions_{split}.jsonl"  # a test split's (or `eval --predictions`') predictions
 EVAL_SPLIT_FILE = "eval_{split}_results.json"  # `hf-finetune eval` of one split or file
+CLASS_REPORT_FILE = "classification_report.md"  # per-label scores of the final evaluation (classification)
+CONFUSION_FILE = "confusion_matrix.png"  # its confusion matrix (single-label classification)
 PARTIAL_PREFIX = ".partial-"  # a checkpoint being written; renamed into place when complete
 PARTIAL_SUFFIX = ".partial"  # a file being written; os.replace'd over its final name
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt")  # model weights in a run directory
@@ -82,6 +84,15 @@ def write_environment(output_dir: str | Path) -> Path:
     path = Path(output_dir) / ENV_FILE
     path.write_text(json.dumps(environment(), indent=2) + "\n")
     return path
+
+
+def split_file(name: str, split: str | None) -> str:
+    """``name`` for the split ``split`` (``classification_report.md`` -> ``classification_report_test.md``);
+    ``name`` itself for None (the training run's evaluation split)."""
+    if split is None:
+        return name
+    stem, dot, suffix = name.rpartition(".")
+    return f"{stem}_{split}.{suffix}" if dot else f"{name}_{split}"
 
 
 def eval_metric_names(log_history: list[dict[str, Any]]) -> list[str]:

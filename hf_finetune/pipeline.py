@@ -30,6 +30,8 @@ from .interrupt import Interrupted, StopOnSignal, write_note
 from .loading import check_weight_files, load_model_config, load_pretrained, load_tokenizer
 from .mfu import training_flops_per_token
 from .outputs import (
+    CLASS_REPORT_FILE,
+    CONFUSION_FILE,
     CURVES_FILE,
     NOTE_FILE,
     PARTIAL_PREFIX,
@@ -42,6 +44,7 @@ from .outputs import (
     is_output_dir,
     plot_curves,
     read_json,
+    split_file,
     write_environment,
     write_jsonl,
 )
@@ -278,7 +281,7 @@ def train(
     stopped = early_stopping.results(recipe, trainer)  # settings, stopped_early, best_step ({} without it)
     trainer.save_metrics("train", {**train_metrics, "strategy": plan_.description, **loss_record, **stopped})
 
-    eval_metrics = _evaluate_splits(trainer, recipe, tokenised, prepared.raw)
+    eval_metrics = _evaluate_splits(trainer, recipe, tokenised, prepared.raw, task, output_dir)
     if eval_metrics:
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
@@ -436,10 +439,13 @@ def _run_test_split(trainer, prepared: Prepared, tokenised, output_dir: Path) ->
     metrics: dict[str, Any] = {}
     if task.is_labelled(split, raw):
         task.scored_split = split  # QA scores the test examples, not the evaluation split's
+        task.class_report = None
         try:
             metrics = trainer.predict(tokenised[split], metric_key_prefix="test").metrics
         finally:
             task.scored_split = None
+        if trainer.is_world_process_zero():
+            write_class_report(task, output_dir, split, per_split=True)
         metrics["test_samples"] = len(raw)  # examples, not features (QA windows)
         trainer.log_metrics("test", metrics)
         trainer.save_metrics("test", metrics)
@@ -459,12 +465,39 @@ def predict_split(task, model, tokenizer, ds, batch_size: int, where: str) -> li
     return task.predict(model, tokenizer, ds.select_columns(fields).to_list(), batch_size, where=where)
 
 
-def _evaluate_splits(trainer, recipe: Recipe, tokenised, raw) -> dict[str, Any]:
+def _evaluate_splits(trainer, recipe: Recipe, tokenised, raw, task=None, output_dir=None) -> dict[str, Any]:
+    """The final evaluation of each eval split; with ``task`` and ``output_dir``, also the task's per-class
+    report of each (see `write_class_report`)."""
     splits = recipe.data.eval_splits
     metrics: dict[str, Any] = {}
-    for split in splits:
+    for index, split in enumerate(splits):
         prefix = "eval" if len(splits) == 1 else f"eval_{split}"
+        if task is not None:
+            task.class_report = None
         result = trainer.evaluate(eval_dataset=tokenised[split], metric_key_prefix=prefix)
         result[f"{prefix}_samples"] = len(raw[split])  # examples, not features (QA windows)
         metrics.update(result)
+        if task is not None and output_dir is not None and trainer.is_world_process_zero():
+            write_class_report(task, Path(output_dir), split, per_split=index > 0)
     return metrics
+
+
+def write_class_report(task, output_dir: Path, split: str, per_split: bool) -> list[Path]:
+    """The per-class report of the task's latest evaluation (classification_report.md, and for single-label
+    classification confusion_matrix.png) in ``output_dir``; ``per_split``: named for ``split``
+    (classification_report_<split>.md). Nothing for tasks without one (regression, NER, QA)."""
+    report = getattr(task, "class_report", None)
+    if report is None:
+        return []
+    name = split if per_split else None
+    try:
+        written = report.write(
+            output_dir / split_file(CLASS_REPORT_FILE, name),
+            output_dir / split_file(CONFUSION_FILE, name),
+            split=split,
+        )
+    except Exception as exc:  # the scores are saved; a plotting problem must not cost the run
+        logger.warning("could not write the classification report (%s: %s)", type(exc).__name__, exc)
+        return []
+    logger.info("%s split: per-class report in %s", split, ", ".join(str(p) for p in written))
+    return written

@@ -34,6 +34,8 @@ from .hub import check_can_push, hub_token
 from .inference import export_merged
 from .outputs import (
     CARD_FILE,
+    CLASS_REPORT_FILE,
+    CONFUSION_FILE,
     CURVES_FILE,
     ENV_FILE,
     PARTIAL_SUFFIX,
@@ -63,6 +65,8 @@ RECORD_FILES = (
     TRAINER_STATE,
     ENV_FILE,
     CURVES_FILE,
+    CLASS_REPORT_FILE,
+    CONFUSION_FILE,
 )
 
 

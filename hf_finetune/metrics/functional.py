@@ -84,3 +84,22 @@ def spearman(predictions, references) -> float:
 def mse(predictions, references) -> float:
     d = np.asarray(predictions, dtype=float) - np.asarray(references, dtype=float)
     return float((d * d).mean()) if len(d) else 0.0
+
+
+def confusion_matrix(predictions, references, num_classes: int) -> np.ndarray:
+    """Counts of (true class, predicted class): rows are the references, columns the predictions."""
+    p = np.asarray(predictions, dtype=np.int64).reshape(-1)
+    r = np.asarray(references, dtype=np.int64).reshape(-1)
+    counts = np.bincount(r * num_classes + p, minlength=num_classes * num_classes)
+    return counts[: num_classes * num_classes].reshape(num_classes, num_classes)
+
+
+def per_class(true_positives, predicted, actual) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision, recall and F1 of each class from its true positives, predicted and actual (support)
+    counts; 0 where a denominator is 0 (scikit-learn's ``zero_division=0``)."""
+    tp, pred, true = (np.asarray(a, dtype=float) for a in (true_positives, predicted, actual))
+    precision = np.divide(tp, pred, out=np.zeros_like(tp), where=pred > 0)
+    recall = np.divide(tp, true, out=np.zeros_like(tp), where=true > 0)
+    total = pred + true
+    f1 = np.divide(2 * tp, total, out=np.zeros_like(tp), where=total > 0)
+    return precision, recall, f1

@@ -78,6 +78,9 @@ class Task:
         #: the split `compute_metrics` scores when it needs its raw examples (QA maps features back to them):
         #: None means the first evaluation split; the pipeline sets it while it scores the test split
         self.scored_split: str | None = None
+        #: the per-class report (`hf_finetune.metrics.report.ClassReport`) of the latest `compute_metrics`
+        #: call, for tasks that make one (classification); the pipeline writes it after the final evaluation
+        self.class_report: Any = None
 
     # ---------------------------------------------------------------- data, before any model
     def splits_for(self, stage: str) -> list[str]:
@@ -268,6 +271,10 @@ class Task:
     def input_fields(self) -> list[str]:
         """Fields that `hf-finetune predict` reads from each input line."""
         return []
+
+    def ranks_labels(self) -> bool:
+        """Whether `predict --top-k/--all-scores` apply: the model scores a fixed set of labels."""
+        return False
 
 
 def _is_label(value: Any) -> bool:

@@ -338,9 +338,11 @@ class TextClassificationTask(Task):
 
     def compute_metrics(self):
         from ..metrics import load_metric
+        from ..metrics.report import ClassReport
 
         metrics = [load_metric(name) for name in self.metric_names()]
         schema, threshold = self.labels, self.cfg.multi_label_threshold
+        task = self
 
         def compute(eval_pred) -> dict[str, float]:
             logits = (
@@ -359,6 +361,12 @@ class TextClassificationTask(Task):
             result: dict[str, float] = {}
             for metric in metrics:
                 result.update(metric.compute(predictions=preds, references=refs))
+            if schema.problem_type == MULTI:
+                task.class_report = ClassReport.from_multi_hot(preds, refs, schema.names)
+            elif schema.problem_type != REGRESSION:
+                task.class_report = ClassReport.from_ids(preds, refs, schema.names)
+            if task.class_report is not None:  # per-label keys after the headline ones
+                result.update({k: v for k, v in task.class_report.metrics().items() if k not in result})
             return result
 
         return compute
@@ -391,7 +399,21 @@ class TextClassificationTask(Task):
         ]
         return texts, pairs
 
-    def predict(self, model, tokenizer, records, batch_size, where: str = "input"):
+    def ranks_labels(self) -> bool:
+        return self.labels.problem_type != REGRESSION
+
+    def predict(
+        self,
+        model,
+        tokenizer,
+        records,
+        batch_size,
+        where: str = "input",
+        top_k: int | None = None,
+        all_scores: bool = False,
+    ):
+        """Each record plus `label` and `score`; with ``top_k`` also the K most likely labels and their
+        probabilities (`top_k`, most likely first), with ``all_scores`` every label's (`scores`)."""
         import torch
 
         cfg = self.cfg
@@ -414,24 +436,33 @@ class TextClassificationTask(Task):
                 )
                 logits = model(**{k: v.to(device) for k, v in enc.items()}).logits.float().cpu().numpy()
                 for row, i in enumerate(idx):
-                    outputs[i] = {**records[i], **self._decode(logits[row])}
+                    outputs[i] = {**records[i], **self._decode(logits[row], top_k, all_scores)}
         return outputs
 
-    def _decode(self, logits: np.ndarray) -> dict[str, Any]:
+    def _decode(
+        self, logits: np.ndarray, top_k: int | None = None, all_scores: bool = False
+    ) -> dict[str, Any]:
         schema = self.labels
         if schema.problem_type == REGRESSION:
             value = float(logits[0])
             return {"label": value, "score": value}
-        if schema.problem_type == MULTI:
+        if schema.problem_type == MULTI:  # each label's own probability (they need not sum to 1)
             probs = _sigmoid(logits)
             chosen = [j for j in range(len(probs)) if probs[j] > self.cfg.multi_label_threshold]
-            return {
+            out = {
                 "label": [schema.names[j] for j in chosen],
                 "score": [round(float(probs[j]), 6) for j in chosen],
             }
-        probs = softmax(logits)
-        best = int(probs.argmax())
-        return {"label": schema.names[best], "score": round(float(probs[best]), 6)}
+        else:
+            probs = softmax(logits)
+            best = int(probs.argmax())
+            out = {"label": schema.names[best], "score": round(float(probs[best]), 6)}
+        if top_k is not None:  # a stable sort: ties keep the label order
+            ranked = sorted(range(len(probs)), key=lambda j: -probs[j])[:top_k]
+            out["top_k"] = [{"label": schema.names[j], "score": round(float(probs[j]), 6)} for j in ranked]
+        if all_scores:
+            out["scores"] = {name: round(float(p), 6) for name, p in zip(schema.names, probs, strict=True)}
+        return out
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
