@@ -35,6 +35,7 @@ from .outputs import (
     atomic_write_text,
     check_output_dir,
     read_json,
+    without_per_class,
 )
 
 logger = logging.getLogger("hf_finetune")
@@ -100,15 +101,7 @@ def eval_metrics(results: dict[str, Any], prefix: str = "eval") -> dict[str, flo
             continue
         if isinstance(value, (int, float)):
             out[key[len(start) :]] = float(value)
-    return _without_per_class(out)
-
-
-def _without_per_class(metrics: dict[str, float]) -> dict[str, float]:
-    """Leave out classification's per-label scores (``<label>_precision/_recall/_f1/_support``, found by
-    their ``_support`` key): classification_report.md holds them."""
-    stems = [key[: -len("_support")] for key in metrics if key.endswith("_support")]
-    drop = {f"{stem}_{score}" for stem in stems for score in ("precision", "recall", "f1", "support")}
-    return {k: v for k, v in metrics.items() if k not in drop}
+    return without_per_class(out)
 
 
 def _by_split(metrics: dict[str, float], splits: list[str]) -> list[tuple[str, str, float]]:

@@ -233,14 +233,33 @@ def check_output_dir(output_dir: str | Path, need_model: bool = True) -> Path:
     return output_dir
 
 
-def eval_results(metrics: dict[str, Any]) -> dict[str, Any]:
+def eval_results(metrics: dict[str, Any], per_class_limit: int = 5) -> dict[str, Any]:
     """The evaluation (and test) scores of a run's final metrics, as `hf-finetune train` prints them (no
-    timings)."""
-    return {
+    timings). Classification's per-label scores are kept for up to ``per_class_limit`` labels; past that they
+    would bury the headline (classification_report.md holds them all)."""
+    shown = {
         k: v
         for k, v in metrics.items()
         if k.startswith(("eval_", "test_")) and not k.endswith(("_runtime", "_per_second"))
     }
+    if len(per_class_stems(shown)) > per_class_limit:
+        shown = without_per_class(shown)
+    return shown
+
+
+#: the scores classification's per-class report adds for each label (``<prefix>_<label>_<score>``)
+PER_CLASS_SCORES = ("precision", "recall", "f1", "support")
+
+
+def per_class_stems(metrics: dict[str, Any]) -> list[str]:
+    """The ``<prefix>_<label>`` stems of the per-label scores in ``metrics``, found by their ``_support`` key."""
+    return [key[: -len("_support")] for key in metrics if key.endswith("_support")]
+
+
+def without_per_class(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` without classification's per-label scores (``<label>_precision/_recall/_f1/_support``)."""
+    drop = {f"{stem}_{score}" for stem in per_class_stems(metrics) for score in PER_CLASS_SCORES}
+    return {k: v for k, v in metrics.items() if k not in drop}
 
 
 def run_results(run_dir: str | Path) -> dict[str, Any] | None:

@@ -225,3 +225,21 @@ def test_multi_label_run_writes_the_report(tiny_model_dir, tmp_path):
     assert "multi-label" in text and "| **micro avg** |" in text
     assert "| neg | " in text and "| pos | " in text
     assert not (tmp_path / "out" / "confusion_matrix.png").exists()  # none for multi-label
+
+
+def test_train_prints_per_label_scores_for_a_few_labels_only():
+    """`hf-finetune train` prints the final scores: per-label ones for up to 5 labels; with more, only the
+    headline (classification_report.md has them all)."""
+    from hf_finetune.outputs import eval_results
+
+    def scores(labels: int) -> dict[str, float]:
+        out = {"eval_accuracy": 0.9, "eval_f1": 0.8, "eval_runtime": 3.0, "train_loss": 0.1}
+        for i in range(labels):
+            out.update({f"eval_l{i}_{s}": 0.5 for s in ("precision", "recall", "f1")})
+            out[f"eval_l{i}_support"] = 10
+        return out
+
+    few = eval_results(scores(3))
+    assert few["eval_l2_f1"] == 0.5 and few["eval_l0_support"] == 10 and len(few) == 2 + 3 * 4
+    many = eval_results(scores(6))
+    assert many == {"eval_accuracy": 0.9, "eval_f1": 0.8}
