@@ -16,7 +16,7 @@ from typing import Any
 
 from transformers import EarlyStoppingCallback
 
-from .config.schema import Recipe
+from .config.schema import Recipe, plain
 from .errors import RecipeError, close_matches
 from .outputs import finite
 
@@ -135,7 +135,7 @@ def describe(recipe: Recipe) -> str:
 
 
 def _name(strategy: Any) -> str:
-    return str(getattr(strategy, "value", strategy))
+    return str(plain(strategy))
 
 
 # ------------------------------------------------------------------------------------------------

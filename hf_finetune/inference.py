@@ -213,7 +213,7 @@ def predict_output(
     records = read_input_records(input_path, encoding)
     task, tokenizer = restore_task(output_dir, recipe)
     scores = {"top_k": top_k, "all_scores": all_scores} if top_k is not None or all_scores else {}
-    if scores and not getattr(task, "ranks_labels", lambda: False)():
+    if scores and not task.ranks_labels():
         flag = "--top-k" if top_k is not None else "--all-scores"
         raise FinetuneError(
             f"{flag}: ranks the labels of a classifier; this run ({recipe.task.name}"
@@ -335,9 +335,8 @@ def export_merged(output_dir: str | Path, target: str | Path) -> Path:
 
 def read_input_jsonl(path: Path, encoding: str | None = None) -> list[dict[str, Any]]:
     """The records of a user's JSON Lines file (`predict --input`), strictly: a line that is not one JSON
-    object is an error that names the line. (Files this package writes are read with `outputs.read_jsonl`.)"""
-    if not path.is_file():
-        raise DataError(f"--input: file not found: {path}. Give a JSON Lines file, one object per line.")
+    object is an error that names the line (`read_input_records` has checked the file is there and decodes).
+    (Files this package writes are read with `outputs.read_jsonl`.)"""
     records = []
     with path.open(encoding=codec(encoding)) as handle:
         for number, line in enumerate(handle, 1):

@@ -110,27 +110,13 @@ def _training_rows() -> list[tuple[str, str, str, str]]:
             own = ours[f.name]
             help_text = (
                 f"**hf-finetune's default: {_yaml_inline(own.value)}** ({own.why}; transformers' default: "
-                f"{default}{_condition(f.name)}). {help_text}"
+                f"{default}{'; ' + own.when if own.when else ''}). {help_text}"
             )
             default = _yaml_inline(own.value)
         out.append((f.name, coerce.describe_type(hints.get(f.name, Any)), default, help_text))
     out.append(("resume", "text or null", "null", RESUME_HELP))
     out.append(("early_stopping", "mapping, true, integer or null", "null", EARLY_STOPPING_HELP))
     return out
-
-
-def _condition(name: str) -> str:
-    """When the package default for training field ``name`` applies (`config.defaults.training_defaults`)."""
-    from .config.defaults import ADAPTER_LR
-
-    return {
-        "bf16": "; applied on a GPU with bf16 or a CPU with AVX512-BF16/AMX, not where bf16 would be emulated",
-        "learning_rate": f"; {ADAPTER_LR:g} when the recipe trains a `peft` adapter",
-        "eval_strategy": "; applied when the data has an evaluation split",
-        "eval_steps": "; applied when `eval_strategy` is `steps`",
-        "save_steps": "; applied when `save_strategy` is `steps`: `eval_steps` when evaluating by steps, else 0.25",
-        "save_total_limit": "; applied unless `save_strategy` is `no`",
-    }.get(name, "")
 
 
 def _default(f: dataclasses.Field) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import hardware
 from .coerce import Override
+from .schema import plain
 
 #: the learning rates: full fine-tuning of an encoder, and an adapter (LoRA, IA3, ...) on a frozen one. 1e-4 is
 #: the bundled recipes' rate on the large sets (SST-2, QNLI, QQP, MNLI, CoNLL, SQuAD); at batch 32, transformers'
@@ -25,11 +26,15 @@ FULL_LR = 1e-4
 ADAPTER_LR = 1e-3
 
 
+_SAVE_STEPS = "applied when `save_strategy` is `steps`: `eval_steps` when evaluating by steps, else 0.25"
+
+
 @dataclass(frozen=True)
 class Default:
     field: str
     value: Any
     why: str
+    when: str = ""  # when it applies, or what instead, where not always (the reference says so)
 
 
 def training_defaults(
@@ -51,6 +56,7 @@ def training_defaults(
             "learning_rate",
             FULL_LR,
             "full fine-tuning of a small encoder; 1e-5 to 3e-5 for models of 300M+ parameters",
+            f"{ADAPTER_LR:g} instead when the recipe trains a `peft` adapter",
         )
     table = [
         Default("per_device_train_batch_size", 32, "batches of 32"),
@@ -67,26 +73,52 @@ def training_defaults(
         Default("report_to", "none", "no experiment tracker unless one is named"),
     ]
     if evaluates:
-        table.append(Default("eval_strategy", "steps", "evaluate during training"))
+        table.append(
+            Default(
+                "eval_strategy",
+                "steps",
+                "evaluate during training",
+                "applied when the data has an evaluation split",
+            )
+        )
     settings = {**{d.field: d.value for d in table}, **given}
-    evaluation = _name(settings.get("eval_strategy", "no"))
-    saving = _name(settings.get("save_strategy", "steps"))
+    evaluation = _text(settings.get("eval_strategy", "no"))
+    saving = _text(settings.get("save_strategy", "steps"))
     if evaluation == "steps" and "eval_steps" not in given:
-        table.append(Default("eval_steps", 0.25, "an evaluation every 25% of the steps"))
+        table.append(
+            Default(
+                "eval_steps",
+                0.25,
+                "an evaluation every 25% of the steps",
+                "applied when `eval_strategy` is `steps`",
+            )
+        )
     if saving == "steps":
         if evaluation == "steps":  # a checkpoint at each evaluation, so the best one can be loaded at the end
             every = given.get("eval_steps", 0.25)
-            table.append(Default("save_steps", every, "a checkpoint at each evaluation"))
+            table.append(Default("save_steps", every, "a checkpoint at each evaluation", _SAVE_STEPS))
         else:
-            table.append(Default("save_steps", 0.25, "a checkpoint every 25% of the steps"))
+            table.append(Default("save_steps", 0.25, "a checkpoint every 25% of the steps", _SAVE_STEPS))
     if saving != "no":
-        table.append(Default("save_total_limit", 2, "keep the 2 newest checkpoints"))
+        table.append(
+            Default(
+                "save_total_limit",
+                2,
+                "keep the 2 newest checkpoints",
+                "applied unless `save_strategy` is `no`",
+            )
+        )
     if "bf16" not in given and not given.get("fp16"):
         if bf16_native is None:
             bf16_native = _bf16_native(bool(given.get("use_cpu")))
         if bf16_native:
             table.append(
-                Default("bf16", True, "bf16 mixed precision where the hardware computes it natively")
+                Default(
+                    "bf16",
+                    True,
+                    "bf16 mixed precision where the hardware computes it natively",
+                    "applied on a GPU with bf16 or a CPU with AVX512-BF16/AMX, not where bf16 would be emulated",
+                )
             )
     return [d for d in table if d.field not in given]
 
@@ -123,5 +155,6 @@ def _bf16_native(use_cpu: bool) -> bool:
     return bool(torch.cuda.is_bf16_supported(including_emulation=False))
 
 
-def _name(value: Any) -> str:
-    return str(getattr(value, "value", value))
+def _text(value: Any) -> str:
+    """A strategy setting (an enum of transformers, or text) as its text."""
+    return str(plain(value))

@@ -32,6 +32,7 @@ from .schema import (
     TaskConfig,
     absolute_path,
     is_secret,
+    plain,
 )
 
 logger = logging.getLogger(__name__)
@@ -301,7 +302,7 @@ def _steps_multiple(save_steps: float, eval_steps: float | None) -> bool:
 
 
 def _strategy(value: Any) -> str:
-    return str(getattr(value, "value", value))
+    return str(plain(value))
 
 
 def _monitor(recipe: Recipe) -> None:
