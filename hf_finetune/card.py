@@ -23,12 +23,14 @@ import yaml
 
 from .outputs import (
     ADAPTER_CONFIG,
+    CALIBRATION_FILE,
     CARD_FILE,
     CLASS_REPORT_FILE,
     CONFUSION_FILE,
     ENV_FILE,
     NOT_METRICS,
     RECIPE_FILE,
+    RELIABILITY_FILE,
     RESULTS_FILE,
     STRATEGY_FILE,
     TRAINER_STATE,
@@ -98,6 +100,8 @@ def eval_metrics(results: dict[str, Any], prefix: str = "eval") -> dict[str, flo
     start = f"{prefix}_"
     for key, value in results.items():
         if not key.startswith(start) or key.endswith(NOT_METRICS) or isinstance(value, bool):
+            continue
+        if key.endswith(CALIBRATION_KEYS):  # the card's calibration paragraph states them
             continue
         if isinstance(value, (int, float)):
             out[key[len(start) :]] = float(value)
@@ -261,6 +265,11 @@ def build_card(output_dir: str | Path, repo_id: str | None = None, merged_from_a
         lines += ["", f"Per-label precision, recall and F1: [{CLASS_REPORT_FILE}]({CLASS_REPORT_FILE})."]
         if (output_dir / CONFUSION_FILE).is_file():
             lines += ["", f"![Confusion matrix on the `{eval_split}` split]({CONFUSION_FILE})"]
+    calibration = calibration_text(output_dir, results, test_split)
+    if calibration:
+        lines += ["", calibration]
+        if (output_dir / RELIABILITY_FILE).is_file():
+            lines += ["", f"![Reliability diagram]({RELIABILITY_FILE})"]
     stopping = early_stopping_text(results)
     if stopping:
         lines += ["", stopping]
@@ -382,6 +391,44 @@ def _hyperparameters(training: dict[str, Any], results: dict[str, Any]) -> str:
         "train_samples_per_second": results.get("train_samples_per_second"),
     }
     return "\n".join(f"- {k}: {v}" for k, v in shown.items() if v not in (None, ""))
+
+
+#: the metric keys (their ends) of temperature scaling, kept out of the card's results lists and model-index
+CALIBRATION_KEYS = ("_temperature", "_ece", "_ece_calibrated")
+
+
+def calibration_text(output_dir: Path, results: dict[str, Any], test_split: str) -> str | None:
+    """What calibration.json says (the temperature, where it was fitted, ECE before and after) and the test
+    split's ECE under it; None without the file (an uncalibrated or older run)."""
+    try:
+        data = read_json(output_dir / CALIBRATION_FILE)
+    except (OSError, ValueError):
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.get("temperature"), (int, float)):
+        return None
+    bins = data.get("bins", 15)
+    before, after = (_number(data.get(k)) for k in ("ece", "ece_calibrated"))
+    text = (
+        f"The scores are calibrated by temperature scaling: `hf-finetune predict` divides the logits by "
+        f"T = {data['temperature']:.4g}, fitted on the `{data.get('split')}` split "
+        f"({data.get('examples')} examples; [{CALIBRATION_FILE}]({CALIBRATION_FILE}))."
+    )
+    if before is not None and after is not None:
+        text += (
+            f" Expected calibration error ({bins} equal-width bins) on that split: {before:.4f} before, "
+            f"{after:.4f} after (in-sample: T was fitted there)."
+        )
+    test_before, test_after = (_number(results.get(k)) for k in ("test_ece", "test_ece_calibrated"))
+    if test_before is not None and test_after is not None:
+        text += f" On the held-out `{test_split}` split: {test_before:.4f} before, {test_after:.4f} after."
+    return text + (
+        " The saved weights are unchanged, so a plain `transformers` pipeline gives the uncalibrated scores; "
+        "divide the logits by T for the calibrated ones."
+    )
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def early_stopping_text(results: dict[str, Any]) -> str | None:

@@ -180,6 +180,12 @@ def _predict_arguments(p: argparse.ArgumentParser) -> None:
         help="classification: also every label's probability (field scores)",
     )
     p.add_argument(
+        "--uncalibrated",
+        action="store_true",
+        help="single-label classification: the model's raw scores, not divided by the temperature fitted "
+        "after training (calibration.json); the labels are the same",
+    )
+    p.add_argument(
         "--encoding", help="the input file's text encoding (default UTF-8), e.g. latin-1 or cp1252"
     )
 
@@ -254,6 +260,14 @@ def _tune_arguments(p: argparse.ArgumentParser) -> None:
         "with the recipe's training.seed",
     )
     p.add_argument("--keep-models", action="store_true", help="keep each trial's trained weights")
+    p.add_argument(
+        "--report-to",
+        nargs="+",
+        default=[],
+        metavar="TRACKER",
+        help="experiment trackers every trial reports to (tensorboard, trackio, mlflow): one store in the tune "
+        "directory's tracking/, the search as the project, a run per trial",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -364,6 +378,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         all_scores=args.all_scores,
         encoding=args.encoding,
+        uncalibrated=args.uncalibrated,
     )
     print(f"wrote {count} predictions to {args.output}")
     return 0
@@ -447,6 +462,7 @@ def _run_tune(args: argparse.Namespace) -> int:
         confirm_seeds=args.confirm_seeds,
         keep_models=args.keep_models,
         trial_seeds=args.trial_seeds,
+        report_to=args.report_to,
     )
     summary = run_tune(tune, progress=not args.no_progress)
     out = summary["output_dir"]

@@ -16,12 +16,15 @@ from .config import Recipe
 from .config.load import load_recipe
 from .errors import DataError, FinetuneError, RecipeError
 from .hub import ensure_hub_mode
+from .metrics.calibration import held_out, read_temperature
 from .outputs import (
     ADAPTER_CONFIG,
+    CALIBRATION_FILE,
     EVAL_SPLIT_FILE,
     PARTIAL_SUFFIX,
     PREDICTIONS_FILE,
     RECIPE_FILE,
+    RELIABILITY_FILE,
     atomic_write_text,
     check_output_dir,
     is_adapter_dir,
@@ -110,7 +113,9 @@ def evaluate_output(
     recipe.data.eval_split = split
     if recipe.data.test_split == split:
         recipe.data.test_split = None  # evaluating it means it has labels
+    temperature = read_temperature(output_dir)  # calibration.json, None without one
     task, tokenizer = restore_task(output_dir, recipe)
+    task.temperature = temperature  # --predictions: calibrated scores, as `predict` gives them
     raw = task.load([split]) if file is None else _load_file(task, Path(file), split, output_dir)
     if file is None:
         task.prepare(raw)  # checks columns and label values against the saved label maps
@@ -136,6 +141,10 @@ def evaluate_output(
             preprocess_logits_for_metrics=task.preprocess_logits_for_metrics(),
         )
         metrics = trainer.evaluate(eval_dataset=data, metric_key_prefix="eval")
+    calibration = task.calibration_logits() if temperature is not None else None
+    if calibration is not None:  # the stored temperature on this data (held out unless it was fitted on it)
+        metrics["eval_temperature"] = round(temperature, 6)
+        metrics.update(held_out(*calibration, temperature, "eval"))
     metrics["eval_samples"] = len(raw[split])  # examples, not features (QA windows)
     metrics["split"] = split
     if file is not None:
@@ -199,19 +208,23 @@ def predict_output(
     top_k: int | None = None,
     all_scores: bool = False,
     encoding: str | None = None,
+    uncalibrated: bool = False,
 ) -> int:
     """Read JSON Lines, CSV or TSV (by the extension), write the input fields plus label and score per row, as
     JSON Lines or, for a `.csv`/`.tsv` output, in that format.
 
     ``top_k``: also the K most likely labels with their probabilities (`top_k`); ``all_scores``: also every
-    label's probability (`scores`). Both for text classification (not regression). Everything is checked before
-    any weights load."""
+    label's probability (`scores`). Both for text classification (not regression). Single-label scores are
+    divided by the temperature stored with the model (calibration.json) unless ``uncalibrated``; the labels are
+    the same either way. Everything is checked before any weights load."""
     output_dir, input_path, output_path = Path(output_dir), Path(input_path), Path(output_path)
     if top_k is not None and top_k < 1:
         raise FinetuneError(f"--top-k: must be at least 1, got {top_k}.")
     recipe = load_output_recipe(output_dir, overrides)
     records = read_input_records(input_path, encoding)
+    temperature = None if uncalibrated else read_temperature(output_dir)
     task, tokenizer = restore_task(output_dir, recipe)
+    task.temperature = temperature
     scores = {"top_k": top_k, "all_scores": all_scores} if top_k is not None or all_scores else {}
     if scores and not task.ranks_labels():
         flag = "--top-k" if top_k is not None else "--all-scores"
@@ -324,6 +337,9 @@ def export_merged(output_dir: str | Path, target: str | Path) -> Path:
     partial.mkdir(parents=True)
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
+    for name in (CALIBRATION_FILE, RELIABILITY_FILE):  # the temperature the merged model's scores need
+        if (output_dir / name).is_file():
+            shutil.copy2(output_dir / name, partial / name)
     saved.peft = type(saved.peft)()  # the merged model is a plain one
     saved.model.name_or_path = str(target.absolute())
     saved.save(partial / RECIPE_FILE, header=f"# Merged from the adapter in {output_dir.absolute()}\n")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import early_stopping
+from . import early_stopping, tracking
 from .card import write_card
 from .config import Recipe
 from .config.defaults import describe as describe_defaults
@@ -74,6 +74,7 @@ def make_task(recipe: Recipe):
 
 def prepare(recipe: Recipe, stage: str = "train") -> Prepared:
     """Load and check the data, settle labels, resolve tokenizer and model config. No weights."""
+    tracking.prepare(recipe.training.report_to)  # each tracker installed; MLflow's telemetry off
     ensure_hub_mode()
     task = make_task(recipe)
     raw = task.load(task.splits_for(stage))
@@ -237,6 +238,7 @@ def train(
         recipe=recipe,
         strategy_plan=plan_,
     )
+    tracking.attach(trainer, recipe)  # report_to: local stores, one run until tracking.finish
     if resume_from is not None:
         logger.info("resuming from %s", resume_from)
     stopping = early_stopping.callback(recipe)
@@ -303,6 +305,7 @@ def train(
         logger.info("done in %.0fs; outputs in %s", time.time() - started, output_dir)
         if after_training is not None:
             after_training(recipe, output_dir)
+    tracking.finish(trainer)  # after the final evaluations, so they are in the tracked run
     results = read_json(output_dir / RESULTS_FILE) if trainer.is_world_process_zero() else None
     if results is not None:
         return results
@@ -321,6 +324,7 @@ _RUN_IRRELEVANT = (
     "training.disable_tqdm",
     "training.report_to",
     "training.run_name",
+    "training.project",
     "training.save_steps",
     "training.save_total_limit",
     "data.mirror",
@@ -446,6 +450,13 @@ def _run_test_split(trainer, prepared: Prepared, tokenised, output_dir: Path) ->
             task.scored_split = None
         if trainer.is_world_process_zero():
             write_class_report(task, output_dir, split, per_split=True)
+        held = task.calibration_logits() if getattr(task, "temperature", None) is not None else None
+        if held is not None:  # the eval split's temperature on held-out data: the honest ECE
+            from .metrics.calibration import held_out
+
+            held_metrics = held_out(*held, task.temperature, "test")
+            tracking.log(trainer, held_metrics)
+            metrics.update(held_metrics)
         metrics["test_samples"] = len(raw)  # examples, not features (QA windows)
         trainer.log_metrics("test", metrics)
         trainer.save_metrics("test", metrics)
@@ -479,7 +490,51 @@ def _evaluate_splits(trainer, recipe: Recipe, tokenised, raw, task=None, output_
         metrics.update(result)
         if task is not None and output_dir is not None and trainer.is_world_process_zero():
             write_class_report(task, Path(output_dir), split, per_split=index > 0)
+        if index == 0 and task is not None and output_dir is not None:  # scores calibrated on this split
+            calibrated = calibrate_scores(trainer, task, split, prefix, Path(output_dir))
+            tracking.log(trainer, calibrated)
+            metrics.update(calibrated)
     return metrics
+
+
+def calibrate_scores(trainer, task, split: str, prefix: str, output_dir: Path) -> dict[str, Any]:
+    """Temperature scaling fitted on the task's latest evaluation (of ``split``), when the task has one
+    (`Task.calibration_logits`): ``<prefix>_temperature``, ``_ece``, ``_ece_calibrated``; the main process
+    writes calibration.json and reliability_diagram.png, and the task's predictions use the temperature from
+    now on (the test split's). Every process fits the same T from the same gathered logits."""
+    from .metrics.calibration import MAX_TEMPERATURE, MIN_TEMPERATURE
+    from .metrics.calibration import calibrate as fit
+
+    data = task.calibration_logits()
+    if data is None:
+        return {}
+    try:
+        calibration = fit(*data, split=split)
+    except Exception as exc:  # the model and its scores are saved; calibrating must not cost the run
+        logger.warning("could not fit a temperature on the %s split (%s: %s)", split, type(exc).__name__, exc)
+        return {}
+    task.temperature = calibration.temperature
+    logger.info(
+        "%s split: temperature %.4g; ECE %.4f before, %.4f after (in-sample)",
+        split,
+        calibration.temperature,
+        calibration.ece,
+        calibration.ece_calibrated,
+    )
+    if calibration.temperature in (MIN_TEMPERATURE, MAX_TEMPERATURE):
+        logger.warning(
+            "%s split: the temperature stopped at the end of its range (%g): the split's NLL keeps falling "
+            "that way (e.g. every example right with a wide margin), so it says little about calibration; "
+            "a larger evaluation split gives a meaningful one",
+            split,
+            calibration.temperature,
+        )
+    if trainer.is_world_process_zero():
+        try:
+            calibration.write(output_dir)
+        except Exception as exc:  # the scores are saved; a plotting problem must not cost the run
+            logger.warning("could not write the calibration files (%s: %s)", type(exc).__name__, exc)
+    return calibration.metrics(prefix)
 
 
 def write_class_report(task, output_dir: Path, split: str, per_split: bool) -> list[Path]:

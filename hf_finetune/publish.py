@@ -3,8 +3,9 @@
 What is uploaded: the top-level files of the output directory that make up the model and its record:
 weights (full model or PEFT adapter), config, tokenizer, ``README.md`` (the card, rebuilt for the target
 repository), ``recipe.yaml``, ``strategy.json``, the results JSON files, ``trainer_state.json``,
-``environment.json`` and the training-curve plot. Not uploaded: ``checkpoint-*`` and other
-subdirectories, ``training_args.bin`` (a pickle; ``recipe.yaml`` is the reproducible record),
+``environment.json``, the training-curve plot and, for calibrated classifiers, ``calibration.json`` (the
+temperature `predict` divides the logits by) with ``reliability_diagram.png``. Not uploaded: ``checkpoint-*``
+and other subdirectories, ``training_args.bin`` (a pickle; ``recipe.yaml`` is the reproducible record),
 ``predictions_*.jsonl`` (a test split's inputs are the user's data), hidden, partial and lock files. ``--dry-run`` prints exactly that list and contacts nothing.
 
 `train_and_push` is the training entry of `hf-finetune train` and `hf_finetune.train`: `pipeline.train`
@@ -33,6 +34,7 @@ from .errors import FinetuneError, first_line
 from .hub import check_can_push, hub_token
 from .inference import export_merged
 from .outputs import (
+    CALIBRATION_FILE,
     CARD_FILE,
     CLASS_REPORT_FILE,
     CONFUSION_FILE,
@@ -41,6 +43,7 @@ from .outputs import (
     PARTIAL_SUFFIX,
     PREDICTIONS_FILE,
     RECIPE_FILE,
+    RELIABILITY_FILE,
     RESULTS_FILE,
     STRATEGY_FILE,
     TRAINER_STATE,
@@ -67,6 +70,8 @@ RECORD_FILES = (
     CURVES_FILE,
     CLASS_REPORT_FILE,
     CONFUSION_FILE,
+    CALIBRATION_FILE,
+    RELIABILITY_FILE,
 )
 
 

@@ -94,6 +94,19 @@ class FinetuneTrainer(Trainer):
             self.unfreezing.drop_held_gradients()
         return loss
 
+    def _get_eval_sampler(self, eval_dataset):
+        """Evaluation reads its rows in order, also under ``train_sampling_strategy: group_by_length`` (which
+        transformers applies to evaluation too, shuffled): tasks map prediction rows back to their examples
+        (question answering's windows, text classification's windows of long documents)."""
+        if str(self.args.train_sampling_strategy) != "group_by_length":
+            return super()._get_eval_sampler(eval_dataset)
+        from torch.utils.data import SequentialSampler
+        from transformers.trainer_utils import has_length
+
+        if eval_dataset is None or not has_length(eval_dataset):
+            return None
+        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+
     def _get_output_dir(self, trial) -> str:
         if self._staging_dir is not None:  # inside _save_checkpoint: everything goes to the staging dir
             return str(self._staging_dir)

@@ -257,6 +257,13 @@ def _predict_missing_input(c: Ctx) -> list[str]:
     return ["predict", str(c.out), "--input", str(c.tmp / "nope.jsonl"), "--output", str(c.tmp / "p.jsonl")]
 
 
+def _predict_broken_calibration(c: Ctx) -> list[str]:
+    c.finished_run(c.recipe())
+    (c.out / "calibration.json").write_text('{"temperature": 0}')
+    src = write_jsonl(c.tmp / "in.jsonl", [{"sentence": "a fine film"}])
+    return ["predict", str(c.out), "--input", str(src), "--output", str(c.tmp / "p.jsonl")]
+
+
 ROWS = [
     # ---- recipe ---------------------------------------------------------------------------------
     Row(
@@ -650,6 +657,68 @@ ROWS = [
     ),
     Row("output-dir-not-a-run", _not_a_run, "is not empty and holds no recipe.yaml"),
     Row("output-dir-is-a-file", _output_is_a_file, "`training.output_dir`: "),
+    # ---- long documents (data.long_text: windows) ------------------------------------------------------
+    Row(
+        "window-stride-not-below-max-seq-length",
+        lambda c: c.train(c.recipe(), "data.long_text=windows", "data.window_stride=32"),
+        "`data.window_stride`: is 32; the tokens shared by consecutive windows must be at least 0 and less "
+        "than a window (data.max_seq_length=32)",
+    ),
+    Row(
+        "window-stride-leaves-no-text-room",
+        lambda c: c.train(c.recipe(), "data.long_text=windows", "data.window_stride=30"),
+        "`data.window_stride`: is 30, but a window of 32 tokens holds 30 tokens of text",
+    ),
+    Row(
+        "windows-in-training-without-windows",
+        lambda c: c.train(c.recipe(), "data.windows_in_training=true"),
+        "`data.windows_in_training`: trains on the windows of long documents, but `data.long_text` is "
+        "`truncate`; set `data.long_text: windows` too",
+    ),
+    Row(
+        "long-text-windows-for-pairs",
+        lambda c: c.train(_with(c.recipe(), "task", text_pair_column="sentence"), "data.long_text=windows"),
+        "`data.long_text`: `windows` reads single texts in windows, but this recipe classifies pairs",
+    ),
+    Row(
+        "long-text-windows-for-question-answering",
+        lambda c: [*_qa(c, [qa_row(0), qa_row(1)]), "data.long_text=windows"],
+        "`data.long_text`: `windows` reads long documents in windows for text classification only, not for "
+        "the question-answering task; it reads long contexts in overlapping windows of its own",
+    ),
+    Row(
+        "long-text-windows-for-token-classification",
+        lambda c: [*_ner(c, ner_rows(10, seed=1)), "data.long_text=windows"],
+        "not for the token-classification task",
+    ),
+    Row(
+        "window-aggregate-unknown",
+        lambda c: c.train(c.recipe(), "data.long_text=windows", "data.window_aggregate=median"),
+        "`data.window_aggregate`: expected one of: mean, max, got 'median'",
+    ),
+    # ---- experiment tracking (training.report_to; a tracker not installed: tests/test_tracking.py) ----------
+    Row(
+        "report-to-unknown-tracker",
+        lambda c: c.train(c.recipe(), "training.report_to=[tensorbord]"),
+        "`training.report_to`: unknown tracker 'tensorbord' (did you mean: tensorboard?); hf-finetune logs "
+        "offline to tensorboard, trackio, mlflow (install them with `pip install 'hf-finetune[track]'`)",
+    ),
+    Row(
+        "tune-report-to-unknown-tracker",
+        lambda c: ["tune", c.write(c.recipe()), "--trials", "1", "--report-to", "mlflow", "ml-flow"],
+        "`--report-to`: unknown tracker 'ml-flow' (did you mean: mlflow?)",
+    ),
+    # ---- calibrated scores (task.calibration) --------------------------------------------------------
+    Row(
+        "unknown-calibration",
+        lambda c: c.train(_with(c.recipe(), "task", calibration="platt")),
+        "`task.calibration`: expected one of: temperature, none, got 'platt'",
+    ),
+    Row(
+        "predict-broken-calibration-file",
+        _predict_broken_calibration,
+        "calibration.json: has no positive, finite `temperature`. Delete the file to use the model's raw scores",
+    ),
 ]
 
 

@@ -116,8 +116,15 @@ def run_cell(
         "seed": cell.seed,
         "metric": cell.metric,
     }
+    env = single_device_env()
+    if cell.tracking:  # bench.report_to: the bench's store, the cell's tags
+        env = bench.tracking_env(cell, env)
     launched = launcher(
-        cell.recipe_path, cell.overrides, cell.run_dir, timeout=bench.cell_timeout_s, env=single_device_env()
+        cell.recipe_path,
+        [*cell.overrides, *cell.tracking],
+        cell.run_dir,
+        timeout=bench.cell_timeout_s,
+        env=env,
     )
     record["wall_s"] = launched.wall_s
     device = launched.device or cell.device

@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import tracking
 from ..config import SECTIONS, build_section, field_help, parse_yaml
 from ..config.load import load_recipe
 from ..errors import FinetuneError, RecipeError, close_matches
 from ..hardware import accelerator
+from ..tracking import check_report_to
 
 logger = logging.getLogger("hf_finetune")
 
@@ -69,6 +71,12 @@ class BenchSettings:
     keep_models: bool = field_help(
         "keep each cell's trained weights (default false: only metrics and logs are kept)", False
     )
+    report_to: list[str] | str | None = field_help(
+        "experiment trackers every cell reports to (`tensorboard`, `trackio`, `mlflow`; the `track` extra): one "
+        "store in <output_dir>/tracking, the bench (its output dir's name) as the project or experiment, a run "
+        "per cell named TASK/STRATEGY/seedN and tagged with them (cells already done are not rerun for it)",
+        None,
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.seeds, int):
@@ -86,6 +94,7 @@ class BenchSettings:
                 "bench.cell_timeout_s",
                 f"must be a positive number of seconds or null, got {self.cell_timeout_s!r}.",
             )
+        self.report_to = check_report_to(self.report_to, "bench.report_to")
 
 
 @dataclass
@@ -112,6 +121,9 @@ class Cell:
     device: str = "cpu"
     dtype: str = "float32"
     recipe: Any = field(default=None, repr=False, compare=False)
+    #: the overrides that send the cell to the bench's trackers (not part of its fingerprint: turning tracking
+    #: on does not make a cell that is done run again)
+    tracking: list[str] = field(default_factory=list, compare=False)
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -149,6 +161,7 @@ class Bench:
     strategies: dict[str, list[str]]
     overrides: list[str]
     cli_overrides: list[str] = field(default_factory=list)
+    report_to: list[str] = field(default_factory=list)
 
     def cells(self) -> list[Cell]:
         cells = []
@@ -177,9 +190,9 @@ class Bench:
                         "training.disable_tqdm=true",
                         f"training.output_dir={json.dumps(str(run_dir))}",
                     ]
-                    cells.append(
-                        Cell(task, strategy, seed, spec["recipe"], overrides, spec["metric"], run_dir)
-                    )
+                    cell = Cell(task, strategy, seed, spec["recipe"], overrides, spec["metric"], run_dir)
+                    cell.tracking = tracking.run_overrides(self.report_to, self.output_dir.name, cell.label)
+                    cells.append(cell)
         # every cell's recipe is read and type-checked now: a typo fails here, not an hour in
         # (quietly: the cells themselves log what their recipes resolve to)
         with quiet():
@@ -192,6 +205,19 @@ class Bench:
             cell.device = "cpu" if args.use_cpu else accelerator() or "cpu"
             cell.dtype = training_dtype(args, cell.device)
         return cells
+
+    def tracking_env(self, cell: Cell, env: dict[str, str]) -> dict[str, str]:
+        """The environment of ``cell``'s process: ``env``, plus the bench's tracking store and the cell's tags
+        when the bench reports to trackers."""
+        tags = {
+            "bench": self.output_dir.name,
+            "task": cell.task,
+            "strategy": cell.strategy,
+            "seed": cell.seed,
+        }
+        tags["group"] = f"{cell.task}/{cell.strategy}"  # trackio groups a cell's seeds
+        root = self.output_dir / tracking.STORE_DIR
+        return tracking.child_env(self.report_to, root, cell.label, tags, env=env)
 
     def preflight(self, cells: list[Cell]) -> None:
         """`hf-finetune validate` for each task x strategy among ``cells`` (data, labels, tokenizer, the
@@ -297,6 +323,7 @@ def load_bench(path: str | Path, overrides: list[str] = ()) -> Bench:
         max_steps=settings.max_steps,
         cell_timeout_s=settings.cell_timeout_s,
         keep_models=settings.keep_models,
+        report_to=list(settings.report_to),
         tasks=tasks,
         strategies=strategies,
         overrides=flatten_overrides(common, f"{path}: overrides"),

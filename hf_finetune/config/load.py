@@ -180,6 +180,9 @@ def _check_training_values(args: Any) -> None:
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
         if getattr(args, name) < 1:
             raise RecipeError(f"training.{name}", f"must be at least 1, got {getattr(args, name)}.")
+    from ..tracking import check_report_to
+
+    check_report_to(args.report_to, installed=False)  # a tracker not installed: pipeline.prepare
 
 
 def _resume_setting(training_raw: dict[str, Any]) -> str | None:

@@ -147,8 +147,42 @@ class DataConfig:
     max_seq_length: int = field_help(
         "Truncate inputs to this many tokens (capped at the tokenizer's own limit); batches are padded "
         "as `padding` says. Token classification cuts longer sentences with a warning that counts them (`predict` "
-        "reads them in windows); question answering reads long contexts in overlapping windows.",
+        "reads them in windows); question answering reads long contexts in overlapping windows; text "
+        "classification cuts longer documents with a warning that counts them, or reads them in windows "
+        "(`long_text: windows`).",
         128,
+    )
+    long_text: Literal["truncate", "windows"] = field_help(
+        "Text classification: what happens to a document longer than `max_seq_length` tokens. `truncate`: "
+        "the model reads its first `max_seq_length` tokens only (a warning counts such examples per split). "
+        "`windows`: evaluation, the test split, `eval` and `predict` read the whole document in overlapping "
+        "windows of `max_seq_length` tokens (consecutive windows share `window_stride` tokens) and combine "
+        "the windows' logits into the document's as `window_aggregate` says, so every metric counts "
+        "documents, not windows; training reads windows too with `windows_in_training`. Needs a fast "
+        "tokenizer; single texts only (a `task.text_pair_column` is refused). Other tasks have their own "
+        "handling (question answering: `task.doc_stride`) and refuse `windows`.",
+        "truncate",
+    )
+    window_stride: int | None = field_help(
+        "`long_text: windows`: tokens shared by consecutive windows of a document, so a sentence cut by "
+        "one window's end is read whole by the next. At least 0 and less than a window's text tokens "
+        "(`max_seq_length` minus the tokenizer's special tokens, checked by `validate`). Default: a "
+        "quarter of `max_seq_length`.",
+        None,
+    )
+    window_aggregate: Literal["mean", "max"] = field_help(
+        "`long_text: windows`: how a document's windows' logits become the document's logits. `mean`: "
+        "the mean of each class's logit over the windows (every window has a say). `max`: each class's "
+        "largest logit over the windows (one window that is sure of a class decides; suits a label that one "
+        "passage of a document settles). The prediction, its score and the metrics come from these "
+        "document logits (softmax, sigmoid for multi-label; regression: the mean or largest value).",
+        "mean",
+    )
+    windows_in_training: bool = field_help(
+        "`long_text: windows`: also train on windows: every window of a training document is a training "
+        "example with the document's label (more training rows, longer epochs). Off: training reads each "
+        "document's first `max_seq_length` tokens.",
+        False,
     )
     padding: Literal["longest", "max_length"] = field_help(
         "`longest`: pad each batch to its longest example (fast; under bf16/fp16 to a multiple of 8); "
@@ -186,6 +220,7 @@ class DataConfig:
                 raise RecipeError(f"data.{name}", f"must be a positive integer, got {value}.")
         if isinstance(self.eval_split, list) and not self.eval_split:
             raise RecipeError("data.eval_split", "is an empty list; name a split or set it to null.")
+        self._check_windows()
         if self.validation_size is not None:
             self._check_validation_size()
         if self.test_split is not None and self.test_split in (self.train_split, *self.eval_splits):
@@ -222,6 +257,20 @@ class DataConfig:
             from ..textfile import check_encoding
 
             check_encoding(self.encoding, "data.encoding")
+
+    def _check_windows(self) -> None:
+        if self.window_stride is not None and not 0 <= self.window_stride < self.max_seq_length:
+            raise RecipeError(
+                "data.window_stride",
+                f"is {self.window_stride}; the tokens shared by consecutive windows must be at least 0 and less "
+                f"than a window (data.max_seq_length={self.max_seq_length}), e.g. {self.max_seq_length // 4}.",
+            )
+        if self.windows_in_training and self.long_text != "windows":
+            raise RecipeError(
+                "data.windows_in_training",
+                "trains on the windows of long documents, but `data.long_text` is `truncate`; set "
+                "`data.long_text: windows` too, or drop `data.windows_in_training`.",
+            )
 
     def _check_validation_size(self) -> None:
         size, field_name = self.validation_size, "data.validation_size"

@@ -52,6 +52,14 @@ class Task:
     """PEFT methods peft wraps for this task but cannot train correctly: method -> why, and what to use
     instead. A recipe that asks for one fails before any weights load."""
 
+    reads_windows: ClassVar[bool] = False
+    """Whether the task reads documents longer than ``data.max_seq_length`` in windows under
+    ``data.long_text: windows`` (text classification); the others refuse that setting."""
+
+    long_text_note: ClassVar[str] = ""
+    """How the task treats inputs longer than ``data.max_seq_length`` instead, for the error that refuses
+    ``data.long_text: windows``."""
+
     headline_candidates: ClassVar[tuple[str, ...]] = ("accuracy",)
     """The metrics :meth:`headline_metric` picks from by default, preferred first."""
 
@@ -72,6 +80,13 @@ class Task:
         return getattr(transformers, self.auto_class)
 
     def __init__(self, recipe: Recipe):
+        if recipe.data.long_text == "windows" and not self.reads_windows:
+            note = f"; {self.long_text_note}" if self.long_text_note else ""
+            raise RecipeError(
+                "data.long_text",
+                f"`windows` reads long documents in windows for text classification only, not for the "
+                f"{self.name} task{note}. Drop `data.long_text` (or set it to `truncate`).",
+            )
         self.recipe = recipe
         self.cfg = recipe.task
         self.source: DataSource | None = None
@@ -251,6 +266,12 @@ class Task:
         that :meth:`prepare` set up, e.g. class weights or focal loss; None (the default): the model's own."""
         return None
 
+    def calibration_logits(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(logits, label ids) of the latest `compute_metrics` call that a temperature is fitted on (or
+        checked against) after training (`hf_finetune.metrics.calibration`); None (the default): the task's
+        scores are not calibrated."""
+        return None
+
     def preprocess_logits_for_metrics(self) -> Callable[[Any, Any], Any] | None:
         """Reduce each evaluation batch's logits before the Trainer gathers them (None: keep all)."""
         return None
@@ -328,7 +349,7 @@ def pad_multiple(args) -> int | None:
 
 
 #: metric names (their last word) where a lower value is better
-LOWER_IS_BETTER = ("loss", "mse", "mae", "rmse", "error", "perplexity")
+LOWER_IS_BETTER = ("loss", "mse", "mae", "rmse", "error", "perplexity", "ece")
 
 
 def lower_is_better(metric: str) -> bool:

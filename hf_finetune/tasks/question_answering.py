@@ -147,6 +147,7 @@ class QuestionAnsweringTask(Task):
         "p_tuning": _SHIFTED_POSITIONS,
     }
     headline_candidates = ("f1", "exact_match", "accuracy")
+    long_text_note = "it reads long contexts in overlapping windows of its own (`task.doc_stride`)"
 
     def __init__(self, recipe):
         super().__init__(recipe)

@@ -18,8 +18,10 @@ from ..errors import DataError, RecipeError
 from ..labels import MULTI, PROBLEM_TYPES, REGRESSION, SINGLE, LabelSchema, build_schema, infer_problem_type
 from ..losses import ImbalanceLoss, build_loss, check_loss_fields
 from ..metrics import glue_task
+from . import windows
 from .base import Task, capped_max_length, first_metric, softmax
 from .registry import register_task
+from .windows import Windows
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +101,16 @@ class TextClassificationConfig(TaskConfig):
         "examples more. At least 0.",
         2.0,
     )
+    calibration: Literal["temperature", "none"] = field_help(
+        "Single-label classification: `temperature` fits one temperature T at the end of training on the "
+        "(first) evaluation split's logits (minimising the NLL of softmax(logits / T)) and stores it with the "
+        "model (`calibration.json`, `reliability_diagram.png`); `predict` then divides the logits by T, which "
+        "leaves the labels as they are and makes the scores better probabilities (`predict --uncalibrated`: "
+        "the raw ones). The expected calibration error before and after is in the metrics (`eval_ece`, "
+        "`eval_ece_calibrated`, in-sample; `test_ece*` on a test split, held out). `none`: no temperature. "
+        "Multi-label and regression runs skip it.",
+        "temperature",
+    )
 
     def __post_init__(self) -> None:
         from ..metrics import available_metrics
@@ -158,6 +170,7 @@ class TextClassificationTask(Task):
     usage_example = 'model("a gripping, beautifully acted film")'
     peft_task_type = "SEQ_CLS"
     headline_candidates = ("accuracy", "pearson", "matthews_correlation", "f1")
+    reads_windows = True
 
     @classmethod
     def headline_metric(cls, recipe, results) -> str:
@@ -172,6 +185,19 @@ class TextClassificationTask(Task):
         super().__init__(recipe)
         self.labels: LabelSchema | None = None
         self.imbalance: ImbalanceLoss | None = None  # class weights / focal loss, settled by prepare()
+        #: `data.long_text: windows`: the document of each window row of each evaluated split (preprocess())
+        self.windows = Windows(recipe.data.window_aggregate)
+        if recipe.data.long_text == "windows" and self.cfg.text_pair_column:
+            raise RecipeError(
+                "data.long_text",
+                f"`windows` reads single texts in windows, but this recipe classifies pairs "
+                f"(task.text_pair_column: {self.cfg.text_pair_column}), which are read whole or cut. Drop "
+                "`data.long_text` (or set it to `truncate`), or raise `data.max_seq_length`.",
+            )
+        #: (logits, label ids) of the latest `compute_metrics` call, one row per example
+        self.last_eval: tuple[np.ndarray, np.ndarray] | None = None
+        #: the temperature `_decode` divides single-label logits by (calibration.json), or None: raw scores
+        self.temperature: float | None = None
 
     # ---------------------------------------------------------------- data checks
     def text_fields(self) -> dict[str, str | None]:
@@ -266,6 +292,9 @@ class TextClassificationTask(Task):
             "problem_type": self.labels.problem_type,
             "metrics": self.metric_names(),
         }
+        data = self.recipe.data
+        if data.long_text == "windows":
+            out["long_text"] = windows.describe(data)
         if self.imbalance is not None:
             out["loss"] = self.imbalance.description
             if self.imbalance.weights is not None:
@@ -304,22 +333,67 @@ class TextClassificationTask(Task):
         names = [model_config.id2label[i] for i in range(model_config.num_labels)]
         self.labels = LabelSchema(problem_type, names)
 
-    def preprocess(self, raw, tokenizer):
-        cfg = self.cfg
-        max_length = capped_max_length(tokenizer, self.recipe.data.max_seq_length)
-        schema = self.labels
+    def check_tokenizer(self, tokenizer) -> None:
+        if self.recipe.data.long_text == "windows":
+            self.window_stride(tokenizer)
 
-        def encode(batch, with_labels: bool):
-            pairs = batch[cfg.text_pair_column] if cfg.text_pair_column else None
-            enc = tokenizer(batch[cfg.text_column], pairs, truncation=True, max_length=max_length)
+    def window_stride(self, tokenizer) -> int:
+        """The tokens consecutive windows share under `data.long_text: windows`; a RecipeError when
+        ``tokenizer`` cannot cut windows with it."""
+        self.require_fast_tokenizer(tokenizer, "`data.long_text: windows` cuts documents into windows")
+        return windows.stride(
+            self.recipe.data, tokenizer, capped_max_length(tokenizer, self.recipe.data.max_seq_length)
+        )
+
+    def preprocess(self, raw, tokenizer):
+        cfg, data = self.cfg, self.recipe.data
+        max_length = capped_max_length(tokenizer, data.max_seq_length)
+        schema = self.labels
+        long_windows = data.long_text == "windows"
+        stride = self.window_stride(tokenizer) if long_windows else 0
+
+        def encode(batch, indices, with_labels: bool, windowed: bool):
+            texts = batch[cfg.text_column]
+            if windowed:  # every window of a document is a row: the DOCUMENT column says whose
+                enc = windows.encode(tokenizer, texts, max_length, stride)
+                owners = enc.pop("overflow_to_sample_mapping")
+                enc[windows.DOCUMENT] = [indices[o] for o in owners]
+            else:
+                pairs = batch[cfg.text_pair_column] if cfg.text_pair_column else None
+                enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+                owners = range(len(texts))
+                enc[windows.CUT] = windows.cut_flags(enc, tokenizer, texts, pairs, max_length)
             if with_labels:
-                enc["labels"] = [schema.encode(v) for v in batch[cfg.label_column]]
+                labels = [schema.encode(v) for v in batch[cfg.label_column]]
+                enc["labels"] = [labels[o] for o in owners]
             return enc
 
+        self.windows = Windows(data.window_aggregate)
         out = {}
         for split, ds in raw.items():
             with_labels = self.is_labelled(split, ds) and cfg.label_column in ds.column_names
-            out[split] = self.tokenise(ds, split, encode, tokenizer, fn_kwargs={"with_labels": with_labels})
+            evaluated = split != data.train_split or split in data.eval_splits
+            windowed = long_windows and (evaluated or data.windows_in_training)
+            encoded = self.tokenise(
+                ds,
+                split,
+                encode,
+                tokenizer,
+                with_indices=True,
+                fn_kwargs={"with_labels": with_labels, "windowed": windowed},
+            )
+            if windowed:
+                if evaluated:
+                    labels = encoded["labels"] if with_labels else None
+                    self.windows.add(split, encoded[windows.DOCUMENT], labels, len(ds))
+                encoded = encoded.remove_columns(windows.DOCUMENT)
+            else:
+                cut = sum(encoded[windows.CUT])
+                windows.warn_truncated(
+                    split, cut, len(ds), max_length, data.long_text, bool(cfg.text_pair_column)
+                )
+                encoded = encoded.remove_columns(windows.CUT)
+            out[split] = encoded
         return out
 
     def metric_names(self) -> list[str]:
@@ -351,6 +425,8 @@ class TextClassificationTask(Task):
                 else eval_pred.predictions
             )
             refs = eval_pred.label_ids
+            logits, refs = task.documents(logits, refs)  # `data.long_text: windows`: one row per document
+            task.last_eval = (logits, refs)  # what the latest evaluation saw (temperature scaling reads it)
             if schema.problem_type == REGRESSION:
                 preds = np.squeeze(logits, axis=-1)
             elif schema.problem_type == MULTI:
@@ -370,6 +446,27 @@ class TextClassificationTask(Task):
             return result
 
         return compute
+
+    def calibration_logits(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(logits, label ids) of the latest evaluation to fit or check a temperature on; None when the
+        recipe says `task.calibration: none` or the run is not single-label classification (logged)."""
+        if self.cfg.calibration == "none" or self.last_eval is None:
+            return None
+        if self.labels.problem_type != SINGLE:
+            logger.info(
+                "task.calibration: temperature scaling is for single-label classification; this run is %s, "
+                "so its scores are left uncalibrated (no calibration.json)",
+                self.labels.problem_type.replace("_", " "),
+            )
+            return None
+        return self.last_eval
+
+    def documents(self, logits: np.ndarray, refs: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """An evaluation's window rows as document rows under `data.long_text: windows` (`Windows.documents`;
+        the test split is named by `scored_split`); unchanged otherwise."""
+        if not self.windows:
+            return logits, refs
+        return self.windows.documents(logits, refs, self.scored_split)
 
     # ---------------------------------------------------------------- prediction
     def input_fields(self) -> list[str]:
@@ -418,31 +515,55 @@ class TextClassificationTask(Task):
 
         cfg = self.cfg
         texts, pairs = self.read_inputs(records, where)
-        max_length = capped_max_length(tokenizer, self.recipe.data.max_seq_length)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]) + len(pairs[i] or ""))
-        device = next(model.parameters()).device
         outputs: list[dict[str, Any] | None] = [None] * len(texts)
         model.eval()
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
-                enc = tokenizer(
+                logits = self.logits(
+                    model,
+                    tokenizer,
                     [texts[i] for i in idx],
                     [pairs[i] for i in idx] if cfg.text_pair_column else None,
-                    truncation=True,
-                    max_length=max_length,
-                    padding=True,
-                    return_tensors="pt",
+                    batch_size,
                 )
-                logits = model(**{k: v.to(device) for k, v in enc.items()}).logits.float().cpu().numpy()
                 for row, i in enumerate(idx):
                     outputs[i] = {**records[i], **self._decode(logits[row], top_k, all_scores)}
         return outputs
+
+    def logits(
+        self, model, tokenizer, texts: list[str], pairs: list[str] | None, batch_size: int
+    ) -> np.ndarray:
+        """The model's logits, one row per text: of its first `data.max_seq_length` tokens, or under
+        `data.long_text: windows` of its windows aggregated (`data.window_aggregate`), ``batch_size`` windows
+        per forward pass."""
+        data = self.recipe.data
+        max_length = capped_max_length(tokenizer, data.max_seq_length)
+        device = next(model.parameters()).device
+
+        def forward(enc) -> np.ndarray:
+            return model(**{k: v.to(device) for k, v in enc.items()}).logits.float().cpu().numpy()
+
+        if data.long_text != "windows":
+            kwargs = {"truncation": True, "max_length": max_length, "padding": True, "return_tensors": "pt"}
+            return forward(tokenizer(texts, pairs, **kwargs))
+        return windows.windowed_logits(
+            forward,
+            tokenizer,
+            texts,
+            max_length,
+            self.window_stride(tokenizer),
+            batch_size,
+            data.window_aggregate,
+        )
 
     def _decode(
         self, logits: np.ndarray, top_k: int | None = None, all_scores: bool = False
     ) -> dict[str, Any]:
         schema = self.labels
+        if self.temperature is not None and schema.problem_type == SINGLE:
+            logits = logits / self.temperature  # calibrated scores; the argmax, so the label, is unchanged
         if schema.problem_type == REGRESSION:
             value = float(logits[0])
             return {"label": value, "score": value}

@@ -126,6 +126,10 @@ class TokenClassificationTask(Task):
         "p_tuning": _UNALIGNED_LABELS,
     }
     headline_candidates = ("f1", "exact_match", "accuracy")
+    long_text_note = (
+        "it cuts longer sentences in training and evaluation (a warning counts them) and `predict` reads "
+        "them in windows"
+    )
 
     def __init__(self, recipe):
         super().__init__(recipe)

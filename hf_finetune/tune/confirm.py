@@ -14,7 +14,7 @@ from ..launch import progress_bar, run_training, sigterm_as_exit
 from ..outputs import RESULTS_FILE, append_jsonl, drop_weights, read_jsonl, run_results
 from ..tasks.base import score_key
 from .report import changed_values, confirmation
-from .setup import CONFIRM, CONFIRM_DIR, Tune, run_overrides, train_overrides
+from .setup import CONFIRM, CONFIRM_DIR, Tune, run_overrides, tracked, train_overrides
 
 #: what trains one confirmation run: `confirm_run` or a stand-in with its signature
 ConfirmRun = Callable[[Tune, dict[str, Any], Path, int], dict[str, Any]]
@@ -23,7 +23,9 @@ ConfirmRun = Callable[[Tune, dict[str, Any], Path, int], dict[str, Any]]
 def confirm_run(tune: Tune, values: dict[str, Any], run_dir: Path, seed: int) -> dict[str, Any]:
     """Train the recipe with ``values`` and ``seed`` into ``run_dir`` in a child process; its record."""
     recipe = tune.trial_recipe(values, run_overrides(tune.base, run_dir, seed=seed))
-    launched = run_training(tune.recipe_path, train_overrides(tune, values, run_dir, seed), run_dir)
+    track_overrides, env = tracked(tune, run_dir, seed, values)
+    overrides = [*train_overrides(tune, values, run_dir, seed), *track_overrides]
+    launched = run_training(tune.recipe_path, overrides, run_dir, env=env)
     drop_weights(run_dir, tune.keep_models)
     results = run_results(run_dir) if launched.code == 0 else None
     if results is None:

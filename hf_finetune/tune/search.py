@@ -25,7 +25,7 @@ from ..outputs import RESULTS_FILE, drop_weights, run_results
 from ..tasks.base import score_key
 from .confirm import confirm
 from .report import best_row, trial_rows, write_outputs
-from .setup import Tune, run_overrides, train_overrides, trial_dir
+from .setup import Tune, run_overrides, tracked, train_overrides, trial_dir
 from .space import show
 from .study import (
     COUNTED,
@@ -154,11 +154,13 @@ def run_trial(tune: Tune, study, trial, values: dict[str, Any], deadline: float 
         timeout = None if deadline is None else max(deadline - time.time(), 1.0)
         # only the first seed's run reports to the pruner
         report_to = ReportTo(storage_url(tune), trial.number, tune.metric) if index == 0 else None
+        track_overrides, env = tracked(tune, seed_dir, seed, values)
         launched = run_training(
             tune.recipe_path,
-            train_overrides(tune, values, seed_dir, seed),
+            [*train_overrides(tune, values, seed_dir, seed), *track_overrides],
             seed_dir,
             timeout=timeout,
+            env=env,
             report_to=report_to,
         )
         code = launched.code

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import tracking
 from ..config import Recipe, plain
 from ..config.defaults import table_key
 from ..config.load import load_recipe
@@ -103,6 +104,8 @@ class Tune:
     base: Recipe | None = None
     layers: int = 0
     storage: Any = None
+    #: experiment trackers every trial (and confirmation run) reports to (--report-to), in one store here
+    report_to: list[str] = field(default_factory=list)
 
     def base_value(self, name: str) -> Any:
         return recipe_value(self.base, name)
@@ -150,6 +153,7 @@ def prepare_tune(
     confirm_seeds: Sequence[int] = (),
     keep_models: bool = False,
     trial_seeds: Sequence[int] = (),
+    report_to: Sequence[str] = (),
 ) -> Tune:
     """Check everything before the first trial: the options, the space against the recipe (every field, each
     end of every range, every choice, and the strategy each implies on a weightless model), the data."""
@@ -167,6 +171,7 @@ def prepare_tune(
         raise FinetuneError(f"--confirm-seeds: repeats a seed: {list(confirm_seeds)}.")
     if len(set(trial_seeds)) != len(list(trial_seeds)):
         raise FinetuneError(f"--trial-seeds: repeats a seed: {list(trial_seeds)}.")
+    trackers = tracking.check_report_to(list(report_to), "--report-to")
     space = load_space(space_path)
     base = load_recipe(recipe_path, list(overrides))
     selected_on = list(trial_seeds) or [base.training.seed]
@@ -196,6 +201,7 @@ def prepare_tune(
         keep_models=keep_models,
         trial_seeds=list(trial_seeds),
         base=base,
+        report_to=trackers,
     )
     prepared = prepare(base, stage="validate")  # data, labels, tokenizer, config, the recipe's own strategy
     tune.layers = prepared.plan.num_layers
@@ -245,3 +251,25 @@ def train_overrides(tune: Tune, values: dict[str, Any], run_dir: Path, seed: int
     """The overrides of one training of the search's recipe with ``values``, into ``run_dir`` (with ``seed``,
     else the recipe's own): the user's overrides, the values, then `run_overrides`."""
     return [*tune.overrides, *value_overrides(values), *run_overrides(tune.base, run_dir, seed=seed)]
+
+
+def tracked(
+    tune: Tune, run_dir: Path, seed: int | None, values: dict[str, Any], env: dict[str, str] | None = None
+) -> tuple[list[str], dict[str, str] | None]:
+    """The overrides and the environment that send the run in ``run_dir`` to the search's trackers (--report-to):
+    one store in <tune dir>/tracking, the search (the tune dir's name) as the project, a run per trial named
+    trial-NNN (trial-NNN/seedS with --trial-seeds; confirm/ARM/seedS for confirmation runs), tagged with the
+    trial, its seed and its values. ([], ``env``) without trackers."""
+    if not tune.report_to:
+        return [], env
+    name = Path(run_dir).relative_to(tune.output_dir).as_posix().removeprefix(f"{TRIALS_DIR}/")
+    tags = {"tune": tune.output_dir.name, "seed": tune.base.training.seed if seed is None else seed}
+    trial = name.split("/")[0]
+    if trial.startswith("trial-"):
+        tags["trial"] = int(trial.removeprefix("trial-"))
+        tags["group"] = trial  # trackio groups a trial's seeds
+    tags.update({key: json.dumps(value) for key, value in values.items()})
+    overrides = tracking.run_overrides(tune.report_to, tune.output_dir.name, name)
+    return overrides, tracking.child_env(
+        tune.report_to, tune.output_dir / tracking.STORE_DIR, name, tags, env
+    )
