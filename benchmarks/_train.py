@@ -6,6 +6,7 @@ Run from the scripts in this folder (`python benchmarks/X.py` puts this folder o
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -86,6 +87,16 @@ def train(
     result["output_dir"] = str(out)
     MACHINES.append(result["machine"])
     return result
+
+
+def keep(output_dir: str | Path, target: str | Path, ignore: tuple[str, ...] = ("checkpoint-*",)) -> Path:
+    """Copy a run's ``output_dir`` (out of the script's temporary folder) to ``target``, replacing what was
+    there, without the files matching ``ignore`` (checkpoints by default)."""
+    target = Path(target)
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(output_dir, target, ignore=shutil.ignore_patterns(*ignore))
+    return target
 
 
 #: the machine of every run this process started (write_report records them)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -53,10 +52,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         runs_dir = Path(tmp)
         result = _train.train("calibration", RECIPE, overrides, runs_dir, None)
-        keep = Path(args.keep)
-        if keep.exists():
-            shutil.rmtree(keep)
-        shutil.copytree(result["output_dir"], keep, ignore=shutil.ignore_patterns("checkpoint-*"))
+        keep = _train.keep(result["output_dir"], args.keep)
     figures = {key: result.get(key) for key in KEYS}
     print(
         ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items())

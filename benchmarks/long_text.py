@@ -23,7 +23,6 @@ import argparse
 import json
 import random
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -148,10 +147,7 @@ def main() -> int:
                 scratch,
                 None,
             )
-            if keep.exists():
-                shutil.rmtree(keep)
-            shutil.copytree(adapted["output_dir"], keep, ignore=shutil.ignore_patterns("checkpoint-*"))
-            models["sst2+long"] = keep
+            models["sst2+long"] = _train.keep(adapted["output_dir"], keep)
             print(f"adapted on {args.adapt} long documents: {adapted['train_samples']} windows", flush=True)
         arms = {}
         for label, path in models.items():

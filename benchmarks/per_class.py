@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -91,10 +90,7 @@ def main() -> int:
         runs_dir.mkdir()
         result = _train.train("per-class", recipe, [], runs_dir, None, evaluate=True)
         out = Path(result["output_dir"])
-        keep = Path(args.keep)
-        if keep.exists():
-            shutil.rmtree(keep)
-        shutil.copytree(out, keep, ignore=shutil.ignore_patterns("checkpoint-*", "*.safetensors"))
+        keep = _train.keep(out, args.keep, ("checkpoint-*", "*.safetensors"))
     per_label = {
         key: value
         for key, value in result.items()

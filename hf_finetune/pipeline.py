@@ -450,7 +450,7 @@ def _run_test_split(trainer, prepared: Prepared, tokenised, output_dir: Path) ->
             task.scored_split = None
         if trainer.is_world_process_zero():
             write_class_report(task, output_dir, split, per_split=True)
-        held = task.calibration_logits() if getattr(task, "temperature", None) is not None else None
+        held = task.calibration_logits() if task.temperature is not None else None
         if held is not None:  # the eval split's temperature on held-out data: the honest ECE
             from .metrics.calibration import held_out
 

@@ -96,6 +96,9 @@ class Task:
         #: the per-class report (`hf_finetune.metrics.report.ClassReport`) of the latest `compute_metrics`
         #: call, for tasks that make one (classification); the pipeline writes it after the final evaluation
         self.class_report: Any = None
+        #: the temperature scores are divided by (calibration.json; `calibration_logits` says which tasks fit
+        #: one), or None: raw scores
+        self.temperature: float | None = None
 
     # ---------------------------------------------------------------- data, before any model
     def splits_for(self, stage: str) -> list[str]:

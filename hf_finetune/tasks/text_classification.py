@@ -196,8 +196,6 @@ class TextClassificationTask(Task):
             )
         #: (logits, label ids) of the latest `compute_metrics` call, one row per example
         self.last_eval: tuple[np.ndarray, np.ndarray] | None = None
-        #: the temperature `_decode` divides single-label logits by (calibration.json), or None: raw scores
-        self.temperature: float | None = None
 
     # ---------------------------------------------------------------- data checks
     def text_fields(self) -> dict[str, str | None]:
