@@ -216,6 +216,8 @@ def build_card(output_dir: str | Path, repo_id: str | None = None, merged_from_a
         tags.append("llrd")
     if strategy.get("gradual_unfreezing"):
         tags.append("gradual-unfreezing")
+    if strategy.get("distill"):
+        tags.append("distillation")
 
     scores = _by_split(metrics, eval_splits) + [(test_split, m, v) for m, v in test_metrics.items()]
     eval_results = [
@@ -314,6 +316,9 @@ def write_card(output_dir: str | Path, repo_id: str | None = None, merged_from_a
 
 def _strategy_text(plan: dict[str, Any], peft: dict[str, Any], training: dict[str, Any]) -> str:
     parts = [f"**{plan.get('strategy', 'full fine-tuning')}**."]
+    distilled = plan.get("distillation")
+    if distilled:
+        parts.append(distillation_text(distilled))
     method = peft.get("method")
     if method:
         fields = {
@@ -363,6 +368,23 @@ def _strategy_text(plan: dict[str, Any], peft: dict[str, Any], training: dict[st
             + _markdown_table(header, rows)
         )
     return "\n\n".join(parts)
+
+
+def distillation_text(record: dict[str, Any]) -> str:
+    """The card's line on `strategy.distill`: the teacher, its score, alpha, T and the student's depth."""
+    scores = record.get("teacher_metrics") or {}
+    scores = {k: v for k, v in scores.items() if k not in ("eval_loss", "eval_ece")} or scores
+    shown = ", ".join(f"{k.removeprefix('eval_')} {v:.4f}" for k, v in list(scores.items())[:3])
+    layers = record.get("student_num_layers")
+    return (
+        f"Distilled from the teacher run `{record.get('teacher')}`"
+        + (f" ({record['teacher_peft']})" if record.get("teacher_peft") else "")
+        + (f", which scored {shown} on its evaluation split" if shown else "")
+        + f": the loss is {record.get('alpha')} x T\u00b2 x KL(teacher || student) at temperature "
+        + f"T={record.get('temperature')}, plus {round(1 - float(record.get('alpha', 0)), 6)} x the loss on the labels"
+        + (f"; the student keeps the bottom {layers} layers of its checkpoint" if layers else "")
+        + "."
+    )
 
 
 def _hyperparameters(training: dict[str, Any], results: dict[str, Any]) -> str:

@@ -191,9 +191,43 @@ def _predict_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _export_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("output_dir", help="a trained output directory holding a LoRA or IA3 adapter")
-    p.add_argument("--merge", action="store_true", required=True, help="merge the adapter into the base")
-    p.add_argument("--output", required=True, help="new directory for the merged model")
+    p.add_argument("output_dir", help="a trained output directory (a full model, or a LoRA or IA3 adapter)")
+    p.add_argument(
+        "--format",
+        metavar="{merged,onnx}",
+        help="onnx: one ONNX file with the tokenizer, label maps and recipe, checked against the PyTorch model "
+        "on the eval split (export.json); merged: a LoRA/IA3 adapter folded into a standalone model",
+    )
+    p.add_argument("--merge", action="store_true", help="the same as --format merged")
+    p.add_argument("--output", required=True, help="new directory for the export")
+    p.add_argument("--quantize", metavar="METHOD", help="--format onnx: int8 (dynamic int8 weights)")
+    p.add_argument(
+        "--parity-examples",
+        type=int,
+        metavar="N",
+        help="--format onnx: check parity on the first N examples of the eval split (default: all; 0: no check)",
+    )
+    p.add_argument(
+        "--max-logit-diff",
+        type=float,
+        metavar="X",
+        default=1e-3,
+        help="fp32 ONNX: the largest |logit difference| to the PyTorch model that passes (default 1e-3)",
+    )
+    p.add_argument(
+        "--min-identical",
+        type=float,
+        metavar="SHARE",
+        default=0.999,
+        help="fp32 ONNX: the smallest share of predictions identical to the PyTorch model's that passes "
+        "(default 0.999)",
+    )
+    p.add_argument(
+        "--max-metric-drop",
+        type=float,
+        metavar="D",
+        help="ONNX, fp32 or int8: fail when the task metric drops by more than this (default: not checked)",
+    )
 
 
 def _push_arguments(p: argparse.ArgumentParser) -> None:
@@ -385,10 +419,53 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from .inference import export_merged
+    formats = ("merged", "onnx")
+    if args.format is not None and args.format not in formats:
+        raise FinetuneError(
+            f"--format: unknown format {args.format!r}; expected one of: {', '.join(formats)}."
+        )
+    if args.merge and args.format not in (None, "merged"):
+        raise FinetuneError(f"--merge and --format {args.format}: --merge means --format merged; give one.")
+    chosen = "merged" if args.merge else args.format
+    if chosen is None:
+        raise FinetuneError(
+            "export: give --format onnx (an ONNX model, --quantize int8 for int8 weights) or --format merged "
+            "(a LoRA/IA3 run as a standalone PyTorch model; also --merge)."
+        )
+    if chosen == "merged":
+        used = [
+            flag
+            for flag, value in (
+                ("--quantize", args.quantize),
+                ("--parity-examples", args.parity_examples),
+                ("--max-metric-drop", args.max_metric_drop),
+            )
+            if value is not None
+        ]
+        if used:
+            raise FinetuneError(f"{used[0]}: applies to --format onnx, not to a merged export; drop it.")
+        from .export.merge import export_merged
 
-    target = export_merged(args.output_dir, args.output)
-    print(f"wrote the merged model to {target}")
+        target = export_merged(args.output_dir, args.output)
+        print(f"wrote the merged model to {target}")
+        return 0
+    from .export.onnx import export_onnx
+    from .export.parity import Tolerance, summary
+
+    info = export_onnx(
+        args.output_dir,
+        args.output,
+        quantization=args.quantize,
+        parity_examples=args.parity_examples,
+        tolerance=Tolerance(args.max_logit_diff, args.min_identical, args.max_metric_drop),
+    )
+    check = info["parity"]
+    print(summary(check) if "skipped" not in check else f"parity: skipped ({check['skipped']})")
+    sizes = info["sizes"]
+    print(
+        f"wrote the {info['precision']} ONNX model to {args.output} ({sizes['onnx_bytes'] / 1e6:.1f} MB, "
+        f"{sizes['onnx_to_pytorch']:.0%} of the PyTorch fp32 weights)"
+    )
     return 0
 
 
@@ -525,7 +602,7 @@ COMMANDS: tuple[Command, ...] = (
             _eval_arguments, _run_eval),
     Command("predict", "label JSON Lines with a trained output directory",
             _predict_arguments, _run_predict),
-    Command("export", "write a LoRA/IA3 run as a standalone merged model",
+    Command("export", "write a run as ONNX (fp32 or int8, parity-checked) or a LoRA/IA3 run merged",
             _export_arguments, _run_export),
     Command("push", "upload a trained output directory, with its model card, to the Hub",
             _push_arguments, _run_push),

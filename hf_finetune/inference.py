@@ -1,5 +1,5 @@
-"""Using a finished output directory: evaluate it on a split, predict with it on a JSON Lines file, and fold
-a peft adapter into a standalone model (`hf-finetune eval`, `predict`, `export --merge`).
+"""Using a finished output directory: evaluate it on a split, predict with it on a JSON Lines file
+(`hf-finetune eval`, `predict`); `hf_finetune.export` writes it out as other formats.
 
 The saved model and label maps replace the base checkpoint; the rest of the run's recipe (data, columns,
 metric) is read back from its ``recipe.yaml``.
@@ -15,16 +15,14 @@ from typing import Any
 from .config import Recipe
 from .config.load import load_recipe
 from .errors import DataError, FinetuneError, RecipeError
+from .export.runtime import OrtModel, is_onnx_dir
 from .hub import ensure_hub_mode
 from .metrics.calibration import held_out, read_temperature
 from .outputs import (
     ADAPTER_CONFIG,
-    CALIBRATION_FILE,
     EVAL_SPLIT_FILE,
-    PARTIAL_SUFFIX,
     PREDICTIONS_FILE,
     RECIPE_FILE,
-    RELIABILITY_FILE,
     atomic_write_text,
     check_output_dir,
     is_adapter_dir,
@@ -60,9 +58,14 @@ def restore_task(output_dir: Path, recipe: Recipe):
 
 
 def restore_model(output_dir: Path, recipe: Recipe, task):
-    """The trained model: a full checkpoint, or the base model + the peft adapter (with its head)."""
+    """The trained model: a full checkpoint, the base model + the peft adapter (with its head), or an ONNX
+    export run by onnxruntime (`hf_finetune.export.runtime.OrtModel`, on the CPU)."""
     import torch
 
+    if is_onnx_dir(output_dir):
+        from transformers import AutoConfig
+
+        return OrtModel.from_dir(output_dir, AutoConfig.from_pretrained(output_dir))
     if is_adapter_dir(output_dir):
         from peft import PeftModel
         from transformers import AutoConfig
@@ -122,15 +125,16 @@ def evaluate_output(
     data = task.preprocess(raw, tokenizer)[split]
     model = restore_model(output_dir, recipe, task)
     batch_size = batch_size or recipe.training.per_device_eval_batch_size
+    onnx = isinstance(model, OrtModel)  # onnxruntime on the CPU: no autocast, no device to move to
     with tempfile.TemporaryDirectory() as scratch:
         args = TrainingArguments(
             output_dir=scratch,
             per_device_eval_batch_size=batch_size,
             report_to="none",
-            use_cpu=recipe.training.use_cpu,
-            bf16=recipe.training.bf16,  # the same autocast as the evaluation during training
-            fp16=recipe.training.fp16,
-            bf16_full_eval=recipe.training.bf16_full_eval,
+            use_cpu=recipe.training.use_cpu or onnx,
+            bf16=recipe.training.bf16 and not onnx,  # the same autocast as the evaluation during training
+            fp16=recipe.training.fp16 and not onnx,
+            bf16_full_eval=recipe.training.bf16_full_eval and not onnx,
         )
         trainer = FinetuneTrainer(
             model=model,
@@ -305,48 +309,6 @@ def delimited_text(rows: list[dict[str, Any]], delimiter: str) -> str:
             ]
         )
     return out.getvalue()
-
-
-def export_merged(output_dir: str | Path, target: str | Path) -> Path:
-    """`hf-finetune export --merge`: fold a LoRA/IA3 adapter (and its head) into a standalone model directory.
-
-    The result loads with plain ``AutoModelFor...from_pretrained`` and works with `eval` and `predict`. It is
-    written next to the target and renamed into place, so a failure leaves nothing half-written.
-    """
-    import os
-    import shutil
-
-    output_dir, target = Path(output_dir), Path(target)
-    recipe = load_output_recipe(output_dir)
-    if not is_adapter_dir(output_dir):
-        raise FinetuneError(
-            f"{output_dir}: holds a full model, not a peft adapter ({ADAPTER_CONFIG} missing); it is standalone already."
-        )
-    if target.exists() and any(target.iterdir()):
-        raise FinetuneError(f"--output {target}: exists and is not empty; give a new directory.")
-    saved = load_recipe(output_dir / RECIPE_FILE, defaults=False)
-    if saved.peft.method not in ("lora", "ia3"):
-        raise FinetuneError(
-            f"{output_dir}: a {saved.peft.method} adapter adds virtual tokens at run time and cannot be merged "
-            "into the weights; use the adapter directory with `eval` and `predict`."
-        )
-    task, tokenizer = restore_task(output_dir, recipe)
-    model = restore_model(output_dir, recipe, task).merge_and_unload()
-    partial = target.with_name(target.name + PARTIAL_SUFFIX)
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    for name in (CALIBRATION_FILE, RELIABILITY_FILE):  # the temperature the merged model's scores need
-        if (output_dir / name).is_file():
-            shutil.copy2(output_dir / name, partial / name)
-    saved.peft = type(saved.peft)()  # the merged model is a plain one
-    saved.model.name_or_path = str(target.absolute())
-    saved.save(partial / RECIPE_FILE, header=f"# Merged from the adapter in {output_dir.absolute()}\n")
-    if target.exists():
-        target.rmdir()
-    os.replace(partial, target)
-    return target
 
 
 def read_input_jsonl(path: Path, encoding: str | None = None) -> list[dict[str, Any]]:

@@ -48,6 +48,7 @@ from .outputs import (
     write_environment,
     write_jsonl,
 )
+from .strategies.distill import check_teacher
 from .tasks import get_task
 from .trainer import FinetuneTrainer, complete_checkpoints, recipe_header, remove_partial
 
@@ -66,6 +67,8 @@ class Prepared:
     summary: dict[str, Any] = field(default_factory=dict)
     #: the strategy planned on a weightless (meta-device) copy of the model
     plan: Any = None
+    #: strategy.distill: the checked teacher run (`strategies.distill.Teacher`), else None
+    teacher: Any = None
 
 
 def make_task(recipe: Recipe):
@@ -86,6 +89,7 @@ def prepare(recipe: Recipe, stage: str = "train") -> Prepared:
     task.check_tokenizer(tokenizer)
     model_config = load_model_config(recipe, task.model_config_kwargs())
     check_weight_files(recipe)
+    teacher = check_teacher(recipe, model_config, tokenizer)  # strategy.distill, before any weights load
     summary = {
         "task": recipe.task.name,
         "model": recipe.model.name_or_path,
@@ -100,7 +104,12 @@ def prepare(recipe: Recipe, stage: str = "train") -> Prepared:
     test = recipe.data.test_split
     if test and test in raw:  # what training does with it, at the end
         summary["test_split"] = _test_plan(task, test, raw[test])
-    prepared = Prepared(recipe, task, raw, tokenizer, model_config, summary)
+    if recipe.model.num_layers is not None:
+        summary["num_layers"] = f"the bottom {recipe.model.num_layers} layers of {recipe.model.name_or_path}"
+    if teacher is not None:
+        cfg = recipe.strategy.distill
+        summary["distill"] = f"from {teacher.path} (alpha {cfg.alpha:g}, temperature {cfg.temperature:g})"
+    prepared = Prepared(recipe, task, raw, tokenizer, model_config, summary, teacher=teacher)
     prepared.plan = strategy_plan(recipe, with_peft(recipe, meta_model(prepared)))
     summary["strategy"] = prepared.plan.description
     summary["trainable_params"] = prepared.plan.trainable_params
@@ -142,6 +151,23 @@ def plan(recipe: Recipe):
 def validate(recipe: Recipe) -> dict[str, Any]:
     """`hf-finetune validate`: the whole pre-training path, without loading weights."""
     return prepare(recipe, stage="validate").summary
+
+
+def make_distiller(teacher, cfg, task, args):
+    """strategy.distill: the loss that mixes the teacher's soft targets with the task's, the teacher loaded
+    (frozen, eval mode) when first needed, its logits cached on disk unless `cache_logits` is false."""
+    from .cache import cache_dir
+    from .strategies.distill import Distiller, LogitCache, cache_key, hard_loss, load_teacher
+
+    cache = None
+    if cfg.cache_logits:
+        per_token = task.name == "token-classification"
+        precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+        key = cache_key(teacher, per_token, precision)
+        cache = LogitCache(cache_dir() / "teacher_logits" / f"{key}.npz", per_token)
+    return Distiller(
+        lambda: load_teacher(teacher, task.auto_model_class), cfg, hard_loss(task.loss_function()), cache
+    )
 
 
 def load_model(prepared: Prepared):
@@ -199,6 +225,11 @@ def train(
     plan_ = strategy_plan(recipe, model)
     plan_.apply(model)
     logger.info("strategy: %s", plan_.summary())
+    distiller, distilled = None, {}
+    if prepared.teacher is not None:  # after the student's head is initialised: the same seed, the same head
+        distiller = make_distiller(prepared.teacher, recipe.strategy.distill, task, args)
+        distilled = prepared.teacher.record(recipe.strategy.distill, recipe.model.num_layers)
+        logger.info("distillation: %s", distilled)
     with args.main_process_first(desc="tokenising"):  # the others then read the tokenised cache
         tokenised = task.preprocess(prepared.raw, prepared.tokenizer)
     collator = task.data_collator(prepared.tokenizer, args)
@@ -220,7 +251,8 @@ def train(
             recipe.data.mirror = task.source.mirror_root  # eval/predict find the same data later
         recipe.save(output_dir / RECIPE_FILE, header=recipe_header(recipe))
         write_environment(output_dir)
-        atomic_write_text(output_dir / STRATEGY_FILE, json.dumps(plan_.to_dict(), indent=2) + "\n")
+        strategy_record = {**plan_.to_dict(), **({"distillation": distilled} if distilled else {})}
+        atomic_write_text(output_dir / STRATEGY_FILE, json.dumps(strategy_record, indent=2) + "\n")
 
     if args.include_num_input_tokens_seen == "no":
         args.include_num_input_tokens_seen = "non_padding"  # for train_tokens_per_second and MFU
@@ -233,10 +265,12 @@ def train(
         processing_class=prepared.tokenizer,
         data_collator=collator,
         compute_metrics=task.compute_metrics(),
-        compute_loss_func=task.loss_function(),  # class weights / focal loss (hf_finetune.losses), else None
+        # class weights / focal loss (hf_finetune.losses), else None; distillation's hard term
+        compute_loss_func=distiller.hard_loss if distiller is not None else task.loss_function(),
         preprocess_logits_for_metrics=task.preprocess_logits_for_metrics(),
         recipe=recipe,
         strategy_plan=plan_,
+        distiller=distiller,
     )
     tracking.attach(trainer, recipe)  # report_to: local stores, one run until tracking.finish
     if resume_from is not None:
@@ -264,6 +298,8 @@ def train(
             stopper.signum,
         )
     trainer.save_model()
+    if distiller is not None and args.should_save:
+        distiller.save_cache()
 
     train_metrics = dict(result.metrics)
     train_metrics["train_samples"] = len(tokenised[recipe.data.train_split])

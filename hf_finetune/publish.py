@@ -31,8 +31,8 @@ from typing import Any
 from .card import write_card
 from .config import Recipe, check_repo_id
 from .errors import FinetuneError, first_line
+from .export.merge import export_merged
 from .hub import check_can_push, hub_token
-from .inference import export_merged
 from .outputs import (
     CALIBRATION_FILE,
     CARD_FILE,

@@ -49,6 +49,7 @@ def _sections() -> dict[str, type]:
             "data": schema.DataConfig,
             "strategy": schema.StrategyConfig,
             "strategy.gradual_unfreezing": schema.GradualUnfreezingConfig,
+            "strategy.distill": schema.DistillConfig,
             "training.early_stopping": schema.EarlyStoppingConfig,
             "peft": schema.PeftSection,
             "hub": schema.HubConfig,

@@ -34,10 +34,11 @@ class FinetuneTrainer(Trainer):
 
     _staging_dir: Path | None = None
 
-    def __init__(self, *args, recipe=None, strategy_plan=None, **kwargs):
+    def __init__(self, *args, recipe=None, strategy_plan=None, distiller=None, **kwargs):
         from .strategies.unfreezing import GradualUnfreezing
 
         self.recipe = recipe
+        self.distiller = distiller  # strategy.distill: `strategies.distill.Distiller`, else None
         self.strategy_plan = strategy_plan
         self.unfreezing = (
             GradualUnfreezing(strategy_plan)
@@ -56,6 +57,28 @@ class FinetuneTrainer(Trainer):
             # to DDP's averaging (it multiplies it by the world size). Encoder heads compute a local mean
             # (CrossEntropyLoss), so that would scale the gradients by accumulation steps x processes.
             self.model_accepts_loss_kwargs = False
+        if distiller is not None:
+            if self.compute_loss_func is None:  # without it the Trainer counts no num_items_in_batch
+                raise ValueError("a distiller needs the task's hard loss as compute_loss_func")
+            self.loss_is_scaled_for_ga = True  # both terms divide by the step's num_items_in_batch
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Training batches under `strategy.distill`: the teacher's soft targets mixed with the hard loss
+        (`strategies.distill`); evaluation batches, and every batch without it: the Trainer's own loss."""
+        if self.distiller is None or not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, outputs = self.distiller.loss(
+            model, inputs, num_items_in_batch, autocast=self.accelerator.autocast
+        )
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # as the Trainer does for a loss normalised by the global item count: DDP averages the gradients
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs, start_time=None):
+        if self.distiller is not None and "loss" in logs:  # a training log: the two terms of the loss
+            logs = {**logs, **self.distiller.take_logs(self.args.gradient_accumulation_steps)}
+        super().log(logs, start_time)
 
     def create_optimizer(self, model=None):
         """The strategy's parameter groups (trainable parameters only), each with its own lr and decay.

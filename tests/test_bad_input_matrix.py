@@ -264,6 +264,68 @@ def _predict_broken_calibration(c: Ctx) -> list[str]:
     return ["predict", str(c.out), "--input", str(src), "--output", str(c.tmp / "p.jsonl")]
 
 
+def _export(c: Ctx, *flags: str, target: str = "onnx") -> list[str]:
+    """`export --format onnx` of the finished run in ctx.out into ctx.tmp/<target>."""
+    return ["export", str(c.out), "--format", "onnx", *flags, "--output", str(c.tmp / target)]
+
+
+def _export_prompt_tuning(c: Ctx) -> list[str]:
+    c.finished_run(c.recipe(peft={"method": "prompt_tuning"}))
+    (c.out / "adapter_config.json").write_text('{"peft_type": "PROMPT_TUNING"}')
+    return _export(c)
+
+
+def _export_unknown_quantisation(c: Ctx) -> list[str]:
+    c.finished_run(c.recipe())
+    return _export(c, "--quantize", "int4")
+
+
+def _export_output_not_empty(c: Ctx) -> list[str]:
+    c.finished_run(c.recipe())
+    (c.tmp / "onnx").mkdir()
+    (c.tmp / "onnx" / "notes.txt").write_text("mine")
+    return _export(c)
+
+
+def _teacher(c: Ctx, task: str = "text-classification", labels=("0", "1"), model: bool = True) -> str:
+    """A teacher run dir as a finished training leaves it, without weights (validate reads none)."""
+    import shutil
+
+    path = c.tmp / "teacher"
+    path.mkdir()
+    (path / "recipe.yaml").write_text(
+        yaml.safe_dump({"task": {"name": task}, "model": {"name_or_path": "x"}})
+    )
+    if model:
+        config = json.loads((c.model / "config.json").read_text())
+        config["id2label"] = {str(i): name for i, name in enumerate(labels)}
+        config["label2id"] = {name: i for i, name in enumerate(labels)}
+        (path / "config.json").write_text(json.dumps(config))
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(c.model / name, path / name)
+    return str(path)
+
+
+def _distilled(c: Ctx, teacher: str, *extra: str) -> list[str]:
+    return c.train(_with(c.recipe(), "strategy", distill={"teacher": teacher}), *extra)
+
+
+def _teacher_other_tokenizer(c: Ctx) -> list[str]:
+    from transformers import BertTokenizerLegacy
+
+    teacher = Path(_teacher(c))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (teacher / name).unlink()
+    vocab = c.tmp / "vocab.txt"
+    vocab.write_text("".join(minilm_path().joinpath("vocab.txt").read_text().splitlines(True)[:2000]))
+    BertTokenizerLegacy(vocab_file=str(vocab)).save_pretrained(teacher)
+    return _distilled(c, str(teacher))
+
+
+def _distill_question_answering(c: Ctx) -> list[str]:
+    return [*_qa(c, [qa_row(0), qa_row(1)]), f"strategy.distill.teacher={c.tmp}"]
+
+
 ROWS = [
     # ---- recipe ---------------------------------------------------------------------------------
     Row(
@@ -696,6 +758,74 @@ ROWS = [
         lambda c: c.train(c.recipe(), "data.long_text=windows", "data.window_aggregate=median"),
         "`data.window_aggregate`: expected one of: mean, max, got 'median'",
     ),
+    # ---- distillation (strategy.distill) and layer-cut students (model.num_layers) ---------------------
+    Row(
+        "num-layers-zero",
+        lambda c: c.train(c.recipe(), "model.num_layers=0"),
+        "`model.num_layers`: must be at least 1 layer, got 0",
+    ),
+    Row(
+        "num-layers-more-than-the-checkpoint",
+        lambda c: c.train(c.recipe(), "model.num_layers=5"),
+        "has 2 layers; give a number from 1 to 2",
+    ),
+    Row(
+        "num-layers-and-config-override",
+        lambda c: c.train(c.recipe(), "model.num_layers=1", "model.config_overrides.num_hidden_layers=1"),
+        "`model.config_overrides.num_hidden_layers`: and `model.num_layers` both set the depth",
+    ),
+    Row(
+        "distill-without-teacher",
+        lambda c: c.train(c.recipe(), "strategy.distill=true"),
+        "`strategy.distill.teacher`: is empty; give the output directory of a finished training run",
+    ),
+    Row(
+        "distill-teacher-missing",
+        lambda c: _distilled(c, str(c.tmp / "no-such-run")),
+        "no-such-run: no such directory; give the `training.output_dir` of a finished",
+    ),
+    Row(
+        "distill-teacher-not-a-run",
+        lambda c: _distilled(c, str(c.model)),
+        "has no recipe.yaml, so it is not an hf-finetune run",
+    ),
+    Row(
+        "distill-teacher-unfinished",
+        lambda c: _distilled(c, _teacher(c, model=False)),
+        "has no saved model (config.json); its training has not finished",
+    ),
+    Row(
+        "distill-teacher-other-task",
+        lambda c: _distilled(c, _teacher(c, task="token-classification")),
+        "is a token-classification run and this recipe is text-classification",
+    ),
+    Row(
+        "distill-teacher-other-labels",
+        lambda c: _distilled(c, _teacher(c, labels=("1", "0"))),
+        "predicts the labels ['1', '0'] and this recipe's are ['0', '1']; the teacher needs the same labels",
+    ),
+    Row("distill-teacher-other-tokenizer", _teacher_other_tokenizer, "gives other ids than this recipe's"),
+    Row(
+        "distill-alpha-out-of-range",
+        lambda c: _distilled(c, _teacher(c), "strategy.distill.alpha=1.5"),
+        "`strategy.distill.alpha`: must be in [0, 1]",
+    ),
+    Row(
+        "distill-temperature-zero",
+        lambda c: _distilled(c, _teacher(c), "strategy.distill.temperature=0"),
+        "`strategy.distill.temperature`: must be a positive number, got 0.0",
+    ),
+    Row(
+        "distill-regression",
+        lambda c: _distilled(c, _teacher(c), "task.problem_type=regression"),
+        "`strategy.distill`: distils single-label classification (a softmax over the classes), and this task "
+        "is regression",
+    ),
+    Row(
+        "distill-question-answering",
+        _distill_question_answering,
+        "`strategy.distill`: distils text and token classification",
+    ),
     # ---- experiment tracking (training.report_to; a tracker not installed: tests/test_tracking.py) ----------
     Row(
         "report-to-unknown-tracker",
@@ -718,6 +848,29 @@ ROWS = [
         "predict-broken-calibration-file",
         _predict_broken_calibration,
         "calibration.json: has no positive, finite `temperature`. Delete the file to use the model's raw scores",
+    ),
+    # ---- export --format onnx ---------------------------------------------------------------------------
+    Row(
+        "export-prompt-tuning-run",
+        _export_prompt_tuning,
+        "a prompt_tuning adapter adds virtual tokens at run time and cannot be merged into the weights, so the "
+        "run cannot be exported to ONNX",
+    ),
+    Row(
+        "export-not-a-run",
+        lambda c: ["export", _eval_not_a_run(c)[1], "--format", "onnx", "--output", str(c.tmp / "onnx")],
+        "has no recipe.yaml, so it is not an hf-finetune output directory",
+    ),
+    Row(
+        "export-unknown-quantisation",
+        _export_unknown_quantisation,
+        "--quantize: unknown quantisation method 'int4'; expected one of: int8",
+    ),
+    Row("export-output-not-empty", _export_output_not_empty, "exists and is not empty; give a new directory"),
+    Row(
+        "train-from-an-onnx-export",
+        lambda c: c.train(_with(c.recipe(), "model", name_or_path=_model_copy(c, {"model.onnx": b"graph"}))),
+        "is an ONNX export (model.onnx), which runs `eval` and `predict` only; train from the run",
     ),
 ]
 

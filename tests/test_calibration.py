@@ -279,7 +279,7 @@ def test_calibration_none_writes_nothing(runs, tmp_path):
 
 
 def test_export_merge_carries_the_temperature(tiny_model_dir, tmp_path):
-    from hf_finetune.inference import export_merged
+    from hf_finetune.export.merge import export_merged
 
     files = {
         "train": str(write_jsonl(tmp_path / "train.jsonl", sentiment_rows(320, seed=1, as_names=True))),

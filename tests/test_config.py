@@ -31,6 +31,7 @@ def test_all_glue_recipes_are_bundled():
         "sst2_gradual",
         "sst2_probe",
         "sst2_lora",
+        "sst2_distill",
     }
 
 
@@ -45,7 +46,8 @@ def test_bundled_recipe_loads_and_documents_its_launch_command(path: Path):
     # the variants (sst2_freeze, ...) apply a strategy or a PEFT method
     full = dataclasses.replace(recipe.strategy, head_lr_multiplier=1.0).is_default and not recipe.peft.enabled
     assert full == ("_" not in path.stem)
-    assert recipe.strategy.head_lr_multiplier == (10.0 if path.stem == "sst2" else 1.0)
+    # the distilled student (sst2_distill) trains with the demo's settings, its 10x head included
+    assert recipe.strategy.head_lr_multiplier == (10.0 if path.stem in ("sst2", "sst2_distill") else 1.0)
     if path.stem == "stsb":
         assert recipe.task.num_labels == 1
     else:

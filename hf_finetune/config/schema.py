@@ -78,10 +78,27 @@ class ModelConfig:
         "set in `task`.",
         default_factory=dict,
     )
+    num_layers: int | None = field_help(
+        "Keep only the bottom N transformer layers of the checkpoint, with their pretrained weights (the "
+        "layers above are not loaded): a smaller, faster student for `strategy.distill`. From 1 to the "
+        "checkpoint's `num_hidden_layers` (checked by `validate`); the saved model's config says N layers, so "
+        "`eval`, `predict` and `export` need nothing more. Null: every layer.",
+        None,
+    )
 
     def __post_init__(self) -> None:
         if not self.name_or_path or not str(self.name_or_path).strip():
             raise RecipeError("model.name_or_path", "is empty; give a Hub id or a local model directory.")
+        if self.num_layers is not None and self.num_layers < 1:
+            raise RecipeError(
+                "model.num_layers",
+                f"must be at least 1 layer, got {self.num_layers}; null keeps every layer.",
+            )
+        if self.num_layers is not None and "num_hidden_layers" in self.config_overrides:
+            raise RecipeError(
+                "model.config_overrides.num_hidden_layers",
+                "and `model.num_layers` both set the depth; keep `model.num_layers` only.",
+            )
 
 
 @dataclass
@@ -350,6 +367,54 @@ class GradualUnfreezingConfig:
 
 
 @dataclass
+class DistillConfig:
+    """`strategy.distill`: knowledge distillation from a fine-tuned teacher run (Hinton et al., 2015)."""
+
+    section: ClassVar[str] = "strategy.distill"
+    teacher: str = field_help(
+        "The output directory of a finished run (a full model, or a LoRA/IA3 adapter, merged when it loads) "
+        "of the same task with the same labels in the same order, and a tokenizer that gives the same ids as "
+        "this recipe's. It runs frozen, in eval mode, next to the student, and is not saved with it.",
+        "",
+    )
+    alpha: float = field_help(
+        "Weight of the soft-target term, in [0, 1]: the loss is `alpha * T^2 * KL(teacher || student)` on "
+        "logits divided by the temperature, plus `(1 - alpha)` times the task's usual loss on the labels "
+        "(class weights and focal loss included). 0: the labels only; 1: the teacher only.",
+        0.5,
+    )
+    temperature: float = field_help(
+        "Softmax temperature T > 0 of both models' logits in the soft-target term (1: the plain "
+        "probabilities; 2-4 shows the student more of the teacher's ranking of the other classes).",
+        2.0,
+    )
+    cache_logits: bool = field_help(
+        "Keep the teacher's logits on disk (`teacher_logits/` in `$HF_FINETUNE_CACHE`), keyed by the teacher's "
+        "weights and each example's tokens, so later runs with the same teacher (other seeds, other student "
+        "settings) skip its forward passes, and load it only for inputs it has not seen. False: the teacher "
+        "runs on every training batch.",
+        True,
+    )
+
+    def __post_init__(self) -> None:
+        if not self.teacher or not str(self.teacher).strip():
+            raise RecipeError(
+                "strategy.distill.teacher", "is empty; give the output directory of a finished training run."
+            )
+        self.teacher = absolute_path(self.teacher)
+        if not 0.0 <= self.alpha <= 1.0:
+            raise RecipeError(
+                "strategy.distill.alpha",
+                f"must be in [0, 1] (the weight of the teacher's soft targets), got {self.alpha}.",
+            )
+        if not 0.0 < self.temperature < float("inf"):
+            raise RecipeError(
+                "strategy.distill.temperature",
+                f"must be a positive number, got {self.temperature}; 2.0 is usual.",
+            )
+
+
+@dataclass
 class StrategyConfig:
     """Which parameters train, and at which learning rate. Applied to any encoder checkpoint, on every task."""
 
@@ -391,6 +456,12 @@ class StrategyConfig:
         "ULMFiT: train the head alone first, then open one more unit, top down, every `every` epochs or "
         "optimizer steps (`true`: every epoch). Units: the head; the top layer with the pooler; each layer "
         "below; the embeddings. Units frozen by the settings above stay frozen and are skipped. Saves no compute.",
+        None,
+    )
+    distill: DistillConfig | None = field_help(
+        "Knowledge distillation: train this recipe's model (the student) on a fine-tuned teacher's soft "
+        "targets as well as on the labels; text and token classification (single-label). See "
+        "docs/strategies.md#distillation.",
         None,
     )
 

@@ -426,9 +426,10 @@ class QuestionAnsweringTask(Task):
         ends = np.full((len(features), width), -1e4, dtype=np.float32)
         device = next(model.parameters()).device
         model.eval()
+        order = sorted(range(len(features)), key=lambda i: len(enc["input_ids"][i]))  # less padding
         with torch.inference_mode():
             for first in range(0, len(features), batch_size):
-                rows = list(range(first, min(first + batch_size, len(features))))
+                rows = order[first : first + batch_size]
                 batch = tokenizer.pad({k: [enc[k][i] for i in rows] for k in names}, return_tensors="pt")
                 output = model(**{k: v.to(device) for k, v in batch.items()})
                 length = batch["input_ids"].shape[1]

@@ -516,7 +516,7 @@ class TokenClassificationTask(Task):
         budget = max(1, max_length - tokenizer.num_special_tokens_to_add(pair=False))
         num_labels = len(self.labels.names)
         # The untruncated subword count of every word decides the windows.
-        pieces = []  # (sentence, first word, end word)
+        pieces, sizes = [], []  # (sentence, first word, end word), its subword count
         for s, words in enumerate(sentences):
             if not words:
                 continue
@@ -525,13 +525,15 @@ class TokenClassificationTask(Task):
             for w in enc.word_ids():
                 if w is not None:
                     counts[w] += 1
-            pieces.extend((s, a, b) for a, b in windows(counts, budget))
+            for a, b in windows(counts, budget):
+                pieces.append((s, a, b))
+                sizes.append(sum(counts[a:b]))  # subwords: batches of similar length pad little
 
         probs = [np.zeros((len(words), num_labels), dtype=np.float32) for words in sentences]
         for p in probs:
             p[:, self.labels.label2id.get(OUTSIDE, 0)] = 1.0  # words without subwords are O
         centrality = [np.full(len(words), -1) for words in sentences]
-        order = sorted(range(len(pieces)), key=lambda i: pieces[i][2] - pieces[i][1])
+        order = sorted(range(len(pieces)), key=sizes.__getitem__)
         device = next(model.parameters()).device
         model.eval()
         with torch.inference_mode():
