@@ -28,6 +28,7 @@ from .outputs import (
     CLASS_REPORT_FILE,
     CONFUSION_FILE,
     ENV_FILE,
+    EXPORT_FILE,
     NOT_METRICS,
     RECIPE_FILE,
     RELIABILITY_FILE,
@@ -181,8 +182,10 @@ def build_card(output_dir: str | Path, repo_id: str | None = None, merged_from_a
     plan = read_json(output_dir / STRATEGY_FILE) or {}
     adapter = read_json(output_dir / ADAPTER_CONFIG)
     environment = read_json(output_dir / ENV_FILE) or {}
+    export = read_json(output_dir / EXPORT_FILE)  # an ONNX export (`hf-finetune export --format onnx`)
+    source = (export or {}).get("source") or {}
 
-    base = hub.get("base_model") or hub_base_model(model.get("name_or_path"))
+    base = hub.get("base_model") or source.get("base_model") or hub_base_model(model.get("name_or_path"))
     if base is None:
         logger.warning(
             "model card: the base model %r is a local path with no Hub id; base_model is left out "
@@ -218,6 +221,8 @@ def build_card(output_dir: str | Path, repo_id: str | None = None, merged_from_a
         tags.append("gradual-unfreezing")
     if strategy.get("distill"):
         tags.append("distillation")
+    if export:
+        tags += ["onnx"] + (["int8"] if export.get("precision") == "int8" else [])
 
     scores = _by_split(metrics, eval_splits) + [(test_split, m, v) for m, v in test_metrics.items()]
     eval_results = [
@@ -237,7 +242,7 @@ def build_card(output_dir: str | Path, repo_id: str | None = None, merged_from_a
     card_data = ModelCardData(
         base_model=base,
         datasets=[dataset_id] if dataset_id else None,
-        library_name="peft" if is_adapter else "transformers",
+        library_name="onnx" if export else "peft" if is_adapter else "transformers",
         license=hub.get("license") or base_model_license(base, model.get("revision")),
         pipeline_tag=task_name,
         tags=tags,
@@ -260,6 +265,8 @@ def build_card(output_dir: str | Path, repo_id: str | None = None, merged_from_a
         )
         + (f" The {method} adapter has been merged into the weights." if merged_from_adapter else ""),
     ]
+    if export:
+        lines += ["", export_text(export)]
     if metrics:
         lines += ["", f"Results on the `{eval_split}` split:", ""]
         lines += [f"- {m}: {v:.4f}" for m, v in metrics.items()]
@@ -300,7 +307,9 @@ def build_card(output_dir: str | Path, repo_id: str | None = None, merged_from_a
     header, rows = results_table(state.get("log_history") or [])
     if rows:
         lines += ["", "## Training results", "", _markdown_table(header, rows)]
-    lines += ["", "## Usage", "", _usage(task_name, repo_id or str(output_dir), is_adapter, adapter)]
+    where = repo_id or str(output_dir)
+    usage = _onnx_usage(where, export) if export else _usage(task_name, where, is_adapter, adapter)
+    lines += ["", "## Usage", "", usage]
     versions = environment.get("packages") or {}
     if versions:
         lines += ["", "## Framework versions", ""]
@@ -480,6 +489,49 @@ def _early_stopping_setting(setting: Any, results: dict[str, Any]) -> str | None
     metric = str((results.get("early_stopping") or {}).get("metric", "")).removeprefix("eval_")
     text = f"patience {config.get('patience', 3)}, threshold {config.get('threshold', 0.0):g}"
     return text + (f", on {metric}" if metric else "")
+
+
+def export_text(export: dict[str, Any]) -> str:
+    """What an ONNX export is, and how closely it agrees with the PyTorch model it came from (its parity)."""
+    precision = export.get("precision", "fp32")
+    text = (
+        f"This repository holds its ONNX export ({'int8 weights' if precision == 'int8' else 'fp32'}, "
+        f"`{export.get('file', 'model.onnx')}`), written by `hf-finetune export`, for onnxruntime; `export.json` "
+        "records how."
+    )
+    parity = export.get("parity") or {}
+    metric = parity.get("metric") or {}
+    if metric.get("delta") is not None:
+        text += (
+            f" Checked against the PyTorch model on the `{parity.get('split')}` split ({parity.get('examples')} "
+            f"examples): {metric['name']} {metric['pytorch']:.4f} (PyTorch) vs {metric['onnx']:.4f} (ONNX), "
+            f"identical predictions {parity.get('identical_predictions', 0):.2%}, largest logit difference "
+            f"{parity.get('max_abs_logit_diff', 0):.2g}."
+        )
+    elif parity.get("skipped"):
+        text += f" Its agreement with the PyTorch model was not checked: {parity['skipped']}."
+    return text
+
+
+def _onnx_usage(where: str, export: dict[str, Any]) -> str:
+    """onnxruntime on the tokenizer's output, fed by the graph's input names."""
+    outputs = ", ".join(export.get("outputs") or ["logits"])
+    code = [
+        "import onnxruntime as ort",
+        "from huggingface_hub import snapshot_download",
+        "from transformers import AutoTokenizer",
+        "",
+        f'folder = snapshot_download("{where}")'
+        if "/" in where and not Path(where).exists()
+        else f'folder = "{where}"',
+        "tokenizer = AutoTokenizer.from_pretrained(folder)",
+        f'session = ort.InferenceSession(f"{{folder}}/{export.get("file", "model.onnx")}", '
+        'providers=["CPUExecutionProvider"])',
+        'batch = tokenizer(["an example"], return_tensors="np")',
+        f"{outputs}, = session.run(None, {{i.name: batch[i.name] for i in session.get_inputs()}})",
+        "# or, with hf-finetune: hf-finetune predict FOLDER --input in.jsonl --output out.jsonl",
+    ]
+    return "```python\n" + "\n".join(code) + "\n```"
 
 
 def _task_title(task_name: str) -> str:

@@ -38,6 +38,7 @@ CLASS_REPORT_FILE = "classification_report.md"  # per-label scores of the final 
 CONFUSION_FILE = "confusion_matrix.png"  # its confusion matrix (single-label classification)
 CALIBRATION_FILE = "calibration.json"  # the temperature fitted on the eval split; `predict` applies it
 RELIABILITY_FILE = "reliability_diagram.png"  # accuracy against confidence, before and after it
+EXPORT_FILE = "export.json"  # an ONNX export: format, quantisation, sizes, versions, parity (hf-finetune export)
 PARTIAL_PREFIX = ".partial-"  # a checkpoint being written; renamed into place when complete
 PARTIAL_SUFFIX = ".partial"  # a file being written; os.replace'd over its final name
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt")  # model weights in a run directory

@@ -246,6 +246,9 @@ SLOWEST_FIRST = [
     "test_peft",
     "test_distributed",
     "test_bench",
+    "test_export_onnx",
+    "test_onnx_runtime",
+    "test_distill",
 ]
 
 

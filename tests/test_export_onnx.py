@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from hf_finetune import cli
 from hf_finetune.config.load import load_recipe
@@ -103,6 +104,7 @@ def test_fp32_text_export_is_a_self_describing_directory_that_agrees(text_run, t
     assert info["source"] == {
         "run": str(text_run.absolute()),
         "task": "text-classification",
+        "base_model": None,  # a local checkpoint: no Hub id to name
         "model_type": "bert",
         "peft": None,
         "merged": False,
@@ -122,6 +124,21 @@ def test_fp32_text_export_is_a_self_describing_directory_that_agrees(text_run, t
     assert set(config["id2label"].values()) == {"0", "1"}
     recipe = load_recipe(target / "recipe.yaml", defaults=False)
     assert recipe.model.name_or_path == str(target.absolute()) and recipe.peft.method is None
+
+
+def test_the_card_of_an_export_says_onnx_and_its_snippet_runs(text_fp32):
+    from hf_finetune.card import build_card
+
+    card = build_card(text_fp32)
+    meta = yaml.safe_load(str(card).split("---")[1])
+    assert meta["library_name"] == "onnx" and "onnx" in meta["tags"]
+    assert "ONNX export (fp32" in card.text and "identical predictions 100.00%" in card.text
+    snippet = card.text.split("```python\n")[1].split("```")[0]
+    scope: dict = {}
+    exec(compile(snippet, "card-usage", "exec"), scope)  # onnxruntime on the tokenizer's output
+    assert scope["logits"].shape == (1, 2)
+    hub = build_card(text_fp32, repo_id="me/tiny-onnx")
+    assert 'snapshot_download("me/tiny-onnx")' in hub.text
 
 
 def test_the_export_runs_batches_and_lengths_the_trace_never_saw(text_run, text_fp32):

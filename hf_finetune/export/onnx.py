@@ -35,10 +35,11 @@ from typing import Any
 
 import torch
 
+from ..card import hub_base_model
 from ..config.load import load_recipe
 from ..errors import FinetuneError, RecipeError
 from ..inference import load_output_recipe, restore_model, restore_task
-from ..outputs import PARTIAL_SUFFIX, RECIPE_FILE, atomic_write_text, is_adapter_dir
+from ..outputs import EXPORT_FILE, PARTIAL_SUFFIX, RECIPE_FILE, atomic_write_text, is_adapter_dir
 from . import parity
 from .merge import check_mergeable, check_target, copy_calibration
 from .quantize import check_method, quantize
@@ -46,7 +47,6 @@ from .runtime import INSTALL_HINT, ONNX_FILE, OrtModel, is_onnx_dir
 
 logger = logging.getLogger(__name__)
 
-EXPORT_FILE = "export.json"  # what an export directory is: format, quantisation, sizes, versions, parity
 #: the model inputs a graph may take, in the order the graph declares them
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 #: the dimension names of the dynamic axes
@@ -184,6 +184,7 @@ def _write(model, task, tokenizer, run_dir, saved, partial, target, quantization
     config.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     copy_calibration(run_dir, partial)
+    base_model = hub_base_model(saved.model.name_or_path)  # the model card's base_model when pushed
     saved.peft = type(saved.peft)()  # the export is a plain model
     saved.model.name_or_path = str(target.absolute())
     saved.save(partial / RECIPE_FILE, header=f"# Exported to ONNX from the run in {run_dir.absolute()}\n")
@@ -202,6 +203,7 @@ def _write(model, task, tokenizer, run_dir, saved, partial, target, quantization
         "source": {
             "run": str(run_dir.absolute()),
             "task": task.name,
+            "base_model": base_model,
             "model_type": config.model_type,
             "peft": peft,
             "merged": peft is not None,
