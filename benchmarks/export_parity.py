@@ -16,43 +16,26 @@ SST-2's fp32 and int8 parity comes from `benchmarks/inference.py`, whose exports
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+import _export
 import _train
 
 RECIPES = {
     "ner": _train.REPO / "recipes" / "ner" / "conll2003.yaml",
     "qa": _train.REPO / "recipes" / "qa" / "squad.yaml",
 }
-PRECISIONS = {"fp32": [], "int8": ["--quantize", "int8"]}
+PRECISIONS = {"fp32": False, "int8": True}  # quantise?
 
 
-def export(run: Path, target: Path, flags: list[str]) -> dict:
-    """`hf-finetune export` in a fresh process; its export.json plus the exit code and wall time (an fp32
-    export beyond tolerance exits 1 and writes nothing)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "hf_finetune",
-        "export",
-        str(run),
-        "--format",
-        "onnx",
-        "--output",
-        str(target),
-    ]
-    started = time.time()
-    proc = subprocess.run([*cmd, *flags], capture_output=True, text=True)
-    result = {"exit_code": proc.returncode, "wall_s": round(time.time() - started, 1)}
-    if proc.returncode != 0:
-        result["stderr"] = proc.stderr[-2000:]
+def export(run: Path, target: Path, quantize: bool) -> dict:
+    """The export's figures from its export.json, with the exit code and wall time (`_export.run_export`)."""
+    result = _export.run_export(run, target, quantize)
+    info = result.pop("export_json", None)
+    if info is None:
         return result
-    info = json.loads((target / "export.json").read_text())
     return {**result, "parity": info["parity"], "sizes": info["sizes"], "fusion": info["fusion"]}
 
 
@@ -90,8 +73,8 @@ def main() -> int:
             trained = _train.train(task, RECIPES[task], ["training.bf16=false"], scratch, args.steps)
             run = Path(trained["output_dir"])
             report["tasks"][task] = {"train_runtime_s": trained.get("train_runtime"), "exports": {}}
-            for precision, flags in PRECISIONS.items():
-                result = export(run, scratch / f"{task}-{precision}", flags)
+            for precision, quantize in PRECISIONS.items():
+                result = export(run, scratch / f"{task}-{precision}", quantize)
                 report["tasks"][task]["exports"][precision] = result
                 lines.append(row(task, precision, result))
                 failed |= precision == "fp32" and result["exit_code"] != 0

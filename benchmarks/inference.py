@@ -51,11 +51,11 @@ ENGINES = ("pytorch-fp32", "pytorch-bf16", "onnx-fp32", "onnx-int8")
 GATES = {"throughput_x": 2.0, "accuracy_points": 1.0, "size_share": 0.30}  # the issue's int8 gates
 
 
-def _load_record():
-    """benchmarks/_record.py, by path (this folder is off sys.path)."""
+def _load_helper(name: str):
+    """benchmarks/NAME.py, by path (this folder is off sys.path)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("_record", HERE / "_record.py")
+    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -342,25 +342,10 @@ def export(run: Path, target: Path, quantize: bool, reuse: bool) -> dict:
                 )
             shutil.rmtree(target)
         target.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            sys.executable,
-            "-m",
-            "hf_finetune",
-            "export",
-            str(run),
-            "--format",
-            "onnx",
-            "--output",
-            str(target),
-        ]
-        if quantize:
-            cmd += ["--quantize", "int8"]
-        info["command"] = " ".join(cmd[1:])
-        started = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-        info["wall_s"] = time.perf_counter() - started
-        if proc.returncode != 0 or not (target / "model.onnx").is_file():
-            info["error"] = f"exit {proc.returncode}: {(proc.stderr or proc.stdout)[-3000:]}"
+        result = _load_helper("_export").run_export(run, target, quantize, cwd=REPO)
+        info["command"], info["wall_s"] = result["command"], result["wall_s"]
+        if "export_json" not in result:
+            info["error"] = f"exit {result['exit_code']}: {result['stderr']}"
             return info
     if (target / "export.json").is_file():
         info["export_json"] = json.loads((target / "export.json").read_text())
@@ -371,7 +356,7 @@ def export(run: Path, target: Path, quantize: bool, reuse: bool) -> dict:
 
 
 def machine(threads: int) -> dict:
-    record = _load_record()
+    record = _load_helper("_record")
     info = record.machine()
     info["cores_usable"] = (
         len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

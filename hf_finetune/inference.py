@@ -30,7 +30,7 @@ from .outputs import (
 )
 from .pipeline import make_task, predict_split, write_class_report
 from .textfile import codec, encoding_message, first_undecodable
-from .trainer import FinetuneTrainer
+from .trainer import eval_trainer
 
 
 def load_output_recipe(output_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
@@ -98,10 +98,6 @@ def evaluate_output(
     labels map through them. Writes eval_<name>_results.json (classification: also classification_report_<name>.md
     and, single-label, confusion_matrix_<name>.png) and, with ``predictions``, predictions_<name>.jsonl
     (`predict`'s lines: each row's input fields and the prediction)."""
-    import tempfile
-
-    from transformers import TrainingArguments
-
     output_dir = Path(output_dir)
     recipe = load_output_recipe(output_dir, overrides)
     if file is not None:
@@ -126,24 +122,19 @@ def evaluate_output(
     model = restore_model(output_dir, recipe, task)
     batch_size = batch_size or recipe.training.per_device_eval_batch_size
     onnx = isinstance(model, OrtModel)  # onnxruntime on the CPU: no autocast, no device to move to
-    with tempfile.TemporaryDirectory() as scratch:
-        args = TrainingArguments(
-            output_dir=scratch,
-            per_device_eval_batch_size=batch_size,
-            report_to="none",
-            use_cpu=recipe.training.use_cpu or onnx,
-            bf16=recipe.training.bf16 and not onnx,  # the same autocast as the evaluation during training
-            fp16=recipe.training.fp16 and not onnx,
-            bf16_full_eval=recipe.training.bf16_full_eval and not onnx,
-        )
-        trainer = FinetuneTrainer(
-            model=model,
-            args=args,
-            processing_class=tokenizer,
-            data_collator=task.data_collator(tokenizer, args),
-            compute_metrics=task.compute_metrics(),
-            preprocess_logits_for_metrics=task.preprocess_logits_for_metrics(),
-        )
+    exact = onnx  # the same autocast as the evaluation during training; fp32 for onnxruntime
+    with eval_trainer(
+        task,
+        model,
+        tokenizer,
+        batch_size,
+        use_cpu=recipe.training.use_cpu or onnx,
+        bf16=recipe.training.bf16 and not exact,
+        fp16=recipe.training.fp16 and not exact,
+        bf16_full_eval=recipe.training.bf16_full_eval and not exact,
+        progress=True,
+        by_length=True,  # batches of similar lengths: less padding; the metrics see the rows in order
+    ) as trainer:
         metrics = trainer.evaluate(eval_dataset=data, metric_key_prefix="eval")
     calibration = task.calibration_logits() if temperature is not None else None
     if calibration is not None:  # the stored temperature on this data (held out unless it was fitted on it)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from transformers import Trainer, TrainerCallback
@@ -34,10 +37,17 @@ class FinetuneTrainer(Trainer):
 
     _staging_dir: Path | None = None
 
-    def __init__(self, *args, recipe=None, strategy_plan=None, distiller=None, **kwargs):
+    def __init__(
+        self, *args, recipe=None, strategy_plan=None, distiller=None, eval_by_length: bool = False, **kwargs
+    ):
         from .strategies.unfreezing import GradualUnfreezing
 
         self.recipe = recipe
+        #: evaluate in batches of similar lengths (longest first), the metrics computed in the rows' order
+        self.eval_by_length = eval_by_length
+        self._eval_order = None  # the row order of the evaluation running now, under eval_by_length
+        if eval_by_length and kwargs.get("compute_metrics") is not None:
+            kwargs["compute_metrics"] = self._in_row_order(kwargs["compute_metrics"])
         self.distiller = distiller  # strategy.distill: `strategies.distill.Distiller`, else None
         self.strategy_plan = strategy_plan
         self.unfreezing = (
@@ -120,7 +130,16 @@ class FinetuneTrainer(Trainer):
     def _get_eval_sampler(self, eval_dataset):
         """Evaluation reads its rows in order, also under ``train_sampling_strategy: group_by_length`` (which
         transformers applies to evaluation too, shuffled): tasks map prediction rows back to their examples
-        (question answering's windows, text classification's windows of long documents)."""
+        (question answering's windows, text classification's windows of long documents). Under
+        ``eval_by_length`` it reads them longest first, and `_in_row_order` puts the predictions back."""
+        self._eval_order = None
+        columns = getattr(eval_dataset, "column_names", None) or ()
+        if self.eval_by_length and self.args.world_size <= 1 and "input_ids" in columns:
+            import numpy as np
+
+            lengths = np.array([len(ids) for ids in eval_dataset["input_ids"]])
+            self._eval_order = np.argsort(-lengths, kind="stable")
+            return [int(i) for i in self._eval_order]
         if str(self.args.train_sampling_strategy) != "group_by_length":
             return super()._get_eval_sampler(eval_dataset)
         from torch.utils.data import SequentialSampler
@@ -129,6 +148,32 @@ class FinetuneTrainer(Trainer):
         if eval_dataset is None or not has_length(eval_dataset):
             return None
         return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+
+    def _in_row_order(self, compute_metrics):
+        """``compute_metrics`` on predictions and labels put back in the dataset's row order (they come in the
+        length order of `_get_eval_sampler`); the metrics, and what a task keeps of them, are the same."""
+        from transformers import EvalPrediction
+
+        def unsort(values):
+            if values is None or self._eval_order is None:
+                return values
+            if isinstance(values, (tuple, list)):
+                return type(values)(unsort(v) for v in values)
+            restored = values.copy()
+            restored[self._eval_order] = values
+            return restored
+
+        def in_order(prediction):
+            return compute_metrics(
+                EvalPrediction(
+                    predictions=unsort(prediction.predictions),
+                    label_ids=unsort(prediction.label_ids),
+                    inputs=unsort(prediction.inputs),
+                    losses=unsort(prediction.losses),
+                )
+            )
+
+        return in_order
 
     def _get_output_dir(self, trial) -> str:
         if self._staging_dir is not None:  # inside _save_checkpoint: everything goes to the staging dir
@@ -180,6 +225,49 @@ class FinetuneTrainer(Trainer):
                 self.model.get_base_model().config.save_pretrained(target)
             if self.recipe is not None:
                 self.recipe.save(target / RECIPE_FILE, header=recipe_header(self.recipe))
+
+
+@contextmanager
+def eval_trainer(
+    task,
+    model,
+    tokenizer,
+    batch_size: int,
+    *,
+    use_cpu: bool = True,
+    bf16: bool = False,
+    fp16: bool = False,
+    bf16_full_eval: bool = False,
+    full_logits: bool = False,
+    progress: bool = False,
+    by_length: bool = False,
+) -> Iterator[FinetuneTrainer]:
+    """A `FinetuneTrainer` that only evaluates or predicts ``model`` with ``task``'s collator and metrics, its
+    scratch output dir removed on exit. The defaults are fp32 on the CPU; ``full_logits`` keeps the model's
+    whole outputs (no `preprocess_logits_for_metrics`), as a parity check compares them; ``progress`` shows
+    the progress bar; ``by_length`` evaluates in batches of similar lengths (`FinetuneTrainer.eval_by_length`)."""
+    from transformers import TrainingArguments
+
+    with tempfile.TemporaryDirectory() as scratch:
+        args = TrainingArguments(
+            output_dir=scratch,
+            per_device_eval_batch_size=batch_size,
+            report_to="none",
+            use_cpu=use_cpu,
+            bf16=bf16,
+            fp16=fp16,
+            bf16_full_eval=bf16_full_eval,
+            disable_tqdm=not progress,
+        )
+        yield FinetuneTrainer(
+            model=model,
+            args=args,
+            processing_class=tokenizer,
+            data_collator=task.data_collator(tokenizer, args),
+            compute_metrics=task.compute_metrics(),
+            preprocess_logits_for_metrics=None if full_logits else task.preprocess_logits_for_metrics(),
+            eval_by_length=by_length,
+        )
 
 
 def publish_dir(source: Path, target: Path) -> None:

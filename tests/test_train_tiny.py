@@ -71,6 +71,39 @@ def test_eval_reproduces_the_final_metrics(trained):
     assert (out / "eval_validation_results.json").is_file()
 
 
+def test_eval_reads_batches_by_length_and_scores_rows_in_order(trained):
+    """`hf-finetune eval` batches similar lengths together (longest first), and its metrics and the logits a
+    task keeps are those of the rows in dataset order."""
+    from hf_finetune.inference import load_output_recipe, restore_model, restore_task
+    from hf_finetune.trainer import eval_trainer
+
+    out, _, _ = trained
+    recipe = load_output_recipe(out)
+    task, tokenizer = restore_task(out, recipe)
+    data = task.preprocess(task.load(["validation"]), tokenizer)["validation"]
+    cut = ("input_ids", "token_type_ids", "attention_mask")  # the sentences are alike: give them other lengths
+    data = data.map(lambda row, i: {k: row[k][: 4 + i % 5] for k in cut}, with_indices=True)
+    model = restore_model(out, recipe, task)
+    results = {}
+    for by_length in (True, False):
+        with eval_trainer(task, model, tokenizer, 16, by_length=by_length) as trainer:
+            order = trainer._get_eval_sampler(data)
+            results[by_length] = (trainer.evaluate(data), task.calibration_logits())
+        if by_length:
+            lengths = [len(data[i]["input_ids"]) for i in order]
+            assert lengths == sorted(lengths, reverse=True) and sorted(order) == list(range(len(data)))
+            assert list(order) != list(range(len(data)))  # the rows really came in another order
+    (sorted_metrics, sorted_kept), (plain_metrics, plain_kept) = results[True], results[False]
+    assert sorted_metrics["eval_accuracy"] == plain_metrics["eval_accuracy"]
+    assert sorted_metrics["eval_loss"] == pytest.approx(plain_metrics["eval_loss"], rel=1e-5)
+    torch.testing.assert_close(
+        torch.as_tensor(sorted_kept[1]), torch.as_tensor(plain_kept[1])
+    )  # labels in order
+    torch.testing.assert_close(
+        torch.as_tensor(sorted_kept[0]), torch.as_tensor(plain_kept[0]), atol=1e-4, rtol=0
+    )
+
+
 def test_predict_writes_label_names_and_scores(trained, tmp_path):
     out, _, _ = trained
     rows = [

@@ -48,29 +48,9 @@ class Tolerance:
 def predict(task, model, tokenizer, data, batch_size: int):
     """The Trainer's prediction of ``model`` on the tokenised split ``data``: (outputs tuple, label ids,
     metrics), with the full logits (no `preprocess_logits_for_metrics`), fp32 on the CPU."""
-    import tempfile
+    from ..trainer import eval_trainer
 
-    from transformers import TrainingArguments
-
-    from ..trainer import FinetuneTrainer
-
-    with tempfile.TemporaryDirectory() as scratch:
-        args = TrainingArguments(
-            output_dir=scratch,
-            per_device_eval_batch_size=batch_size,
-            report_to="none",
-            use_cpu=True,
-            bf16=False,
-            fp16=False,
-            disable_tqdm=True,
-        )
-        trainer = FinetuneTrainer(
-            model=model,
-            args=args,
-            processing_class=tokenizer,
-            data_collator=task.data_collator(tokenizer, args),
-            compute_metrics=task.compute_metrics(),
-        )
+    with eval_trainer(task, model, tokenizer, batch_size, full_logits=True) as trainer:
         result = trainer.predict(data, metric_key_prefix="eval")
     outputs = result.predictions if isinstance(result.predictions, tuple) else (result.predictions,)
     return tuple(np.asarray(o) for o in outputs), result.label_ids, result.metrics
