@@ -81,7 +81,8 @@ def test_eval_reads_batches_by_length_and_scores_rows_in_order(trained):
     recipe = load_output_recipe(out)
     task, tokenizer = restore_task(out, recipe)
     data = task.preprocess(task.load(["validation"]), tokenizer)["validation"]
-    cut = ("input_ids", "token_type_ids", "attention_mask")  # the sentences are alike: give them other lengths
+    # the sentences are alike: give them other lengths
+    cut = ("input_ids", "token_type_ids", "attention_mask")
     data = data.map(lambda row, i: {k: row[k][: 4 + i % 5] for k in cut}, with_indices=True)
     model = restore_model(out, recipe, task)
     results = {}
