@@ -205,6 +205,7 @@ def build_card(output_dir: str | Path, repo_id: str | None = None, merged_from_a
     name = (repo_id or output_dir.resolve().name).split("/")[-1]
     is_adapter = adapter is not None and not merged_from_adapter
     method = peft.get("method")
+    few_shot = (raw.get("few_shot") or {}) if (raw.get("few_shot") or {}).get("method") else None
 
     tags = ["hf-finetune", task_name]
     if method:
@@ -223,6 +224,10 @@ def build_card(output_dir: str | Path, repo_id: str | None = None, merged_from_a
         tags.append("distillation")
     if export:
         tags += ["onnx"] + (["int8"] if export.get("precision") == "int8" else [])
+    if few_shot:
+        tags += ["setfit", "sentence-transformers", "few-shot"]
+        if few_shot["method"] == "embedding_probe":
+            tags.append("embedding-probe")
 
     scores = _by_split(metrics, eval_splits) + [(test_split, m, v) for m, v in test_metrics.items()]
     eval_results = [
@@ -242,7 +247,7 @@ def build_card(output_dir: str | Path, repo_id: str | None = None, merged_from_a
     card_data = ModelCardData(
         base_model=base,
         datasets=[dataset_id] if dataset_id else None,
-        library_name="onnx" if export else "peft" if is_adapter else "transformers",
+        library_name="onnx" if export else "peft" if is_adapter else "setfit" if few_shot else "transformers",
         license=hub.get("license") or base_model_license(base, model.get("revision")),
         pipeline_tag=task_name,
         tags=tags,
@@ -255,7 +260,9 @@ def build_card(output_dir: str | Path, repo_id: str | None = None, merged_from_a
     lines = [
         f"# {name}",
         "",
-        f"This model is {base_link} fine-tuned for {task_name} on {dataset_label}, with "
+        f"This model is {base_link} "
+        + (few_shot_text(few_shot, results, data) if few_shot else "fine-tuned")
+        + f" for {task_name} on {dataset_label}, with "
         f"[hf-finetune](https://pypi.org/project/hf-finetune/) {__version__} from the recipe in `recipe.yaml` "
         "(`hf-finetune train recipe.yaml` reproduces it)."
         + (
@@ -303,12 +310,20 @@ def build_card(output_dir: str | Path, repo_id: str | None = None, merged_from_a
             f"{plan.get('trainable_params', 0):,} of {plan.get('total_params', 0):,} parameters trained "
             f"({plan.get('trainable_percent', 0):.2f}%).",
         ]
-    lines += ["", "## Training hyperparameters", "", _hyperparameters(training, results)]
+    settings = (
+        _few_shot_settings(few_shot, training, results) if few_shot else _hyperparameters(training, results)
+    )
+    lines += ["", "## Training hyperparameters", "", settings]
     header, rows = results_table(state.get("log_history") or [])
     if rows:
         lines += ["", "## Training results", "", _markdown_table(header, rows)]
     where = repo_id or str(output_dir)
-    usage = _onnx_usage(where, export) if export else _usage(task_name, where, is_adapter, adapter)
+    if export:
+        usage = _onnx_usage(where, export)
+    elif few_shot:
+        usage = _setfit_usage(where)
+    else:
+        usage = _usage(task_name, where, is_adapter, adapter)
     lines += ["", "## Usage", "", usage]
     versions = environment.get("packages") or {}
     if versions:
@@ -422,6 +437,68 @@ def _hyperparameters(training: dict[str, Any], results: dict[str, Any]) -> str:
         "train_samples_per_second": results.get("train_samples_per_second"),
     }
     return "\n".join(f"- {k}: {v}" for k, v in shown.items() if v not in (None, ""))
+
+
+def few_shot_text(few_shot: dict[str, Any], results: dict[str, Any], data: dict[str, Any]) -> str:
+    """How a few-shot run trained, for the card's first sentence (after "This model is BASE ")."""
+    per_class = data.get("samples_per_class")
+    examples = results.get("train_samples")
+    seen = (
+        f"{per_class} labelled examples per class ({examples} in all)"
+        if per_class
+        else f"{examples} labelled examples"
+        if examples
+        else "a few labelled examples"
+    )
+    if few_shot.get("method") == "embedding_probe":
+        return f"with a logistic-regression head on its frozen sentence embeddings, fitted on {seen},"
+    return (
+        "trained with [SetFit](https://github.com/huggingface/setfit) (the sentence encoder tuned "
+        f"contrastively on pairs of {seen}, then a logistic-regression head on its embeddings)"
+    )
+
+
+def _few_shot_settings(few_shot: dict[str, Any], training: dict[str, Any], results: dict[str, Any]) -> str:
+    shown: dict[str, Any] = {"method": few_shot.get("method")}
+    if few_shot.get("method") == "setfit":
+        shown.update(
+            {
+                "num_iterations": few_shot.get("num_iterations"),
+                "sampling_strategy": None
+                if few_shot.get("num_iterations")
+                else few_shot.get("sampling_strategy"),
+                "body learning_rate": few_shot.get("learning_rate"),
+                "batch_size (pairs)": few_shot.get("batch_size"),
+                "num_epochs": few_shot.get("num_epochs") if not few_shot.get("max_steps") else None,
+                "max_steps": few_shot.get("max_steps"),
+                "pairs": results.get("train_pairs"),
+                "steps": results.get("train_steps"),
+            }
+        )
+    shown.update(
+        {
+            "head": f"logistic regression, C={few_shot.get('head_c')}",
+            "seed": training.get("seed", 42),
+            "train_runtime (s)": results.get("train_runtime"),
+        }
+    )
+    return "\n".join(f"- {k}: {v}" for k, v in shown.items() if v not in (None, ""))
+
+
+def _setfit_usage(where: str) -> str:
+    code = [
+        "from setfit import SetFitModel",
+        "",
+        f'model = SetFitModel.from_pretrained("{where}")',
+        'print(model.predict(["I love this!", "Not worth the money."]))  # the label names',
+        "```",
+        "",
+        "or, with hf-finetune (no pickle is read; CSV, TSV or JSON Lines in, the same format out):",
+        "",
+        "```bash",
+        f"hf-finetune predict {where} --input texts.jsonl --output predictions.jsonl",
+    ]
+    return "```python\n" + "\n".join(code) + "\n```"
 
 
 #: the metric keys (their ends) of temperature scaling, kept out of the card's results lists and model-index

@@ -16,6 +16,7 @@ from .config import Recipe
 from .config.load import load_recipe
 from .errors import DataError, FinetuneError, RecipeError
 from .export.runtime import OrtModel, is_onnx_dir
+from .fewshot.model import SentenceClassifier, is_few_shot_dir
 from .hub import ensure_hub_mode
 from .metrics.calibration import held_out, read_temperature
 from .outputs import (
@@ -58,14 +59,18 @@ def restore_task(output_dir: Path, recipe: Recipe):
 
 
 def restore_model(output_dir: Path, recipe: Recipe, task):
-    """The trained model: a full checkpoint, the base model + the peft adapter (with its head), or an ONNX
-    export run by onnxruntime (`hf_finetune.export.runtime.OrtModel`, on the CPU)."""
+    """The trained model: a full checkpoint, the base model + the peft adapter (with its head), a few-shot
+    run's encoder and head (`hf_finetune.fewshot.model.SentenceClassifier`), or an ONNX export run by
+    onnxruntime (`hf_finetune.export.runtime.OrtModel`, on the CPU)."""
     import torch
 
     if is_onnx_dir(output_dir):
         from transformers import AutoConfig
 
         return OrtModel.from_dir(output_dir, AutoConfig.from_pretrained(output_dir))
+    if is_few_shot_dir(output_dir):  # a sentence encoder and its logistic-regression head (`few_shot`)
+        device = "cuda" if torch.cuda.is_available() and not recipe.training.use_cpu else "cpu"
+        return SentenceClassifier.from_dir(output_dir, device)
     if is_adapter_dir(output_dir):
         from peft import PeftModel
         from transformers import AutoConfig
@@ -122,7 +127,9 @@ def evaluate_output(
     model = restore_model(output_dir, recipe, task)
     batch_size = batch_size or recipe.training.per_device_eval_batch_size
     onnx = isinstance(model, OrtModel)  # onnxruntime on the CPU: no autocast, no device to move to
-    exact = onnx  # the same autocast as the evaluation during training; fp32 for onnxruntime
+    # the same autocast as the evaluation during training; fp32 for onnxruntime and for a few-shot run (its
+    # head was fitted on fp32 embeddings, and its training evaluated it in fp32)
+    exact = onnx or isinstance(model, SentenceClassifier)
     with eval_trainer(
         task,
         model,

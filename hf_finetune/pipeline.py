@@ -110,6 +110,12 @@ def prepare(recipe: Recipe, stage: str = "train") -> Prepared:
         cfg = recipe.strategy.distill
         summary["distill"] = f"from {teacher.path} (alpha {cfg.alpha:g}, temperature {cfg.temperature:g})"
     prepared = Prepared(recipe, task, raw, tokenizer, model_config, summary, teacher=teacher)
+    if recipe.few_shot.enabled:  # a sentence encoder and a logistic regression, not a task head
+        from .fewshot.train import check_installed, describe
+
+        check_installed()
+        summary["strategy"] = describe(recipe)
+        return prepared
     prepared.plan = strategy_plan(recipe, with_peft(recipe, meta_model(prepared)))
     summary["strategy"] = prepared.plan.description
     summary["trainable_params"] = prepared.plan.trainable_params
@@ -145,6 +151,12 @@ def strategy_plan(recipe: Recipe, model):
 
 def plan(recipe: Recipe):
     """`hf-finetune plan`: the parameter groups the recipe would train, without loading weights."""
+    if recipe.few_shot.enabled:
+        raise RecipeError(
+            "few_shot.method",
+            f"`{recipe.few_shot.method}` has no parameter groups to plan (a sentence encoder and a logistic "
+            "regression); `hf-finetune validate` describes what it trains.",
+        )
     return prepare(recipe, stage="train").plan
 
 
@@ -195,8 +207,6 @@ def train(
     ``after_training(recipe, output_dir)``: runs on the main process once the output directory is complete
     (model, metrics, card); `hf_finetune.publish.train_and_push` pushes to the Hub with it.
     """
-    from transformers import set_seed
-
     started = time.time()
     args = recipe.training
     resume_from = resume_point(recipe)  # also refuses an output dir that holds another run
@@ -220,6 +230,50 @@ def train(
         prepared.summary["splits"],
     )
 
+    output_dir = Path(args.output_dir)
+    if recipe.few_shot.enabled:
+        trainer, tokenised, train_metrics = _few_shot(prepared, resume_from)
+    else:
+        trainer, tokenised, train_metrics = _fine_tune(prepared, callbacks, resume_from)
+
+    eval_metrics = _evaluate_splits(trainer, recipe, tokenised, prepared.raw, task, output_dir)
+    if eval_metrics:
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+    test_metrics = _run_test_split(trainer, prepared, tokenised, output_dir)
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        (output_dir / NOTE_FILE).unlink(missing_ok=True)  # a resumed run has now finished
+        plot_curves(
+            trainer.state.log_history,
+            output_dir / CURVES_FILE,
+            title=f"{recipe.model.name_or_path} on {prepared.summary['data']}",
+        )
+        try:
+            write_card(output_dir, repo_id=recipe.hub.repo_id)
+        except Exception as exc:  # the model is saved; a card problem must not cost the run
+            logger.warning("could not write the model card (%s: %s)", type(exc).__name__, exc)
+            if recipe.hub.push:
+                raise
+        logger.info("done in %.0fs; outputs in %s", time.time() - started, output_dir)
+        if after_training is not None:
+            after_training(recipe, output_dir)
+    tracking.finish(trainer)  # after the final evaluations, so they are in the tracked run
+    results = read_json(output_dir / RESULTS_FILE) if trainer.is_world_process_zero() else None
+    if results is not None:
+        return results
+    # the other processes never read it: the main process may be rewriting it at this moment
+    return {**train_metrics, **eval_metrics, **test_metrics}
+
+
+def _fine_tune(prepared: Prepared, callbacks: Sequence[Any], resume_from: Path | None):
+    """Fine-tune the prepared recipe's model with the `FinetuneTrainer`; the trained model saved, its training
+    metrics written. Returns the trainer (for the final evaluations), the tokenised splits and the training
+    metrics."""
+    from transformers import set_seed
+
+    recipe, task = prepared.recipe, prepared.task
+    args = recipe.training
     set_seed(args.seed)  # before the task head is initialised
     model = with_peft(recipe, load_model(prepared))
     plan_ = strategy_plan(recipe, model)
@@ -243,16 +297,8 @@ def train(
 
     output_dir = Path(args.output_dir)
     if args.should_save:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        removed = remove_partial(output_dir)
-        if removed:
-            logger.info("removed the unfinished checkpoint saves %s", ", ".join(removed))
-        if task.source is not None and task.source.mirror_root and recipe.data.mirror is None:
-            recipe.data.mirror = task.source.mirror_root  # eval/predict find the same data later
-        recipe.save(output_dir / RECIPE_FILE, header=recipe_header(recipe))
-        write_environment(output_dir)
         strategy_record = {**plan_.to_dict(), **({"distillation": distilled} if distilled else {})}
-        atomic_write_text(output_dir / STRATEGY_FILE, json.dumps(strategy_record, indent=2) + "\n")
+        _start_output_dir(prepared, strategy_record)
 
     if args.include_num_input_tokens_seen == "no":
         args.include_num_input_tokens_seen = "non_padding"  # for train_tokens_per_second and MFU
@@ -318,35 +364,71 @@ def train(
     loss_record = getattr(task.loss_function(), "record", dict)()  # class weights, focal loss
     stopped = early_stopping.results(recipe, trainer)  # settings, stopped_early, best_step ({} without it)
     trainer.save_metrics("train", {**train_metrics, "strategy": plan_.description, **loss_record, **stopped})
+    return trainer, tokenised, train_metrics
 
-    eval_metrics = _evaluate_splits(trainer, recipe, tokenised, prepared.raw, task, output_dir)
-    if eval_metrics:
-        trainer.log_metrics("eval", eval_metrics)
-        trainer.save_metrics("eval", eval_metrics)
-    test_metrics = _run_test_split(trainer, prepared, tokenised, output_dir)
-    trainer.save_state()
-    if trainer.is_world_process_zero():
-        (output_dir / NOTE_FILE).unlink(missing_ok=True)  # a resumed run has now finished
-        plot_curves(
-            trainer.state.log_history,
-            output_dir / CURVES_FILE,
-            title=f"{recipe.model.name_or_path} on {prepared.summary['data']}",
+
+def _few_shot(prepared: Prepared, resume_from: Path | None):
+    """Train the prepared recipe's `few_shot` method (`hf_finetune.fewshot`); the model saved as a SetFit model
+    directory, its training metrics written. Returns a `FinetuneTrainer` around it, for the final evaluations
+    (fp32, as `setfit.SetFitModel.predict` runs it), the tokenised splits and the training metrics."""
+    import copy
+
+    from .fewshot import train as few_shot
+    from .tasks.base import capped_max_length
+
+    recipe, task = prepared.recipe, prepared.task
+    if recipe.training.world_size > 1:
+        raise RecipeError(
+            "few_shot.method",
+            f"trains in one process; this launch started {recipe.training.world_size}. Run it with "
+            "`hf-finetune train` (no `accelerate launch` or `torchrun`).",
         )
-        try:
-            write_card(output_dir, repo_id=recipe.hub.repo_id)
-        except Exception as exc:  # the model is saved; a card problem must not cost the run
-            logger.warning("could not write the model card (%s: %s)", type(exc).__name__, exc)
-            if recipe.hub.push:
-                raise
-        logger.info("done in %.0fs; outputs in %s", time.time() - started, output_dir)
-        if after_training is not None:
-            after_training(recipe, output_dir)
-    tracking.finish(trainer)  # after the final evaluations, so they are in the tracked run
-    results = read_json(output_dir / RESULTS_FILE) if trainer.is_world_process_zero() else None
-    if results is not None:
-        return results
-    # the other processes never read it: the main process may be rewriting it at this moment
-    return {**train_metrics, **eval_metrics, **test_metrics}
+    if resume_from is not None:
+        raise RecipeError(
+            "training.resume", "a few-shot run writes no checkpoints to resume from; drop `--resume`."
+        )
+    result = few_shot.fit(prepared, capped_max_length(prepared.tokenizer, recipe.data.max_seq_length))
+    output_dir = Path(recipe.training.output_dir)
+    _start_output_dir(prepared, result.record)
+    few_shot.save(result, output_dir)
+    with recipe.training.main_process_first(desc="tokenising"):
+        tokenised = task.preprocess(prepared.raw, prepared.tokenizer)
+    args = copy.copy(recipe.training)
+    args.bf16 = args.fp16 = args.bf16_full_eval = args.fp16_full_eval = False  # the head was fitted in fp32
+    args.mixed_precision = "no"
+    args.eval_strategy = args.save_strategy = "no"  # it evaluates once, when asked; it trains nothing
+    args.load_best_model_at_end = False
+    trainer = FinetuneTrainer(
+        model=result.model,
+        args=args,
+        processing_class=prepared.tokenizer,
+        data_collator=task.data_collator(prepared.tokenizer, args),
+        compute_metrics=task.compute_metrics(),
+        preprocess_logits_for_metrics=task.preprocess_logits_for_metrics(),
+        recipe=recipe,
+    )
+    tracking.attach(trainer, recipe)
+    trainer.state.global_step = result.metrics.get("train_steps", 0)  # SetFit's contrastive steps
+    metrics = {**result.metrics, "world_size": args.world_size}
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", {**metrics, "strategy": result.record["strategy"]})
+    return trainer, tokenised, metrics
+
+
+def _start_output_dir(prepared: Prepared, strategy_record: dict[str, Any]) -> None:
+    """The output dir before the model is saved: unfinished saves removed, the resolved recipe (with the
+    data mirror it read), the environment and the strategy record written."""
+    recipe, task = prepared.recipe, prepared.task
+    output_dir = Path(recipe.training.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    removed = remove_partial(output_dir)
+    if removed:
+        logger.info("removed the unfinished checkpoint saves %s", ", ".join(removed))
+    if task.source is not None and task.source.mirror_root and recipe.data.mirror is None:
+        recipe.data.mirror = task.source.mirror_root  # eval/predict find the same data later
+    recipe.save(output_dir / RECIPE_FILE, header=recipe_header(recipe))
+    write_environment(output_dir)
+    atomic_write_text(output_dir / STRATEGY_FILE, json.dumps(strategy_record, indent=2) + "\n")
 
 
 # Settings that change how a run is watched or where it is kept, not what it trains: the same run may be

@@ -52,6 +52,7 @@ def _sections() -> dict[str, type]:
             "strategy.distill": schema.DistillConfig,
             "training.early_stopping": schema.EarlyStoppingConfig,
             "peft": schema.PeftSection,
+            "few_shot": schema.FewShotSection,
             "hub": schema.HubConfig,
             "bench": BenchSettings,
             "bench.task": TaskEntry,

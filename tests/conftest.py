@@ -249,6 +249,7 @@ SLOWEST_FIRST = [
     "test_export_onnx",
     "test_onnx_runtime",
     "test_distill",
+    "test_fewshot",
 ]
 
 

@@ -326,6 +326,27 @@ def _distill_question_answering(c: Ctx) -> list[str]:
     return [*_qa(c, [qa_row(0), qa_row(1)]), f"strategy.distill.teacher={c.tmp}"]
 
 
+def _few_shot(c: Ctx, *extra: str, method: str = "setfit") -> list[str]:
+    return c.train(_with(c.recipe(), "few_shot", method=method), *extra)
+
+
+def _multi_label(c: Ctx, *extra: str) -> list[str]:
+    """Rows with a list of labels each (multi-label classification)."""
+    rows = [
+        {"sentence": r["sentence"], "label": [r["label"]] + ([1 - r["label"]] if i % 3 == 0 else [])}
+        for i, r in enumerate(sentiment_rows(40, seed=1))
+    ]
+    files = {"train": str(write_jsonl(c.tmp / "multi.jsonl", rows)), "validation": str(c.tmp / "multi.jsonl")}
+    return c.train(tiny_recipe(c.model, files, c.out), *extra)
+
+
+def _export_few_shot_run(c: Ctx) -> list[str]:
+    c.finished_run(_with(c.recipe(), "few_shot", method="setfit"))
+    (c.out / "config_setfit.json").write_text('{"labels": ["0", "1"]}')
+    (c.out / "classifier_head.safetensors").write_bytes(b"head")
+    return ["export", str(c.out), "--format", "onnx", "--output", str(c.tmp / "onnx")]
+
+
 ROWS = [
     # ---- recipe ---------------------------------------------------------------------------------
     Row(
@@ -871,6 +892,67 @@ ROWS = [
         "train-from-an-onnx-export",
         lambda c: c.train(_with(c.recipe(), "model", name_or_path=_model_copy(c, {"model.onnx": b"graph"}))),
         "is an ONNX export (model.onnx), which runs `eval` and `predict` only; train from the run",
+    ),
+    # ---- few-shot (few_shot.method, data.samples_per_class) ----------------------------------------------
+    Row(
+        "samples-per-class-larger-than-a-class",
+        lambda c: c.train(c.recipe(), "data.samples_per_class=200"),
+        "`data.samples_per_class`: 200 training examples of each class are asked for, but in the train split "
+        "(column 'label') class '0' has",
+    ),
+    Row(
+        "samples-per-class-on-ner",
+        lambda c: [*_ner(c, ner_rows(10, seed=1)), "data.samples_per_class=4"],
+        "`data.samples_per_class`: draws N examples of each class, for text classification; this recipe's task "
+        "is token-classification",
+    ),
+    Row(
+        "samples-per-class-multi-label",
+        lambda c: _multi_label(c, "data.samples_per_class=4"),
+        "`data.samples_per_class`: draws N examples of each class, one class per example",
+    ),
+    Row(
+        "few-shot-on-ner",
+        lambda c: [*_ner(c, ner_rows(10, seed=1)), "few_shot.method=setfit"],
+        "`few_shot.method`: classifies whole texts (text-classification); this recipe's task is "
+        "token-classification",
+    ),
+    Row(
+        "few-shot-on-question-answering",
+        lambda c: [*_qa(c, [qa_row(0), qa_row(1)]), "few_shot.method=setfit"],
+        "`few_shot.method`: classifies whole texts (text-classification); this recipe's task is "
+        "question-answering",
+    ),
+    Row(
+        "few-shot-multi-label",
+        lambda c: _multi_label(c, "few_shot.method=setfit"),
+        "`few_shot.method`: `setfit` learns single-label classes; column 'label' makes this task "
+        "multi_label_classification",
+    ),
+    Row(
+        "few-shot-unknown-method",
+        lambda c: _few_shot(c, method="set-fit"),
+        "`few_shot.method`: expected one of",
+    ),
+    Row(
+        "few-shot-with-peft",
+        lambda c: _few_shot(c, "peft.method=lora"),
+        "`peft.method`: `few_shot.method: setfit` trains the sentence encoder itself",
+    ),
+    Row(
+        "few-shot-with-a-strategy",
+        lambda c: _few_shot(c, "strategy.freeze_layers=1"),
+        "`strategy.freeze_layers`: shapes fine-tuning; `few_shot.method: setfit` has its own schedule",
+    ),
+    Row(
+        "few-shot-on-pairs",
+        lambda c: _few_shot(c, "task.text_pair_column=sentence"),
+        "`task.text_pair_column`: `few_shot.method: setfit` embeds single texts",
+    ),
+    Row(
+        "export-few-shot-run",
+        _export_few_shot_run,
+        "is a few-shot run (`few_shot.method: setfit`: a sentence encoder and a logistic regression)",
     ),
 ]
 

@@ -32,6 +32,7 @@ def test_all_glue_recipes_are_bundled():
         "sst2_probe",
         "sst2_lora",
         "sst2_distill",
+        "sst2_setfit",
     }
 
 
@@ -44,7 +45,11 @@ def test_bundled_recipe_loads_and_documents_its_launch_command(path: Path):
     assert recipe.data.dataset == "glue" and recipe.data.config == path.stem.split("_")[0]
     # the base recipes fine-tune every layer (SST-2 gives its new classifier a 10x learning rate);
     # the variants (sst2_freeze, ...) apply a strategy or a PEFT method
-    full = dataclasses.replace(recipe.strategy, head_lr_multiplier=1.0).is_default and not recipe.peft.enabled
+    full = (
+        dataclasses.replace(recipe.strategy, head_lr_multiplier=1.0).is_default
+        and not recipe.peft.enabled
+        and not recipe.few_shot.enabled  # sst2_setfit: SetFit, not fine-tuning
+    )
     assert full == ("_" not in path.stem)
     # the distilled student (sst2_distill) trains with the demo's settings, its 10x head included
     assert recipe.strategy.head_lr_multiplier == (10.0 if path.stem in ("sst2", "sst2_distill") else 1.0)

@@ -58,6 +58,7 @@ def test_reference_lists_every_field_the_loader_accepts(site):
     from hf_finetune.bench.spec import BenchSettings, TaskEntry
     from hf_finetune.config import (
         DataConfig,
+        FewShotSection,
         GradualUnfreezingConfig,
         HubConfig,
         ModelConfig,
@@ -76,6 +77,7 @@ def test_reference_lists_every_field_the_loader_accepts(site):
         "strategy": StrategyConfig,
         "strategy.gradual_unfreezing": GradualUnfreezingConfig,
         "peft": PeftSection,
+        "few_shot": FewShotSection,
         "hub": HubConfig,
     }
     builtin = {

@@ -131,7 +131,7 @@ def test_recipes_lists_the_bundled_files_by_kind(venv):
     assert list(sections)[:4] == list(catalog.TITLES.values()), out
     recipes, bench, spaces, accelerate = (sections[catalog.TITLES[k]] for k in catalog.TITLES)
     assert {f"glue/{name}" for name in GLUE} | {"ner/conll2003", "qa/squad"} <= set(recipes)
-    assert list(bench) == ["bench/glue-quick"]
+    assert list(bench) == ["bench/few-shot", "bench/glue-quick"]
     assert list(spaces) == ["tune/default-space", "tune/pairs-space"]
     assert {"accelerate/cpu-2proc", "accelerate/single-gpu", "accelerate/fsdp"} <= set(accelerate)
     assert str(venv["root"]) in out.splitlines()[-1]  # the footer names the installed folder

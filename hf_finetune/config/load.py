@@ -9,6 +9,7 @@ module that reads the task registry: ``task.name`` picks the dataclass of the ``
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from .schema import (
     SECTIONS,
     DataConfig,
     EarlyStoppingConfig,
+    FewShotSection,
     HubConfig,
     ModelConfig,
     PeftSection,
@@ -95,6 +97,7 @@ def load_recipe(
     strategy = build_section(StrategyConfig, raw.get("strategy"), "strategy")
     peft = build_section(PeftSection, raw.get("peft"), "peft")
     hub = build_section(HubConfig, raw.get("hub"), "hub")
+    few_shot = build_section(FewShotSection, raw.get("few_shot"), "few_shot")
     if hub.merge and peft.method not in ("lora", "ia3"):
         raise RecipeError(
             "hub.merge",
@@ -107,6 +110,7 @@ def load_recipe(
             + " Drop it.",
         )
     _check_strategy_with_peft(strategy, peft)
+    _check_few_shot(few_shot, task, model, data, strategy, peft)
 
     training_raw = raw.get("training") or {}
     if not isinstance(training_raw, dict):
@@ -155,6 +159,7 @@ def load_recipe(
         strategy=strategy,
         peft=peft,
         hub=hub,
+        few_shot=few_shot,
         source=origin,
         training_fields=training_fields,
         resume=resume,
@@ -162,6 +167,12 @@ def load_recipe(
         defaults=tuple(applied),
     )
     if early_stopping is not None:
+        if few_shot.enabled:
+            raise RecipeError(
+                "training.early_stopping",
+                f"watches evaluations during training; `few_shot.method: {few_shot.method}` evaluates once, at "
+                "the end. Drop one of the two.",
+            )
         _monitor(recipe)
     return recipe
 
@@ -320,6 +331,70 @@ def _monitor(recipe: Recipe) -> None:
         args.metric_for_best_model = default_metric(recipe)
     if "greater_is_better" not in recipe.training_fields:
         args.greater_is_better = not lower_is_better(args.metric_for_best_model)
+
+
+FEW_SHOT_TASK = "text-classification"
+
+
+def _check_few_shot(
+    few_shot: FewShotSection,
+    task: TaskConfig,
+    model: ModelConfig,
+    data: DataConfig,
+    strategy: StrategyConfig,
+    peft: PeftSection,
+) -> None:
+    """`few_shot` and `data.samples_per_class` against the rest of the recipe: what they cannot work with is
+    an error here, before any data loads (the data's own checks, multi-label and regression, come in the
+    task's `prepare`)."""
+    if data.samples_per_class is not None and task.name != FEW_SHOT_TASK:
+        raise RecipeError(
+            "data.samples_per_class",
+            f"draws N examples of each class, for text classification; this recipe's task is {task.name}, "
+            "whose examples hold many labels (tags, answer spans). Use `data.max_train_samples` instead.",
+        )
+    if not few_shot.enabled:
+        return
+    method = f"`few_shot.method: {few_shot.method}`"
+    if task.name != FEW_SHOT_TASK:
+        raise RecipeError(
+            "few_shot.method",
+            f"classifies whole texts (text-classification); this recipe's task is {task.name}. Drop "
+            "`few_shot` and fine-tune (with `data.max_train_samples` for a small training set).",
+        )
+    if getattr(task, "text_pair_column", None):
+        raise RecipeError(
+            "task.text_pair_column",
+            f"{method} embeds single texts, and this recipe classifies pairs; drop `few_shot` to fine-tune on "
+            "the pairs, or drop `task.text_pair_column`.",
+        )
+    for name in ("class_weights", "loss"):
+        value = getattr(task, name, None)
+        if value not in (None, "cross_entropy"):
+            raise RecipeError(
+                f"task.{name}",
+                f"sets the fine-tuning loss; {method} fits a logistic regression with its own loss. Drop one.",
+            )
+    if data.long_text != "truncate":
+        raise RecipeError(
+            "data.long_text", f"`windows` is for fine-tuned classifiers; {method} embeds the first tokens."
+        )
+    if model.num_layers is not None:
+        raise RecipeError("model.num_layers", f"cuts a checkpoint for fine-tuning; {method} uses it whole.")
+    if peft.enabled:
+        raise RecipeError(
+            "peft.method", f"{method} trains the sentence encoder itself; drop `peft` or `few_shot`."
+        )
+    if not strategy.is_default:
+        changed = [
+            f.name
+            for f in dataclasses.fields(strategy)
+            if getattr(strategy, f.name) != getattr(StrategyConfig(), f.name)
+        ]
+        raise RecipeError(
+            f"strategy.{changed[0]}",
+            f"shapes fine-tuning; {method} has its own schedule (the `few_shot` fields). Drop it.",
+        )
 
 
 def _check_strategy_with_peft(strategy: StrategyConfig, peft: PeftSection) -> None:

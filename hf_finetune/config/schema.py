@@ -21,7 +21,7 @@ import yaml
 from ..errors import RecipeError
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-SECTIONS = ("task", "model", "data", "strategy", "peft", "training", "hub")
+SECTIONS = ("task", "model", "data", "strategy", "peft", "few_shot", "training", "hub")
 PEFT_METHODS = ("lora", "ia3", "prefix_tuning", "prompt_tuning", "p_tuning")
 
 
@@ -161,6 +161,18 @@ class DataConfig:
         "Use only the first N training examples (for a quick run or a smoke test).", None
     )
     max_eval_samples: int | None = field_help("Use only the first N examples of each evaluation split.", None)
+    samples_per_class: int | None = field_help(
+        "Few-shot: train on N examples of each class, drawn at random (without replacement) from the training "
+        "split, after `max_train_samples`: a balanced few-shot set from any single-label classification data, "
+        "for any method (`few_shot` or fine-tuning). A class with fewer than N examples is an error naming it. "
+        "The evaluation splits stay whole.",
+        None,
+    )
+    sample_seed: int | None = field_help(
+        "Seed of the `samples_per_class` draw; null: `training.seed`, so each seed of a bench or a sweep is "
+        "its own draw (and every method sees the same draw for the same seed).",
+        None,
+    )
     max_seq_length: int = field_help(
         "Truncate inputs to this many tokens (capped at the tokenizer's own limit); batches are padded "
         "as `padding` says. Token classification cuts longer sentences with a warning that counts them (`predict` "
@@ -231,7 +243,13 @@ class DataConfig:
             )
         if self.dataset is not None and self.files:
             raise RecipeError("data.files", "set either `data.dataset` or `data.files`, not both.")
-        for name in ("max_train_samples", "max_eval_samples", "max_seq_length", "preprocessing_num_workers"):
+        for name in (
+            "max_train_samples",
+            "max_eval_samples",
+            "samples_per_class",
+            "max_seq_length",
+            "preprocessing_num_workers",
+        ):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise RecipeError(f"data.{name}", f"must be a positive integer, got {value}.")
@@ -569,6 +587,70 @@ class PeftSection:
         return self.method is not None
 
 
+FEW_SHOT_METHODS = ("setfit", "embedding_probe")
+
+
+@dataclass
+class FewShotSection:
+    """Few-shot text classification on a sentence encoder instead of fine-tuning a classification head: SetFit
+    (Tunstall et al., 2022) or a logistic regression on the frozen encoder's embeddings. It trains on its own
+    schedule (the fields below); of the `training` section only `output_dir`, `seed`, `logging_steps`,
+    `report_to` and `per_device_eval_batch_size` apply, and `strategy` and `peft` must stay empty."""
+
+    section: ClassVar[str] = "few_shot"
+    method: Literal["setfit", "embedding_probe"] | None = field_help(
+        "`setfit`: contrastive training of the sentence encoder (`model.name_or_path` read as a "
+        "sentence-transformers model; a plain transformers checkpoint gets mean pooling) on pairs of training "
+        "examples (same label: cosine similarity 1, different labels: 0), then a logistic regression on its "
+        "embeddings, through the `setfit` library (`pip install hf-finetune[fewshot]`). `embedding_probe`: the "
+        "logistic regression alone, on the embeddings of the encoder as it is. null: fine-tuning as usual. "
+        "Single-label text classification of single texts only. The output dir loads with "
+        "`setfit.SetFitModel.from_pretrained` as well as with `hf-finetune eval` and `predict`.",
+        None,
+    )
+    num_iterations: int | None = field_help(
+        "SetFit: pairs are drawn for every training example this many times (one similar and one dissimilar "
+        "pair each), as in the SetFit paper (20). null: `sampling_strategy` decides.",
+        None,
+    )
+    sampling_strategy: Literal["oversampling", "undersampling", "unique"] = field_help(
+        "SetFit, without `num_iterations`: `oversampling` draws every pair of the larger kind (similar or "
+        "dissimilar) once and repeats the other kind to match; `undersampling` stops at the smaller kind; "
+        "`unique` every pair once.",
+        "oversampling",
+    )
+    num_epochs: int = field_help("SetFit: epochs over the pairs.", 1)
+    batch_size: int = field_help("SetFit: pairs per optimizer step.", 16)
+    max_steps: int | None = field_help(
+        "SetFit: stop after this many steps (null: `num_epochs` decide).", None
+    )
+    learning_rate: float = field_help(
+        "SetFit: learning rate of the encoder (AdamW, linear decay after 10% warmup).", 2.0e-5
+    )
+    head_c: float = field_help(
+        "Inverse L2 strength `C` of the logistic-regression head (scikit-learn's; smaller: stronger "
+        "regularisation).",
+        1.0,
+    )
+
+    def __post_init__(self) -> None:
+        if self.method is None:
+            return
+        for name in ("num_iterations", "num_epochs", "batch_size", "max_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise RecipeError(f"few_shot.{name}", f"must be a positive integer, got {value}.")
+        for name in ("learning_rate", "head_c"):
+            if not 0.0 < getattr(self, name) < float("inf"):
+                raise RecipeError(
+                    f"few_shot.{name}", f"must be a positive number, got {getattr(self, name)}."
+                )
+
+    @property
+    def enabled(self) -> bool:
+        return self.method is not None
+
+
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 
 
@@ -642,6 +724,7 @@ class Recipe:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     peft: PeftSection = field(default_factory=PeftSection)
     hub: HubConfig = field(default_factory=HubConfig)
+    few_shot: FewShotSection = field(default_factory=FewShotSection)
     source: str | None = None
     # The training fields the recipe and overrides set, and the package's defaults for the ones they leave out
     # (the rest are transformers' defaults): what recipe.yaml records.
@@ -659,15 +742,18 @@ class Recipe:
         training = {k: v for k, v in self.training_fields.items() if not is_secret(k)}
         if self.early_stopping is not None:
             training["early_stopping"] = dataclasses.asdict(self.early_stopping)
-        return {
+        out = {
             "task": plain(dataclasses.asdict(self.task)),
             "model": plain(dataclasses.asdict(self.model)),
             "data": plain(dataclasses.asdict(self.data)),
             "strategy": plain(dataclasses.asdict(self.strategy)),
             "peft": plain(dataclasses.asdict(self.peft)),
-            "hub": plain(dataclasses.asdict(self.hub)),
-            "training": plain(training),
         }
+        if self.few_shot.enabled:  # only then: a fine-tuning run's recipe.yaml has no few_shot section
+            out["few_shot"] = plain(dataclasses.asdict(self.few_shot))
+        out["hub"] = plain(dataclasses.asdict(self.hub))
+        out["training"] = plain(training)
+        return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)

@@ -38,6 +38,7 @@ import torch
 from ..card import hub_base_model
 from ..config.load import load_recipe
 from ..errors import FinetuneError, RecipeError
+from ..fewshot.model import is_few_shot_dir
 from ..inference import load_output_recipe, restore_model, restore_task
 from ..outputs import EXPORT_FILE, PARTIAL_SUFFIX, RECIPE_FILE, atomic_write_text, is_adapter_dir
 from . import parity
@@ -91,6 +92,12 @@ def export_onnx(
             "from (export.json names it)."
         )
     recipe = load_output_recipe(run_dir)  # a run directory with a saved model
+    if is_few_shot_dir(run_dir):
+        raise FinetuneError(
+            f"{run_dir}: is a few-shot run (`few_shot.method: {recipe.few_shot.method}`: a sentence encoder and a "
+            "logistic regression), which `hf-finetune export` does not convert; it loads with "
+            "`setfit.SetFitModel.from_pretrained`, and setfit's `setfit.exporters.onnx.export_onnx` exports it."
+        )
     check_target(target)
     saved = load_recipe(run_dir / RECIPE_FILE, defaults=False)
     peft = saved.peft.method if is_adapter_dir(run_dir) else None

@@ -185,6 +185,8 @@ class TextClassificationTask(Task):
         super().__init__(recipe)
         self.labels: LabelSchema | None = None
         self.imbalance: ImbalanceLoss | None = None  # class weights / focal loss, settled by prepare()
+        #: `data.samples_per_class`: what prepare() drew (per class, examples, seed), else None
+        self.drawn: dict[str, int] | None = None
         #: `data.long_text: windows`: the document of each window row of each evaluated split (preprocess())
         self.windows = Windows(recipe.data.window_aggregate)
         if recipe.data.long_text == "windows" and self.cfg.text_pair_column:
@@ -235,9 +237,50 @@ class TextClassificationTask(Task):
                 cut = data.max_train_samples is not None and len(values) == data.max_train_samples
                 note = ", the first `data.max_train_samples`" if cut else ""
                 self.labels.require_classes(values, split, cfg.label_column, note)
+        if self.recipe.few_shot.enabled and self.labels.problem_type != SINGLE:
+            raise RecipeError(
+                "few_shot.method",
+                f"`{self.recipe.few_shot.method}` learns single-label classes; column '{cfg.label_column}' makes "
+                f"this task {self.labels.problem_type}. Drop `few_shot` and fine-tune, or give one class per "
+                "example.",
+            )
+        if train_values is not None and data.samples_per_class is not None:
+            train_values = self._draw_samples(raw, train_values)
         logger.info("labels: %s (%s)", ", ".join(self.labels.names), self.labels.problem_type)
         if train_values is not None:  # a run being set up (not a saved model): the loss it trains with
             self.imbalance = self._imbalance_loss(train_values)
+
+    def _draw_samples(self, raw, values: list[Any]) -> list[Any]:
+        """`data.samples_per_class`: replace the training split by N rows of each class, drawn without
+        replacement with `data.sample_seed` (else `training.seed`); returns the drawn rows' labels."""
+        data, schema, column = self.recipe.data, self.labels, self.cfg.label_column
+        n, split = data.samples_per_class, data.train_split
+        if schema.problem_type != SINGLE:
+            raise RecipeError(
+                "data.samples_per_class",
+                f"draws N examples of each class, one class per example; column '{column}' makes this task "
+                f"{schema.problem_type}. Use `data.max_train_samples` for a smaller training set.",
+            )
+        rows: dict[int, list[int]] = {i: [] for i in range(len(schema.names))}
+        for row, value in enumerate(values):
+            rows[schema.encode(value)].append(row)
+        short = [(schema.names[i], len(found)) for i, found in rows.items() if len(found) < n]
+        if short:
+            listed = ", ".join(f"{name!r} has {count}" for name, count in short)
+            fewest = min(count for _, count in short)
+            raise DataError(
+                f"`data.samples_per_class`: {n} training examples of each class are asked for, but in the {split} "
+                f"split (column '{column}') class {listed}. Lower `data.samples_per_class`"
+                + (f" to {fewest} at most" if fewest > 0 else "")
+                + ", or add examples of that class."
+            )
+        seed = data.sample_seed if data.sample_seed is not None else self.recipe.training.seed
+        rng = np.random.default_rng(seed)
+        chosen = sorted(int(r) for found in rows.values() for r in rng.choice(found, size=n, replace=False))
+        raw[split] = raw[split].select(chosen)
+        self.drawn = {"samples_per_class": n, "examples": len(chosen), "seed": seed}
+        logger.info("few-shot draw: %d examples of each of %d classes (seed %d)", n, len(rows), seed)
+        return [values[r] for r in chosen]
 
     def _imbalance_loss(self, values: list[Any]) -> ImbalanceLoss | None:
         """`task.class_weights` / `task.loss` from the training labels ``values`` (checked by now)."""
@@ -291,6 +334,12 @@ class TextClassificationTask(Task):
             "metrics": self.metric_names(),
         }
         data = self.recipe.data
+        if self.drawn is not None:
+            drawn = self.drawn
+            out["samples_per_class"] = (
+                f"{drawn['samples_per_class']} per class drawn from the {data.train_split} split "
+                f"({drawn['examples']} examples, seed {drawn['seed']})"
+            )
         if data.long_text == "windows":
             out["long_text"] = windows.describe(data)
         if self.imbalance is not None:
