@@ -115,6 +115,13 @@ def prepare(recipe: Recipe, stage: str = "train") -> Prepared:
 
         check_installed()
         summary["strategy"] = describe(recipe)
+        # its own schedule and loss: the training section's fine-tuning defaults and the task's loss do not apply
+        summary.pop("training_defaults", None)
+        summary["loss"] = (
+            "cosine-similarity loss on pairs (the encoder), then logistic regression (the head)"
+            if recipe.few_shot.method == "setfit"
+            else "logistic regression (the head)"
+        )
         return prepared
     prepared.plan = strategy_plan(recipe, with_peft(recipe, meta_model(prepared)))
     summary["strategy"] = prepared.plan.description

@@ -55,7 +55,7 @@ def test_recipes_are_listed_by_kind_and_filtered_by_kind(capsys):
     recipes, bench, spaces, accelerate = (sections[catalog.TITLES[k]] for k in catalog.TITLES)
     assert {"glue/sst2", "ner/conll2003", "qa/squad"} <= set(recipes)
     assert not any(name.startswith(("bench/", "tune/", "accelerate/")) for name in recipes)
-    assert set(bench) == {"bench/glue-quick"}
+    assert set(bench) == {"bench/few-shot", "bench/glue-quick"}
     assert {"tune/default-space", "tune/pairs-space"} == set(spaces)
     assert {"accelerate/cpu-2proc", "accelerate/fsdp"} <= set(accelerate)
     assert all(len(line.split()) > 1 for line in accelerate.values())  # each with its description

@@ -57,6 +57,9 @@ def describe(recipe) -> str:
 
 @dataclass
 class FewShotResult:
+    """A trained few-shot model: as hf-finetune runs it, as setfit saves it, its training metrics and the record
+    strategy.json keeps."""
+
     model: SentenceClassifier
     setfit_model: Any
     metrics: dict[str, Any] = field(default_factory=dict)
