@@ -50,7 +50,7 @@ from .outputs import (
 )
 from .strategies.distill import check_teacher
 from .tasks import get_task
-from .trainer import FinetuneTrainer, complete_checkpoints, recipe_header, remove_partial
+from .trainer import FinetuneTrainer, complete_checkpoints, evaluation_only, recipe_header, remove_partial
 
 logger = logging.getLogger("hf_finetune")
 
@@ -223,6 +223,7 @@ def train(
             "or push the output dir afterwards with `hf-finetune push`."
         )
     check_launch(args)  # the world size the launcher started; sets up the process group
+    _refuse_few_shot_launch(recipe, resume_from)
     if not args.should_log:  # replicas of a multi-process run: warnings only, no progress bars
         logger.setLevel(logging.WARNING)
         _quiet_datasets()
@@ -239,7 +240,7 @@ def train(
 
     output_dir = Path(args.output_dir)
     if recipe.few_shot.enabled:
-        trainer, tokenised, train_metrics = _few_shot(prepared, resume_from)
+        trainer, tokenised, train_metrics = _few_shot(prepared)
     else:
         trainer, tokenised, train_metrics = _fine_tune(prepared, callbacks, resume_from)
 
@@ -374,16 +375,11 @@ def _fine_tune(prepared: Prepared, callbacks: Sequence[Any], resume_from: Path |
     return trainer, tokenised, train_metrics
 
 
-def _few_shot(prepared: Prepared, resume_from: Path | None):
-    """Train the prepared recipe's `few_shot` method (`hf_finetune.fewshot`); the model saved as a SetFit model
-    directory, its training metrics written. Returns a `FinetuneTrainer` around it, for the final evaluations
-    (fp32, as `setfit.SetFitModel.predict` runs it), the tokenised splits and the training metrics."""
-    import copy
-
-    from .fewshot import train as few_shot
-    from .tasks.base import capped_max_length
-
-    recipe, task = prepared.recipe, prepared.task
+def _refuse_few_shot_launch(recipe: Recipe, resume_from: Path | None) -> None:
+    """A few-shot method trains in one process and saves no checkpoints: refuse a multi-process launch or a
+    resume before the data or any weights load."""
+    if not recipe.few_shot.enabled:
+        return
     if recipe.training.world_size > 1:
         raise RecipeError(
             "few_shot.method",
@@ -394,17 +390,23 @@ def _few_shot(prepared: Prepared, resume_from: Path | None):
         raise RecipeError(
             "training.resume", "a few-shot run writes no checkpoints to resume from; drop `--resume`."
         )
+
+
+def _few_shot(prepared: Prepared):
+    """Train the prepared recipe's `few_shot` method (`hf_finetune.fewshot`); the model saved as a SetFit model
+    directory, its training metrics written. Returns a `FinetuneTrainer` around it, for the final evaluations
+    (fp32, as `setfit.SetFitModel.predict` runs it), the tokenised splits and the training metrics."""
+    from .fewshot import train as few_shot
+    from .tasks.base import capped_max_length
+
+    recipe, task = prepared.recipe, prepared.task
     result = few_shot.fit(prepared, capped_max_length(prepared.tokenizer, recipe.data.max_seq_length))
     output_dir = Path(recipe.training.output_dir)
     _start_output_dir(prepared, result.record)
     few_shot.save(result, output_dir)
     with recipe.training.main_process_first(desc="tokenising"):
         tokenised = task.preprocess(prepared.raw, prepared.tokenizer)
-    args = copy.copy(recipe.training)
-    args.bf16 = args.fp16 = args.bf16_full_eval = args.fp16_full_eval = False  # the head was fitted in fp32
-    args.mixed_precision = "no"
-    args.eval_strategy = args.save_strategy = "no"  # it evaluates once, when asked; it trains nothing
-    args.load_best_model_at_end = False
+    args = evaluation_only(recipe.training)  # fp32: the head was fitted in fp32, as SetFit predicts
     trainer = FinetuneTrainer(
         model=result.model,
         args=args,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
@@ -268,6 +269,18 @@ def eval_trainer(
             preprocess_logits_for_metrics=None if full_logits else task.preprocess_logits_for_metrics(),
             eval_by_length=by_length,
         )
+
+
+def evaluation_only(args):
+    """A copy of the `TrainingArguments` ``args`` for a trainer that trains nothing and evaluates when asked,
+    in fp32 (no mixed precision, no evaluation or saving schedule, no best checkpoint to load). It keeps the
+    output dir, reporting and batch sizes of ``args``."""
+    args = copy.copy(args)
+    args.bf16 = args.fp16 = args.bf16_full_eval = args.fp16_full_eval = False
+    args.mixed_precision = "no"  # what the AcceleratorState reads, beside the two flags
+    args.eval_strategy = args.save_strategy = "no"
+    args.load_best_model_at_end = False
+    return args
 
 
 def publish_dir(source: Path, target: Path) -> None:
