@@ -1,6 +1,6 @@
 """The one child-process entry point of hf-finetune (started by `hf_finetune.launch`, never by hand):
 
-    python -m hf_finetune.child train MEMORY_FILE [--report STORAGE_URL TRIAL METRIC] RECIPE [overrides]
+    python -m hf_finetune.child train MEMORY_FILE [--report STORAGE_URL STUDY TRIAL METRIC] RECIPE [overrides]
     python -m hf_finetune.child calibrate DEVICE DTYPE [DTYPE ...]
 
 ``train`` is `hf-finetune train RECIPE overrides` (same logging, same `hf-finetune: error:` line and exit
@@ -75,8 +75,8 @@ def _train(recipe_path: str, overrides: list[str], report: list[str] | None, fac
         if report is not None:
             from .tune.trial import train_reporting
 
-            url, number, metric = report
-            code = train_reporting(recipe, url, int(number), metric or None)
+            url, study, number, metric = report
+            code = train_reporting(recipe, url, study, int(number), metric or None)
         else:
             from .outputs import eval_results
             from .publish import train_and_push as train_recipe
@@ -106,8 +106,8 @@ def main(argv: list[str]) -> int:
         memory_file, *rest = rest
         report = None
         if rest[:1] == ["--report"]:
-            report, rest = rest[1:4], rest[4:]
-        if rest and (report is None or len(report) == 3):
+            report, rest = rest[1:5], rest[5:]
+        if rest and (report is None or len(report) == 4):
             recipe_path, *overrides = rest
             return train(memory_file, recipe_path, overrides, report)
     print(f"usage:\n{USAGE}", file=sys.stderr)

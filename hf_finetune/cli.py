@@ -256,7 +256,11 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _tune_arguments(p: argparse.ArgumentParser) -> None:
-    _add_recipe(p, "the recipe to tune (a path or a bundled name such as glue/rte)")
+    _add_recipe(
+        p,
+        "the recipe to tune (a path or a bundled name such as glue/rte); or `report`: write a search's "
+        "outputs from its study (--storage, --study-name, --output-dir)",
+    )
     _add_overrides(p, OVERRIDES_HELP + "; laid under every trial")
     p.add_argument("--trials", type=int, help="trials in the search (counted over resumed runs)")
     p.add_argument(
@@ -293,6 +297,13 @@ def _tune_arguments(p: argparse.ArgumentParser) -> None:
         "as large as the differences the search is after; costs that many times the training). Default: once, "
         "with the recipe's training.seed",
     )
+    p.add_argument(
+        "--folds",
+        type=int,
+        metavar="K",
+        help="score each trial by the mean over K stratified folds of the training split (K trainings per "
+        "trial; the evaluation split is left for the winner); the pruner sees the running mean",
+    )
     p.add_argument("--keep-models", action="store_true", help="keep each trial's trained weights")
     p.add_argument(
         "--report-to",
@@ -302,6 +313,37 @@ def _tune_arguments(p: argparse.ArgumentParser) -> None:
         help="experiment trackers every trial reports to (tensorboard, trackio, mlflow): one store in the tune "
         "directory's tracking/, the search as the project, a run per trial",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="trials at once on this machine, each worker its own process on the study (default 1); on the "
+        "CPU the cores are split between them",
+    )
+    p.add_argument(
+        "--devices",
+        type=lambda text: [d for d in text.split(",") if d.strip()],
+        default=[],
+        metavar="0,1,...",
+        help="pin one device per worker, in turn (CUDA_VISIBLE_DEVICES); alone, one worker per device",
+    )
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help="the study's optuna storage, shared by workers on any number of machines: postgresql://..., "
+        "mysql://..., sqlite:///PATH or journal:PATH (default: study.db in the tune directory)",
+    )
+    p.add_argument(
+        "--study-name",
+        help="the study's name in --storage (default hf-finetune-tune): several searches can share a database",
+    )
+    p.add_argument(
+        "--join",
+        action="store_true",
+        help="add this machine's workers to the search already started on --storage (the same recipe, "
+        "space and options)",
+    )
+    p.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set on the processes --workers starts
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -526,6 +568,8 @@ def _calibrate() -> None:
 def _run_tune(args: argparse.Namespace) -> int:
     from .tune import prepare_tune, run_tune
 
+    if args.recipe == "report":
+        return _tune_report(args)
     tune = prepare_tune(
         catalog.resolve(args.recipe),
         args.overrides,
@@ -540,6 +584,13 @@ def _run_tune(args: argparse.Namespace) -> int:
         keep_models=args.keep_models,
         trial_seeds=args.trial_seeds,
         report_to=args.report_to,
+        storage_url=args.storage,
+        study_name=args.study_name,
+        join=args.join,
+        workers=args.workers,
+        devices=args.devices,
+        worker=args.worker,
+        folds=args.folds,
     )
     summary = run_tune(tune, progress=not args.no_progress)
     out = summary["output_dir"]
@@ -557,6 +608,18 @@ def _run_tune(args: argparse.Namespace) -> int:
             f"retrained with seeds {confirmed['seeds']}: recipe {confirmed['recipe']['mean']:.4f}, "
             f"best {confirmed['best']['mean']:.4f}"
         )
+    return 0
+
+
+def _tune_report(args: argparse.Namespace) -> int:
+    """`hf-finetune tune report --storage URL [--study-name N] [--output-dir D]`: a search's outputs from
+    its study (trials.jsonl, leaderboard.md, best_recipe.yaml, importance.png), wherever its trials ran."""
+    from .tune import report_from_study
+
+    if args.overrides:
+        raise FinetuneError(f"tune report: takes no overrides, got {' '.join(args.overrides)}.")
+    tune = report_from_study(args.storage, args.study_name, args.output_dir)
+    print(f"wrote {tune.output_dir}/ (leaderboard.md, trials.jsonl, best_recipe.yaml, importance.png)")
     return 0
 
 

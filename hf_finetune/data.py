@@ -117,7 +117,7 @@ def load_splits(cfg: DataConfig, splits: list[str], split_by: Callable[[Any], Sp
 
     source = resolve_source(cfg)
     wanted = list(dict.fromkeys(splits))
-    carving = cfg.validation_size is not None
+    carving = cfg.validation_size is not None or cfg.folds is not None
     # the carved split's name; none when `eval --split train` has set eval_split to the training split
     carved = cfg.eval_splits[0] if carving and cfg.eval_splits else None
     carved = None if carved == cfg.train_split else carved
@@ -152,7 +152,8 @@ def load_splits(cfg: DataConfig, splits: list[str], split_by: Callable[[Any], Sp
         train = out[cfg.train_split]
         if carved is not None:
             _refuse_a_second_eval_split(cfg, source, carved, train)
-        out[cfg.train_split], validation, note = carve_validation(
+        carve = carve_fold if cfg.folds is not None else carve_validation
+        out[cfg.train_split], validation, note = carve(
             train, cfg, split_by(train) if split_by else None, carved or "validation"
         )
         if carved is not None:
@@ -164,17 +165,19 @@ def load_splits(cfg: DataConfig, splits: list[str], split_by: Callable[[Any], Sp
 
 
 def _refuse_a_second_eval_split(cfg: DataConfig, source: DataSource, split: str, train) -> None:
-    """`data.validation_size` on data that has the evaluation split already: one of the two must go."""
+    """`data.validation_size` or `data.folds` on data that has the evaluation split already: one of the two
+    must go."""
     if source.kind == "hub":
         splits = getattr(train.info, "splits", None) or {}
         present = split in splits
     else:
         present = split in (source.files or {})
     if present:
+        field = "data.folds" if cfg.folds is not None else "data.validation_size"
         raise RecipeError(
-            "data.validation_size",
+            field,
             f"{source.description} already has the evaluation split '{split}' (`data.eval_split`); drop "
-            f"`data.validation_size` to evaluate on it, or give the carved split another name "
+            f"`{field}` to evaluate on it, or give the carved split another name "
             f"(e.g. `data.eval_split: heldout`).",
         )
 
@@ -221,6 +224,67 @@ def carve_validation(train, cfg: DataConfig, split_by: SplitBy | None = None, na
         f"train; {how}, data.split_seed {cfg.split_seed}"
     )
     logger.info("data.validation_size %s: %s", size, note)
+    return train, validation, note
+
+
+def carve_fold(train, cfg: DataConfig, split_by: SplitBy | None = None, name: str = "validation"):
+    """``(train, fold, note)``: fold ``data.fold`` of ``data.folds`` moved to the evaluation split ``name``,
+    the other folds left to train on.
+
+    Every row is in exactly one fold, and the K folds are the same rows in every run (``data.split_seed``):
+    stratified (each label's rows, in a seeded order, dealt to the folds in turn, so each fold holds each
+    label's share), grouped (whole groups, in a seeded order, each to the fold with the fewest rows so far),
+    or shuffled (rows dealt in turn). A split with fewer rows, rows of a label, or groups than folds is an
+    error: some fold would have none.
+    """
+    import numpy as np
+
+    k, fold, rows = cfg.folds, cfg.fold, len(train)
+    where = f"`data.folds`: {k} folds of the {rows} rows of the '{cfg.train_split}' split"
+    order = [int(i) for i in np.random.default_rng(cfg.split_seed).permutation(rows)]
+    assigned = [0] * rows
+    if split_by is None or split_by.how == "stratified":
+        values = split_by.values if split_by is not None else [None] * rows
+        counts: dict[Any, int] = {}
+        for value in values:
+            counts[value] = counts.get(value, 0) + 1
+        short = {v: c for v, c in counts.items() if c < k}
+        if short:
+            named = ", ".join(f"{v} has {c}" for v, c in sorted(short.items(), key=lambda vc: str(vc[0])))
+            what = f"label {named} rows" if split_by is not None else f"it has {rows} rows"
+            raise DataError(
+                f"{where}: too few rows for {k} folds ({what}; every fold needs at least one of each); "
+                "give fewer folds, or more data."
+            )
+        dealt = dict.fromkeys(counts, 0)
+        for i in order:
+            assigned[i] = dealt[values[i]] % k
+            dealt[values[i]] += 1
+        how = f"stratified by {split_by.column}" if split_by is not None else "shuffled"
+    else:
+        members: dict[Any, list[int]] = {}
+        for i in order:
+            members.setdefault(split_by.values[i], []).append(i)
+        if len(members) < k:
+            raise DataError(
+                f"{where}: too few for {k} folds (its rows share {len(members)} {split_by.column} values, "
+                "kept together); give fewer folds, or more data."
+            )
+        sizes = [0] * k
+        for group in members.values():
+            target = min(range(k), key=lambda f: (sizes[f], f))
+            sizes[target] += len(group)
+            for i in group:
+                assigned[i] = target
+        how = f"rows that share a {split_by.column} kept together"
+    heldout = [i for i in range(rows) if assigned[i] == fold]
+    validation = train.select(heldout)
+    train = train.select([i for i in range(rows) if assigned[i] != fold])
+    note = (
+        f"{name}: fold {fold} of {k} of {cfg.train_split} ({len(validation)} rows), {len(train)} rows in "
+        f"the other folds to train; {how}, data.split_seed {cfg.split_seed}"
+    )
+    logger.info("data.folds %d: %s", k, note)
     return train, validation, note
 
 

@@ -39,9 +39,11 @@ WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt")
 
 @dataclass(frozen=True)
 class ReportTo:
-    """Where a trial's child reports its evaluations: an optuna storage URL and trial number."""
+    """Where a trial's child reports its evaluations: an optuna storage URL, the study's name, the trial's
+    number."""
 
     storage_url: str
+    study: str
     trial: int
     metric: str | None = None
 
@@ -111,7 +113,8 @@ def child_command(
 ) -> list[str]:
     cmd = [sys.executable, "-m", CHILD_MODULE, "train", str(memory_file)]
     if report_to is not None:
-        cmd += ["--report", report_to.storage_url, str(report_to.trial), report_to.metric or ""]
+        cmd += ["--report", report_to.storage_url, report_to.study, str(report_to.trial)]
+        cmd += [report_to.metric or ""]
     return [*cmd, str(recipe_path), *overrides]
 
 

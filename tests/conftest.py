@@ -250,6 +250,8 @@ SLOWEST_FIRST = [
     "test_onnx_runtime",
     "test_distill",
     "test_fewshot",
+    "test_tune_workers",
+    "test_folds",
 ]
 
 

@@ -340,6 +340,20 @@ def _multi_label(c: Ctx, *extra: str) -> list[str]:
     return c.train(tiny_recipe(c.model, files, c.out), *extra)
 
 
+def _tune(c: Ctx, *extra: str) -> list[str]:
+    # the default space's learning rates include the recipe's (its first trial is the recipe as given)
+    recipe, lr = c.write(c.recipe()), "training.learning_rate=1e-4"
+    return ["tune", recipe, lr, "--trials", "1", "--output-dir", str(c.out), *extra]
+
+
+def _resume_few_shot_run(c: Ctx) -> list[str]:
+    recipe = _with(c.recipe(), "few_shot", method="setfit")
+    c.finished_run(recipe)
+    (c.out / "checkpoint-4").mkdir()
+    (c.out / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    return c.train(recipe, "--resume")
+
+
 def _export_few_shot_run(c: Ctx) -> list[str]:
     c.finished_run(_with(c.recipe(), "few_shot", method="setfit"))
     (c.out / "config_setfit.json").write_text('{"labels": ["0", "1"]}')
@@ -859,6 +873,59 @@ ROWS = [
         lambda c: ["tune", c.write(c.recipe()), "--trials", "1", "--report-to", "mlflow", "ml-flow"],
         "`--report-to`: unknown tracker 'ml-flow' (did you mean: mlflow?)",
     ),
+    # ---- tune across processes and machines (--workers, --storage, --join) ---------------------------------
+    Row(
+        "tune-storage-driver-missing",
+        lambda c: _tune(c, "--storage", "mysql://user@127.0.0.1/tune"),
+        "--storage mysql://user@127.0.0.1/tune: no mysql driver is installed; install one of pymysql, "
+        "mysqlclient.",
+    ),
+    Row(
+        "tune-storage-unreachable",
+        lambda c: _tune(c, "--storage", "postgresql://tune:secret@127.0.0.1:9/tune"),
+        "--storage postgresql://tune:***@127.0.0.1:9/tune: cannot open the database: ",
+    ),
+    Row(
+        "tune-storage-not-a-url",
+        lambda c: _tune(c, "--storage", "my-database"),
+        "--storage 'my-database': not a database URL; give sqlite:///PATH, postgresql://USER@HOST/DB",
+    ),
+    Row(
+        "tune-join-no-study",
+        lambda c: _tune(c, "--storage", f"sqlite:///{c.tmp / 'studies.db'}", "--join"),
+        "holds no study named 'hf-finetune-tune'; start the search first (the same command without --join)",
+    ),
+    Row(
+        "tune-folds-one",
+        lambda c: _tune(c, "--folds", "1"),
+        "--folds: at least 2 (each fold is evaluated on by a model trained on the others), got 1",
+    ),
+    Row(
+        "tune-folds-too-many-for-the-data",
+        lambda c: _tune(c, "--folds", "200"),
+        "--folds 200: `data.folds`: 200 folds of the 320 rows of the 'train' split: too few rows for 200 folds "
+        "(label 0 has",
+    ),
+    Row(
+        "data-fold-without-folds",
+        lambda c: c.train(c.recipe(), "data.fold=1"),
+        "`data.fold`: picks one of the `data.folds` folds; set `data.folds` too, or drop it.",
+    ),
+    Row(
+        "data-folds-and-validation-size",
+        lambda c: c.train(c.recipe(), "data.folds=5", "data.fold=0", "data.validation_size=0.1"),
+        "`data.folds`: and `data.validation_size` both carve the evaluation split out of the training split",
+    ),
+    Row(
+        "tune-workers-zero",
+        lambda c: _tune(c, "--workers", "0"),
+        "--workers: at least 1, got 0.",
+    ),
+    Row(
+        "tune-join-and-confirm",
+        lambda c: _tune(c, "--join", "--confirm-seeds", "1"),
+        "--confirm-seeds: the process that started the search confirms its winner; drop it with --join.",
+    ),
     # ---- calibrated scores (task.calibration) --------------------------------------------------------
     Row(
         "unknown-calibration",
@@ -948,6 +1015,11 @@ ROWS = [
         "few-shot-on-pairs",
         lambda c: _few_shot(c, "task.text_pair_column=sentence"),
         "`task.text_pair_column`: `few_shot.method: setfit` embeds single texts",
+    ),
+    Row(
+        "few-shot-resume",
+        _resume_few_shot_run,
+        "`training.resume`: a few-shot run writes no checkpoints to resume from; drop `--resume`.",
     ),
     Row(
         "export-few-shot-run",

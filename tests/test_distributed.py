@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -170,6 +172,71 @@ def test_gradual_unfreezing_under_two_processes(tiny_model_dir, sentiment_files,
     assert results["world_size"] == 2
     assert results["ddp_find_unused_parameters"] is False
     assert "Traceback" not in proc.stderr
+
+
+def _node(recipe_path: str, rank: int, port: int, log: Path, *overrides: str) -> subprocess.Popen:
+    """Node ``rank`` of a two-node launch simulated on this machine: a torchrun of one process, the static
+    rendezvous on 127.0.0.1 (recipes/accelerate/multi-node.yaml gives the same launch on real nodes)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
+    cmd += ["--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", str(port)]
+    cmd += ["-m", "hf_finetune", "train", recipe_path, *overrides]
+    with log.open("w") as handle:  # the node's output, read while it runs
+        return subprocess.Popen(
+            cmd, stdout=handle, stderr=subprocess.STDOUT, env=_env(), start_new_session=True
+        )
+
+
+def _two_nodes(recipe_path: str, tmp_path: Path, name: str, *overrides: str) -> list[subprocess.Popen]:
+    port = _free_port()
+    return [_node(recipe_path, r, port, tmp_path / f"{name}-node{r}.log", *overrides) for r in (0, 1)]
+
+
+def _finish(nodes: list[subprocess.Popen], timeout: int = 300) -> list[int]:
+    return [node.wait(timeout=timeout) for node in nodes]
+
+
+def test_two_nodes_train_the_weights_of_one_process_and_resume_after_sigterm_to_node_1(
+    tiny_model_dir, sentiment_files, tmp_path
+):
+    from hf_finetune.outputs import NOTE_FILE
+
+    recipe = equivalence_recipe(tiny_model_dir, sentiment_files, tmp_path / "unused")
+    path = write_recipe(tmp_path / "recipe.yaml", recipe)
+    two, one = tmp_path / "two", tmp_path / "one"
+    nodes = _two_nodes(
+        path, tmp_path, "equal", f"training.output_dir={two}", "training.per_device_train_batch_size=8"
+    )
+    codes = _finish(nodes)
+    assert codes == [0, 0], (tmp_path / "equal-node1.log").read_text()[-3000:]
+    single(path, f"training.output_dir={one}", "training.per_device_train_batch_size=16")
+    assert json.loads((two / "all_results.json").read_text())["world_size"] == 2
+    assert max_difference(weights(two), weights(one)) < ATOL
+    # one writer: node 0's main process wrote the outputs once, node 1 wrote nothing there
+    assert (two / "README.md").is_file() and not list(two.glob("*.partial"))
+
+    # SIGTERM to node 1 mid-run: both nodes stop at the same step, node 0 saves the checkpoint; the two
+    # nodes launched again with --resume continue from it and finish
+    long = tmp_path / "long"
+    overrides = [f"training.output_dir={long}", "training.per_device_train_batch_size=8"]
+    overrides += ["training.max_steps=400", "training.logging_steps=1", "training.save_strategy=no"]
+    nodes = _two_nodes(path, tmp_path, "stopped", *overrides)
+    node0_log = tmp_path / "stopped-node0.log"
+    deadline = time.monotonic() + 300
+    while "'loss'" not in node0_log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    nodes[1].send_signal(signal.SIGTERM)
+    codes = [node.wait(timeout=300) for node in nodes]
+    assert codes[0] != 0 and codes[1] != 0
+    (checkpoint,) = long.glob("checkpoint-*")
+    stopped_at = int(checkpoint.name.split("-")[1])
+    assert 0 < stopped_at < 400 and (long / NOTE_FILE).is_file()
+    assert "SIGTERM: saving a checkpoint" in (tmp_path / "stopped-node1.log").read_text()
+
+    nodes = _two_nodes(path, tmp_path, "resumed", *overrides, "--resume")
+    assert _finish(nodes) == [0, 0], (tmp_path / "resumed-node0.log").read_text()[-3000:]
+    assert f"resuming from {checkpoint}" in (tmp_path / "resumed-node0.log").read_text()
+    state = json.loads((long / "trainer_state.json").read_text())
+    assert state["global_step"] == 400 and not (long / NOTE_FILE).exists()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -147,6 +147,15 @@ class DataConfig:
         "all evaluate on the same rows.",
         42,
     )
+    folds: int | None = field_help(
+        "Cross-validation: split the training split into this many folds (K, at least 2) and evaluate on fold "
+        "`data.fold`, training on the other K-1; the evaluation split (`data.eval_split`, one name that the "
+        "data does not have) is that fold. The folds are carved as `validation_size` carves: stratified by "
+        "label for single-label classification, questions on one context kept in one fold for QA, else "
+        "shuffled; the same rows every run (`data.split_seed`). `hf-finetune tune --folds K` sets these.",
+        None,
+    )
+    fold: int | None = field_help("With `data.folds`: the fold evaluated on, 0 to K-1.", None)
     test_split: str | None = field_help(
         "A held-out split used once, after training, on the final model (the best one when the best is loaded "
         "at the end); never for evaluation during training or for choosing a model. Labelled (its label column "
@@ -256,6 +265,8 @@ class DataConfig:
         if isinstance(self.eval_split, list) and not self.eval_split:
             raise RecipeError("data.eval_split", "is an empty list; name a split or set it to null.")
         self._check_windows()
+        if self.folds is not None or self.fold is not None:
+            self._check_folds()
         if self.validation_size is not None:
             self._check_validation_size()
         if self.test_split is not None and self.test_split in (self.train_split, *self.eval_splits):
@@ -307,19 +318,43 @@ class DataConfig:
                 "`data.long_text: windows` too, or drop `data.windows_in_training`.",
             )
 
+    def _check_folds(self) -> None:
+        folds, fold = self.folds, self.fold
+        if folds is None:
+            raise RecipeError(
+                "data.fold", "picks one of the `data.folds` folds; set `data.folds` too, or drop it."
+            )
+        if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+            raise RecipeError(
+                "data.folds",
+                f"must be a whole number of folds, at least 2 (one to evaluate on), got {folds}.",
+            )
+        if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < folds:
+            raise RecipeError("data.fold", f"must be a fold number from 0 to {folds - 1}, got {fold}.")
+        if self.validation_size is not None:
+            raise RecipeError(
+                "data.folds",
+                "and `data.validation_size` both carve the evaluation split out of the training split; give one.",
+            )
+        self._check_carved_split("data.folds")
+
     def _check_validation_size(self) -> None:
         size, field_name = self.validation_size, "data.validation_size"
         if isinstance(size, bool) or not (0.0 < size < 1.0 if isinstance(size, float) else size >= 1):
             raise RecipeError(
                 field_name, f"must be a fraction in (0, 1) or a whole number of examples, got {size}."
             )
+        self._check_carved_split(field_name)
+
+    def _check_carved_split(self, field_name: str) -> None:
+        """The evaluation split that ``field_name`` carves out of the training split: one, named apart."""
         splits = self.eval_splits
         if len(splits) != 1:
             given = "null" if not splits else f"a list ({', '.join(splits)})"
             raise RecipeError(
                 field_name,
                 f"carves one evaluation split out of the training split, but `data.eval_split` is {given}; "
-                "name the split to carve (e.g. `data.eval_split: validation`) or drop `data.validation_size`.",
+                f"name the split to carve (e.g. `data.eval_split: validation`) or drop `{field_name}`.",
             )
         if splits[0] == self.train_split:
             raise RecipeError(
@@ -331,7 +366,7 @@ class DataConfig:
             raise RecipeError(
                 field_name,
                 f"and `data.files.{splits[0]}` both give the evaluation split '{splits[0]}'; drop "
-                f"`data.validation_size` to evaluate on that file, or `data.files.{splits[0]}` to carve the "
+                f"`{field_name}` to evaluate on that file, or `data.files.{splits[0]}` to carve the "
                 "split out of the training file.",
             )
 

@@ -13,10 +13,11 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from ..errors import FinetuneError
 from ..outputs import atomic_write_bytes, atomic_write_text, read_jsonl
 from .setup import BEST_RECIPE, CONFIRM, LEADERBOARD, PLOT, TRIALS, Tune, result_overrides
 from .space import Param, same, show
-from .study import status_of
+from .study import SURPLUS, status_of
 
 logger = logging.getLogger("hf_finetune")
 
@@ -30,6 +31,8 @@ def trial_rows(study) -> list[dict[str, Any]]:
         if t.state in (TrialState.RUNNING, TrialState.WAITING):
             continue
         status = status_of(t)
+        if status == SURPLUS:  # never ran: another worker's trial made up the count
+            continue
         intermediate = {str(k): v for k, v in sorted(t.intermediate_values.items())}
         row = {
             "trial": t.number,
@@ -52,11 +55,86 @@ def trial_rows(study) -> list[dict[str, Any]]:
             row["stopped_early"] = True
             row["stopped_at_step"] = t.user_attrs.get("stopped_at_step")
             row["stopped_at_percent"] = t.user_attrs.get("stopped_at_percent")
-        for key in ("seed_scores", "seeds_stopped_early", "error", "start", "retry_of", "attempt"):
+        for key in (
+            "seed_scores",
+            "fold_scores",
+            "seeds_stopped_early",
+            "error",
+            "start",
+            "retry_of",
+            "attempt",
+        ):
             if key in t.user_attrs:
                 row[key] = t.user_attrs[key]
         rows.append(row)
     return rows
+
+
+def report_from_study(url: str | None, study_name: str | None, output_dir: str | Path | None) -> Tune:
+    """`hf-finetune tune report`: the outputs of the search in study ``study_name`` at ``url`` (default: the
+    SQLite study in ``output_dir``), written to ``output_dir`` (default: the tune dir of the process that
+    started it). The search is rebuilt from what its starter recorded in the study (recipe, overrides, space,
+    options), checked as `tune` checks it; the study is read, not changed."""
+    import optuna
+
+    from .setup import STUDY_DB, STUDY_NAME, prepare_tune
+    from .storage import open_storage, shown_url
+
+    if url is None:
+        if output_dir is None:
+            raise FinetuneError(
+                "tune report: give --storage URL (or --output-dir of a search on this machine)."
+            )
+        url = f"sqlite:///{(Path(output_dir) / STUDY_DB).resolve()}"
+        if not (Path(output_dir) / STUDY_DB).is_file():
+            raise FinetuneError(
+                f"--output-dir {output_dir}: holds no search ({STUDY_DB}); give --storage URL."
+            )
+    name = study_name or STUDY_NAME
+    storage = open_storage(url)
+    if name not in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
+        raise FinetuneError(
+            f"tune report: {shown_url(url)} holds no study named {name!r}; give --study-name."
+        )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=name, storage=storage)
+    search = study.user_attrs.get("search")
+    if not search:
+        raise FinetuneError(
+            f"tune report: study {name!r} at {shown_url(url)} does not record its search (started by an "
+            "hf-finetune before `tune report`); write its outputs by running the search's command again."
+        )
+    if not Path(search["recipe"]).is_file():
+        raise FinetuneError(
+            f"tune report: the search's recipe {search['recipe']} is not on this machine; run the report where "
+            "it is (the same path), or on the machine that started the search."
+        )
+    tune = prepare_tune(
+        search["recipe"],
+        search["overrides"],
+        search["space"],
+        output_dir=output_dir or search["output_dir"],
+        trials=search["trials"],
+        budget_minutes=search["budget_minutes"],
+        seed=search["seed"],
+        metric=search["metric"],
+        direction=search["direction"],
+        confirm_seeds=search["confirm_seeds"],
+        keep_models=search["keep_models"],
+        trial_seeds=search["trial_seeds"],
+        folds=search.get("folds"),
+        storage_url=None if url.startswith("sqlite") and output_dir else url,
+        study_name=name,
+    )
+    if study.user_attrs.get("fingerprint") != tune.fingerprint:
+        raise FinetuneError(
+            f"tune report: the recipe or space files of study {name!r} have changed since its search started; "
+            "restore them to write its outputs."
+        )
+    tune.storage = storage
+    tune.output_dir.mkdir(parents=True, exist_ok=True)
+    write_outputs(tune, study)
+    return tune
 
 
 def write_outputs(tune: Tune, study) -> None:
@@ -211,6 +289,13 @@ def format_leaderboard(
             "mean, and the first seed's run is the one the pruner watches."
             if tune.trial_seeds
             else ""
+        )
+        + (
+            f" Each trial trains {tune.folds} times, once per fold of the training split (stratified for "
+            f"classification), evaluated on the fold it did not train on; its {metric} is the mean over the "
+            "folds, and the pruner watches the running mean. The evaluation split is not read by the search."
+            if tune.folds
+            else ""
         ),
         "",
     ]
@@ -225,7 +310,8 @@ def format_leaderboard(
             + f". `hf-finetune train {_rel(tune.output_dir / BEST_RECIPE)}` trains it."
         )
         lines.append("")
-    per_seed = ["per seed"] if tune.trial_seeds else []
+    per_seed = ["per seed"] if tune.trial_seeds else ["per fold"] if tune.folds else []
+    each = "fold_scores" if tune.folds else "seed_scores"
     header = ["rank", "trial", metric, *per_seed, "status", "min", *fields]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for rank, r in enumerate(ranked, 1):
@@ -242,7 +328,7 @@ def format_leaderboard(
             str(rank) if r["status"] in ("ok", "pruned") else "-",
             str(r["trial"]),
             score,
-            *([" / ".join(f"{v:.4f}" for v in r.get("seed_scores", {}).values())] if per_seed else []),
+            *([" / ".join(f"{v:.4f}" for v in r.get(each, {}).values())] if per_seed else []),
             status,
             f"{(r['time_s'] or 0) / 60:.1f}",
             *[show(r["params"][f]) if f in r["params"] else "" for f in fields],

@@ -28,11 +28,15 @@ from .report import best_row, trial_rows, write_outputs
 from .setup import Tune, run_overrides, tracked, train_overrides, trial_dir
 from .space import show
 from .study import (
-    COUNTED,
+    SURPLUS,
     counted,
+    fail_stale,
     fail_trial,
+    heartbeat,
+    heartbeat_s,
     lock,
     open_study,
+    running,
     set_attr,
     status_of,
     stop_trial,
@@ -48,12 +52,18 @@ STOPPED_CODES = (130, 143, -2, -15)
 
 def run_tune(tune: Tune, progress: bool = True) -> dict[str, Any]:
     """Run trials until --trials count or the budget is spent; write the outputs after each trial; then,
-    with --confirm-seeds, retrain the recipe as given and the best recipe per seed."""
-    held = lock(tune)
+    with --confirm-seeds, retrain the recipe as given and the best recipe per seed. With --workers N, start
+    N worker processes on the study instead and wait for them (`hf_finetune.tune.workers`)."""
+    if tune.workers > 1 and tune.worker is None:
+        from .workers import run_workers
+
+        return run_workers(tune, progress)
+    held = None if tune.join else lock(tune)  # a worker searches beside others: its starter holds the lock
     try:
         return _run_tune(tune, progress)
     finally:
-        held.close()
+        if held is not None:
+            held.close()
 
 
 def _run_tune(tune: Tune, progress: bool) -> dict[str, Any]:
@@ -63,36 +73,52 @@ def _run_tune(tune: Tune, progress: bool) -> dict[str, Any]:
     bar = progress_bar(tune.trials, counted(study), progress, "tune trials", "trial")
     ran = 0
     stopped_by = "trials"
+    current = None  # the number of the trial this process runs
     try:
         with sigterm_as_exit():
             write_outputs(tune, study)
-            while tune.trials is None or counted(study) < tune.trials:
+            while True:
+                if tune.shared:
+                    fail_stale(tune, study)  # trials of workers that died: queued again
+                    bar.n = counted(study)
+                    bar.refresh()
+                if tune.trials is not None and counted(study) >= tune.trials:
+                    break
                 if deadline is not None and not _time_for_a_trial(study, deadline):
                     stopped_by = "budget"
                     break
+                if tune.trials is not None and counted(study) + len(running(study)) >= tune.trials:
+                    # the last trials run on other workers; one of them may yet be stopped and queued again
+                    time.sleep(min(heartbeat_s(), 5.0))
+                    continue
                 trial = study.ask()
+                current = trial.number
+                if tune.shared and _surplus(tune, study, trial):
+                    current = None
+                    continue
                 values = tune.space.sample(trial, tune.base_value, tune.layers)
                 bar.set_postfix_str(_postfix(tune, study, trial.number), refresh=True)
-                outcome = run_trial(tune, study, trial, values, deadline)
+                with heartbeat(tune, study, trial.number):
+                    outcome = run_trial(tune, study, trial, values, deadline)
+                current = None
                 ran += 1
-                bar.write(_trial_line(trial.number, outcome, values))
-                if outcome["status"] in COUNTED:
-                    bar.update(1)
+                bar.write(_worker_prefix(tune) + _trial_line(trial.number, outcome, values))
+                bar.n = counted(study)
+                bar.refresh()
                 write_outputs(tune, study)
                 if outcome["status"] == "budget":
                     stopped_by = "budget"
                     break
     except (KeyboardInterrupt, SystemExit):
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            # runs again next time
-            stop_trial(tune, study, t.number, "interrupted", "stopped by Ctrl-C or SIGTERM")
+        if current is not None and _is_running(study, current):  # runs again next time (or on another worker)
+            stop_trial(tune, study, current, "interrupted", "stopped by Ctrl-C or SIGTERM")
         write_outputs(tune, study)
         raise
     except Exception as exc:  # a bug, not the trial's values: recorded, not queued again
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            set_attr(tune, study, t.number, "status", "failed")
-            set_attr(tune, study, t.number, "error", f"the search failed: {type(exc).__name__}: {exc}")
-            study.tell(t.number, state=TrialState.FAIL)
+        if current is not None and _is_running(study, current):
+            set_attr(tune, study, current, "status", "failed")
+            set_attr(tune, study, current, "error", f"the search failed: {type(exc).__name__}: {exc}")
+            study.tell(current, state=TrialState.FAIL)
         write_outputs(tune, study)
         raise
     finally:
@@ -111,6 +137,34 @@ def _run_tune(tune: Tune, progress: bool) -> dict[str, Any]:
         "output_dir": str(tune.output_dir),
         "confirm": confirmed,
     }
+
+
+def _is_running(study, number: int) -> bool:
+    return study.get_trials(deepcopy=False)[number].state == TrialState.RUNNING
+
+
+def _surplus(tune: Tune, study, trial) -> bool:
+    """Whether ``trial``, just asked for, would run past --trials: the trials counted and those running with
+    lower numbers (asked before it, here or on other workers) already make up the count. Two workers may
+    both see room for the last trial and ask at once; the later one gives its trial back: ended as
+    `surplus` (not counted, not shown), its values queued again if they were queued (a rerun, a start)."""
+    if tune.trials is None:
+        return False
+    earlier = [t for t in running(study) if t.number < trial.number]
+    if counted(study) + len(earlier) < tune.trials:
+        return False
+    frozen = tune.storage.get_trial(trial._trial_id)
+    fixed = frozen.system_attrs.get("fixed_params")
+    trial.set_user_attr("status", SURPLUS)
+    study.tell(trial, state=TrialState.FAIL)
+    if fixed is not None:
+        study.enqueue_trial(dict(fixed), user_attrs=dict(frozen.user_attrs))
+    time.sleep(min(heartbeat_s(), 5.0))
+    return True
+
+
+def _worker_prefix(tune: Tune) -> str:
+    return "" if tune.worker is None else f"worker {tune.worker}: "
 
 
 def _time_for_a_trial(study, deadline: float) -> bool:
@@ -133,8 +187,11 @@ def _time_for_a_trial(study, deadline: float) -> bool:
 
 
 def run_trial(tune: Tune, study, trial, values: dict[str, Any], deadline: float | None) -> dict[str, Any]:
-    """One trial: a process per seed of `tune.seeds`, in turn; tells the study how it ended (the mean score
-    over the seeds). Returns the trial's outcome."""
+    """One trial: a process per run of `tune.runs` (each seed of --trial-seeds, or each fold of --folds), in
+    turn; tells the study how it ended (the mean score over the runs). Returns the trial's outcome.
+
+    The pruner watches the first seed's run (its evaluations during training), or with --folds the running
+    mean over the folds done so far (at 100 x folds done / K percent)."""
     run_dir = trial_dir(tune, trial.number)
     trial.set_user_attr("values", values)
     trial.set_user_attr("output_dir", str(run_dir))
@@ -148,16 +205,17 @@ def run_trial(tune: Tune, study, trial, values: dict[str, Any], deadline: float 
     scores: dict[str, float] = {}
     stopped: dict[str, dict[str, int]] = {}
     runtime = 0.0
-    for index, seed in enumerate(tune.seeds):
-        seed_dir = run_dir if seed is None else run_dir / f"seed{seed}"
-        which = "" if seed is None else f"seed {seed}: "
+    for index, (name, seed, fold) in enumerate(tune.runs):
+        seed_dir = run_dir / name if name else run_dir
+        which = f"{name.replace('seed', 'seed ').replace('fold', 'fold ')}: " if name else ""
         timeout = None if deadline is None else max(deadline - time.time(), 1.0)
-        # only the first seed's run reports to the pruner
-        report_to = ReportTo(storage_url(tune), trial.number, tune.metric) if index == 0 else None
+        # only the first seed's run reports to the pruner (folds: this process reports the running mean)
+        first = index == 0 and fold is None
+        report_to = ReportTo(storage_url(tune), tune.study_name, trial.number, tune.metric) if first else None
         track_overrides, env = tracked(tune, seed_dir, seed, values)
         launched = run_training(
             tune.recipe_path,
-            [*train_overrides(tune, values, seed_dir, seed), *track_overrides],
+            [*train_overrides(tune, values, seed_dir, seed, fold), *track_overrides],
             seed_dir,
             timeout=timeout,
             env=env,
@@ -179,7 +237,7 @@ def run_trial(tune: Tune, study, trial, values: dict[str, Any], deadline: float 
                 f"{which}stopped at the end of --budget-minutes={tune.budget_minutes:g}",
             )
             return {
-                "status": status,
+                "status": status or "budget",
                 "error": f"--budget-minutes={tune.budget_minutes:g} ran out",
                 "time_s": wall,
             }
@@ -197,7 +255,7 @@ def run_trial(tune: Tune, study, trial, values: dict[str, Any], deadline: float 
                 "interrupted",
                 f"{which}the trial process was stopped (exit {code})",
             )
-            return {"status": status, "error": f"stopped (exit {code})", "time_s": wall}
+            return {"status": status or "interrupted", "error": f"stopped (exit {code})", "time_s": wall}
         results = run_results(seed_dir) if code == 0 else None
         if results is None:
             return fail_trial(study, trial, which + launched.error(), wall)
@@ -205,13 +263,28 @@ def run_trial(tune: Tune, study, trial, values: dict[str, Any], deadline: float 
         score = results.get(key)
         if score is None or not math.isfinite(score):
             return fail_trial(study, trial, f"{which}{key} is {score} in {seed_dir / RESULTS_FILE}", wall)
-        scores[str(seed)] = score
+        scores[str(seed if fold is None else fold)] = score
         runtime += results.get("train_runtime") or 0.0
         if results.get("stopped_early"):  # the recipe's early stopping: finished (ok), not pruned
-            stopped[str(seed)] = _stopped_at(results)
+            stopped[str(seed if fold is None else fold)] = _stopped_at(results)
         if seed is not None:
             trial.set_user_attr("seed_scores", scores)
+        if fold is not None:
+            trial.set_user_attr("fold_scores", scores)
         trial.set_user_attr("trainable_params", results.get("trainable_params"))
+        if fold is not None and fold + 1 < tune.folds:  # the pruner sees the running mean over the folds
+            step = round(100 * (fold + 1) / tune.folds)
+            trial.report(statistics.fmean(scores.values()), step)
+            if trial.should_prune():
+                trial.set_user_attr("status", "pruned")
+                trial.set_user_attr("metric", key.removeprefix("eval_"))
+                study.tell(trial, state=TrialState.PRUNED)
+                return {
+                    "status": "pruned",
+                    "score": statistics.fmean(scores.values()),
+                    "step": step,
+                    "time_s": wall,
+                }
     score = statistics.fmean(scores.values())
     trial.set_user_attr("status", "ok")
     trial.set_user_attr("metric", key.removeprefix("eval_"))

@@ -25,6 +25,8 @@ from ..errors import FinetuneError
 from .space import Space, load_space, show
 
 STUDY_DB = "study.db"
+#: the study's name in its storage (--study-name: another, for several searches in one database)
+STUDY_NAME = "hf-finetune-tune"
 TRIALS = "trials.jsonl"
 LEADERBOARD = "leaderboard.md"
 PLOT = "importance.png"
@@ -33,6 +35,8 @@ CONFIRM = "confirm.jsonl"
 TRIALS_DIR = "trials"
 CONFIRM_DIR = "confirm"
 LOCK = ".lock"
+#: the evaluation split of a --folds run: its held-out fold of the training split
+FOLD_SPLIT = "fold"
 
 
 def recipe_value(recipe: Recipe, name: str) -> Any:
@@ -106,6 +110,43 @@ class Tune:
     storage: Any = None
     #: experiment trackers every trial (and confirmation run) reports to (--report-to), in one store here
     report_to: list[str] = field(default_factory=list)
+    #: --storage: an optuna storage URL shared by workers; None: the SQLite file in the tune dir
+    storage_url: str | None = None
+    study_name: str = STUDY_NAME
+    #: --join: add this process's trials to a study that another search started
+    join: bool = False
+    #: --workers: searches at once on this machine, each its own process (1: this process searches)
+    workers: int = 1
+    #: --devices: the devices the workers are pinned to, one each in turn (CUDA_VISIBLE_DEVICES)
+    devices: list[str] = field(default_factory=list)
+    #: the number of this process among the --workers of a search on this machine (None: not one of them)
+    worker: int | None = None
+    #: --folds K: every trial trains K times, once per fold of the training split, scored by the mean
+    folds: int | None = None
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes may be running trials of this study at the same time."""
+        return bool(self.storage_url) or self.join or self.workers > 1
+
+    @property
+    def invocation(self) -> dict[str, Any]:
+        """What `hf-finetune tune report` needs to rebuild this search's outputs from its study alone."""
+        return {
+            "recipe": self.recipe_path,
+            "overrides": self.overrides,
+            "space": str(Path(self.space.path).resolve()),
+            "trials": self.trials,
+            "budget_minutes": self.budget_minutes,
+            "seed": self.seed,
+            "metric": self.metric,
+            "direction": self.direction,
+            "trial_seeds": self.trial_seeds,
+            "folds": self.folds,
+            "confirm_seeds": self.confirm_seeds,
+            "keep_models": self.keep_models,
+            "output_dir": str(self.output_dir.resolve()),
+        }
 
     def base_value(self, name: str) -> Any:
         return recipe_value(self.base, name)
@@ -123,6 +164,14 @@ class Tune:
         return list(self.trial_seeds) or [None]
 
     @property
+    def runs(self) -> list[tuple[str, int | None, int | None]]:
+        """The trainings of one trial: (run dir name in the trial's dir, seed, fold). One per fold with
+        --folds, one per seed with --trial-seeds, else one ("", None, None) in the trial's dir itself."""
+        if self.folds:
+            return [(f"fold{i}", None, i) for i in range(self.folds)]
+        return [("" if seed is None else f"seed{seed}", seed, None) for seed in self.seeds]
+
+    @property
     def fingerprint(self) -> dict[str, Any]:
         """What must match for a second run to continue the study in the same directory."""
         out = {
@@ -137,6 +186,8 @@ class Tune:
         }
         if self.trial_seeds:  # absent when not given, so that searches made before the option still resume
             out["trial_seeds"] = list(self.trial_seeds)
+        if self.folds:
+            out["folds"] = self.folds
         return out
 
 
@@ -154,9 +205,17 @@ def prepare_tune(
     keep_models: bool = False,
     trial_seeds: Sequence[int] = (),
     report_to: Sequence[str] = (),
+    storage_url: str | None = None,
+    study_name: str | None = None,
+    join: bool = False,
+    workers: int = 1,
+    devices: Sequence[str] = (),
+    worker: int | None = None,
+    folds: int | None = None,
 ) -> Tune:
-    """Check everything before the first trial: the options, the space against the recipe (every field, each
-    end of every range, every choice, and the strategy each implies on a weightless model), the data."""
+    """Check everything before the first trial: the options, the storage (its driver, the database reached),
+    the space against the recipe (every field, each end of every range, every choice, and the strategy each
+    implies on a weightless model), the data."""
     from ..pipeline import meta_model, prepare, strategy_plan, with_peft
 
     if trials is None and budget_minutes is None:
@@ -172,6 +231,32 @@ def prepare_tune(
     if len(set(trial_seeds)) != len(list(trial_seeds)):
         raise FinetuneError(f"--trial-seeds: repeats a seed: {list(trial_seeds)}.")
     trackers = tracking.check_report_to(list(report_to), "--report-to")
+    devices = [d.strip() for d in devices if d.strip()]
+    if workers < 1:
+        raise FinetuneError(f"--workers: at least 1, got {workers}.")
+    if len(set(devices)) != len(devices):
+        raise FinetuneError(f"--devices: repeats a device: {devices}.")
+    if devices and workers == 1:
+        workers = len(devices)  # one worker per device
+    if join and confirm_seeds:
+        raise FinetuneError(
+            "--confirm-seeds: the process that started the search confirms its winner; drop it with --join."
+        )
+    if folds is not None and folds < 2:
+        raise FinetuneError(
+            f"--folds: at least 2 (each fold is evaluated on by a model trained on the others), got {folds}; "
+            "drop --folds to score trials on the evaluation split."
+        )
+    if folds is not None and trial_seeds:
+        raise FinetuneError(
+            "--folds and --trial-seeds: each averages a trial over several trainings; give one of the two."
+        )
+    if study_name is not None and not study_name.strip():
+        raise FinetuneError("--study-name: give a name.")
+    if storage_url is not None:
+        from .storage import open_storage
+
+        open_storage(storage_url)  # the driver and the database, before any data or weights load
     space = load_space(space_path)
     base = load_recipe(recipe_path, list(overrides))
     selected_on = list(trial_seeds) or [base.training.seed]
@@ -202,7 +287,20 @@ def prepare_tune(
         trial_seeds=list(trial_seeds),
         base=base,
         report_to=trackers,
+        storage_url=storage_url,
+        study_name=study_name or STUDY_NAME,
+        join=join,
+        workers=workers,
+        devices=devices,
+        worker=worker,
+        folds=folds,
     )
+    if folds is not None:  # every fold can be carved (a class with fewer rows than folds is an error)
+        fold_recipe = load_recipe(recipe_path, [*overrides, *fold_overrides(folds, 0)])
+        try:
+            prepare(fold_recipe, stage="validate")
+        except FinetuneError as exc:
+            raise FinetuneError(f"--folds {folds}: {exc}") from None
     prepared = prepare(base, stage="validate")  # data, labels, tokenizer, config, the recipe's own strategy
     tune.layers = prepared.plan.num_layers
     meta = None
@@ -247,10 +345,26 @@ def trial_dir(tune: Tune, number: int) -> Path:
     return tune.output_dir / TRIALS_DIR / f"trial-{number:03d}"
 
 
-def train_overrides(tune: Tune, values: dict[str, Any], run_dir: Path, seed: int | None = None) -> list[str]:
+def train_overrides(
+    tune: Tune, values: dict[str, Any], run_dir: Path, seed: int | None = None, fold: int | None = None
+) -> list[str]:
     """The overrides of one training of the search's recipe with ``values``, into ``run_dir`` (with ``seed``,
-    else the recipe's own): the user's overrides, the values, then `run_overrides`."""
-    return [*tune.overrides, *value_overrides(values), *run_overrides(tune.base, run_dir, seed=seed)]
+    else the recipe's own; on fold ``fold`` of --folds): the user's overrides, the values, then
+    `run_overrides` and `fold_overrides`."""
+    out = [*tune.overrides, *value_overrides(values), *run_overrides(tune.base, run_dir, seed=seed)]
+    return out + ([] if fold is None else fold_overrides(tune.folds, fold))
+
+
+def fold_overrides(folds: int, fold: int) -> list[str]:
+    """A run on fold ``fold`` of ``folds``: trained on the other folds of the training split, evaluated on
+    this one (the recipe's evaluation and test splits are not read)."""
+    return [
+        f"data.folds={folds}",
+        f"data.fold={fold}",
+        f"data.eval_split={FOLD_SPLIT}",
+        "data.validation_size=null",
+        "data.test_split=null",
+    ]
 
 
 def tracked(

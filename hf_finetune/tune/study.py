@@ -1,13 +1,22 @@
-"""The optuna study of a search: its storage (SQLite in the tune dir), the pruner (the median rule at the
-same percent of each trial's schedule), opening or continuing it, the lock on the tune dir, and the status
-of each trial (ok, pruned, failed; interrupted and budget trials are queued to run again).
+"""The optuna study of a search: its storage (SQLite in the tune dir, or any optuna storage given with
+--storage, shared by workers on any number of machines), the pruner (the median rule at the same percent of
+each trial's schedule), opening, continuing or joining it, the lock on the tune dir, the heartbeat of a running
+trial, and the status of each trial (ok, pruned, failed; interrupted and budget trials are queued to run
+again, as are the trials of a worker that stopped sending heartbeats).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
+import socket
 import statistics
+import threading
+import time
+import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import optuna
@@ -18,27 +27,43 @@ from ..errors import FinetuneError
 from ..outputs import drop_weights
 from .setup import LOCK, STUDY_DB, Tune, trial_dir
 from .space import PrunerSettings
+from .storage import open_storage, shown_url
 
 logger = logging.getLogger("hf_finetune")
 
-STUDY_NAME = "hf-finetune-tune"
+#: seconds between two heartbeats of a running trial; a test shortens them through this variable
+HEARTBEAT_ENV = "HF_FINETUNE_TUNE_HEARTBEAT_S"
+DEFAULT_HEARTBEAT_S = 20.0
+#: a running trial with no heartbeat for this many intervals has lost its worker: it is queued again
+STALE_AFTER = 6
 #: a trial stopped (budget, signal) this many times in a row is recorded as failed instead of queued again
 MAX_ATTEMPTS = 3
 #: trial statuses that count towards --trials; `interrupted` and `budget` trials run again
 COUNTED = ("ok", "pruned", "failed")
+#: a trial a worker asked for when the count was already made up elsewhere, and gave back (not shown)
+SURPLUS = "surplus"
 
 
 # ------------------------------------------------------------------------------------------------
 # Storage and pruner
 # ------------------------------------------------------------------------------------------------
 def storage_url(tune: Tune) -> str:
+    """The study's storage: --storage, else the SQLite file in the tune dir."""
+    if tune.storage_url:
+        return tune.storage_url
     return f"sqlite:///{(tune.output_dir / STUDY_DB).resolve()}"
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """The study's storage; the search and its trials' processes write to it at the same time, so a
-    writer waits up to two minutes for the database lock."""
-    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
+def heartbeat_s() -> float:
+    try:
+        return max(float(os.environ.get(HEARTBEAT_ENV, DEFAULT_HEARTBEAT_S)), 0.2)
+    except ValueError:
+        return DEFAULT_HEARTBEAT_S
+
+
+def worker_id() -> str:
+    """This process, as other workers of a shared study name it: host and pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def make_pruner(settings: PrunerSettings | None) -> optuna.pruners.BasePruner:
@@ -86,15 +111,16 @@ class MedianAtProgressPruner(optuna.pruners.BasePruner):
         return min(mine) > median
 
 
-def load_trial(url: str, number: int) -> optuna.trial.Trial:
-    """Trial ``number`` of the study at ``url``, as a trial process reports to it (with the study's pruner)."""
+def load_trial(url: str, study_name: str, number: int) -> optuna.trial.Trial:
+    """Trial ``number`` of study ``study_name`` at ``url``, as a trial process reports to it (with the
+    study's pruner)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(url)
-    summary = optuna.load_study(study_name=STUDY_NAME, storage=storage)
+    summary = optuna.load_study(study_name=study_name, storage=storage)
     settings = PrunerSettings.from_dict(summary.user_attrs.get("pruner"))
-    study = optuna.load_study(study_name=STUDY_NAME, storage=storage, pruner=make_pruner(settings))
+    study = optuna.load_study(study_name=study_name, storage=storage, pruner=make_pruner(settings))
     trial_id = storage.get_trial_id_from_study_id_trial_number(
-        storage.get_study_id_from_name(STUDY_NAME), number
+        storage.get_study_id_from_name(study_name), number
     )
     return optuna.trial.Trial(study, trial_id)
 
@@ -103,28 +129,55 @@ def load_trial(url: str, number: int) -> optuna.trial.Trial:
 # The study
 # ------------------------------------------------------------------------------------------------
 def open_study(tune: Tune) -> optuna.Study:
-    """Create the study, or continue the one in the tune dir (which must be of the same search)."""
+    """Create the study, or continue the one in the tune dir or at --storage (which must be of the same
+    search); with --join, the study must exist.
+
+    A search that starts on the SQLite study of its own tune dir holds the dir's lock: trials left running
+    there are those of a search that was killed, and are queued again now. On --storage, or with --join,
+    they may be running on another worker: `fail_stale` queues them again once their worker's heartbeats
+    stop."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = storage_url(tune)
+    if tune.join and not tune.storage_url and not (tune.output_dir / STUDY_DB).is_file():
+        raise FinetuneError(
+            f"--join: {tune.output_dir} holds no search ({STUDY_DB}); give the search's --storage URL, or "
+            "start the search first (the same command without --join)."
+        )
     tune.output_dir.mkdir(parents=True, exist_ok=True)
-    storage = tune.storage = open_storage(storage_url(tune))
-    exists = STUDY_NAME in {s.study_name for s in optuna.get_all_study_summaries(storage)}
-    if not exists and any(p for p in tune.output_dir.iterdir() if p.name not in (STUDY_DB, LOCK)):
+    storage = tune.storage = open_storage(url)
+    exists = tune.study_name in {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    if tune.join and not exists:
+        raise FinetuneError(
+            f"--join: {shown_url(url)} holds no study named {tune.study_name!r}; start the search first (the "
+            "same command without --join), or give its --study-name."
+        )
+    if (
+        not exists
+        and not tune.storage_url
+        and any(p for p in tune.output_dir.iterdir() if p.name not in (STUDY_DB, LOCK))
+    ):
         raise FinetuneError(
             f"--output-dir {tune.output_dir}: is not empty and holds no search; give a new or empty directory."
         )
     study = optuna.create_study(
-        study_name=STUDY_NAME,
+        study_name=tune.study_name,
         storage=storage,
         direction=tune.direction,
         pruner=make_pruner(tune.space.pruner),
         load_if_exists=True,
     )
     saved = study.user_attrs.get("fingerprint")
-    if saved is None:
+    for _ in range(100):  # a study its starter has just created: its settings follow in a moment
+        if saved is not None or not tune.join:
+            break
+        time.sleep(0.1)
+        saved = optuna.load_study(study_name=tune.study_name, storage=storage).user_attrs.get("fingerprint")
+    if saved is None and not tune.join:
         study.set_user_attr("fingerprint", tune.fingerprint)
         pruner = tune.space.pruner
         study.set_user_attr("pruner", None if pruner is None else pruner.to_dict())
         study.set_user_attr("metric", tune.metric)
+        study.set_user_attr("search", tune.invocation)
         for i, start in enumerate(tune.space.start_with):
             params = tune.space.fixed_params(
                 tune.start_values(start), tune.base_value, tune.layers, f"start_with[{i}]", start == "recipe"
@@ -132,25 +185,44 @@ def open_study(tune: Tune) -> optuna.Study:
             study.enqueue_trial(params, user_attrs={"start": "recipe" if start == "recipe" else "given"})
     elif saved != tune.fingerprint:
         now = tune.fingerprint
-        changed = [k for k in {**saved, **now} if saved.get(k) != now.get(k)]
-        raise FinetuneError(
-            f"--output-dir {tune.output_dir}: holds a search with another {', '.join(changed)}; continue it with "
-            "the same recipe, overrides, space and options, or give a new --output-dir."
+        changed = [k for k in {**(saved or {}), **now} if (saved or {}).get(k) != now.get(k)]
+        where = (
+            f"--storage {shown_url(url)} (study {tune.study_name!r})"
+            if tune.storage_url
+            else (f"--output-dir {tune.output_dir}")
         )
-    # a resumed search draws on from another seed: the sampler's RNG restarts, and must not repeat draws
+        raise FinetuneError(
+            f"{where}: holds a search with another {', '.join(changed)}; continue it with the same recipe, "
+            "overrides, space and options, or give a new "
+            + ("--study-name." if tune.storage_url else "--output-dir.")
+        )
+    study.sampler = _sampler(tune, len(study.trials))
+    if tune.storage_url or tune.join:  # other searches may be running trials of this study now
+        fail_stale(tune, study)
+    else:
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            # left running by a search that was killed (the lock says no other search is using the directory)
+            logger.info("trial %d did not finish (its search was stopped); it runs again", trial.number)
+            stop_trial(tune, study, trial.number, "interrupted", "its search was stopped (killed)")
+    return study
+
+
+def _sampler(tune: Tune, trials_so_far: int) -> optuna.samplers.BaseSampler:
+    """The TPE sampler. A resumed search draws on from another seed (the sampler's RNG restarts, and must not
+    repeat draws). On a shared study each worker draws from its own seed, and trials running elsewhere count
+    as if they had scored their worst (optuna's constant liar), so that workers do not sample one point."""
     sampler = tune.space.sampler
-    study.sampler = optuna.samplers.TPESampler(
-        seed=tune.seed + len(study.trials),
+    seed = tune.seed + trials_so_far
+    if tune.shared:
+        seed = (seed + zlib.crc32(worker_id().encode())) % 2**32
+    return optuna.samplers.TPESampler(
+        seed=seed,
         n_startup_trials=sampler.n_startup_trials,
         n_ei_candidates=sampler.n_ei_candidates,
         multivariate=sampler.multivariate,
         group=sampler.multivariate,  # conditional parameters: modelled jointly within each group
+        constant_liar=tune.shared,
     )
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        # left running by a search that was killed (the lock says no other search is using the directory)
-        logger.info("trial %d did not finish (its search was stopped); it runs again", trial.number)
-        stop_trial(tune, study, trial.number, "interrupted", "its search was stopped (killed)")
-    return study
 
 
 def lock(tune: Tune):
@@ -183,16 +255,25 @@ def set_attr(tune: Tune, study, number: int, key: str, value: Any) -> None:
     optuna.trial.Trial(study, trial_id).set_user_attr(key, value)
 
 
-def stop_trial(tune: Tune, study, number: int, status: str, error: str) -> str:
+def stop_trial(tune: Tune, study, number: int, status: str, error: str) -> str | None:
     """End running trial ``number`` as FAIL without a verdict on its values (`budget`, `interrupted`): they
-    are queued to run again first, unless this was their MAX_ATTEMPTS-th stop, which makes it `failed`."""
-    frozen = study.get_trials(deepcopy=False)[number]
+    are queued to run again first, unless this was their MAX_ATTEMPTS-th stop, which makes it `failed`.
+    Returns the status; None when another process ended the trial first (it then queued the rerun)."""
+    storage = tune.storage
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(study.study_name), number
+    )
+    frozen = storage.get_trial(trial_id)
     attempt = frozen.user_attrs.get("attempt", 1)
     if attempt >= MAX_ATTEMPTS:
         status, error = "failed", f"{error}; stopped {attempt} times in a row, so not queued again"
-    set_attr(tune, study, number, "status", status)
-    set_attr(tune, study, number, "error", error)
-    study.tell(number, state=TrialState.FAIL)
+    try:
+        set_attr(tune, study, number, "status", status)
+        set_attr(tune, study, number, "error", error)
+        # one process wins this change of state: only it queues the rerun
+        study.tell(number, state=TrialState.FAIL)
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+        return None
     drop_weights(trial_dir(tune, number), tune.keep_models)
     if status != "failed":
         again = {"retry_of": number, "attempt": attempt + 1}
@@ -200,6 +281,67 @@ def stop_trial(tune: Tune, study, number: int, status: str, error: str) -> str:
             again["start"] = frozen.user_attrs["start"]
         study.enqueue_trial(dict(frozen.params), user_attrs=again)
     return status
+
+
+def running(study) -> list:
+    """The study's trials that are running now (here or on other workers)."""
+    return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+
+@contextlib.contextmanager
+def heartbeat(tune: Tune, study, number: int) -> Iterator[None]:
+    """While the block runs, trial ``number`` carries this worker's name and, every `heartbeat_s`, the time:
+    the other workers of a shared study take it as lost when the time stops moving (`fail_stale`)."""
+    storage = tune.storage
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(study.study_name), number
+    )
+    storage.set_trial_user_attr(trial_id, "worker", worker_id())
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                storage.set_trial_user_attr(trial_id, "heartbeat", time.time())
+            except Exception:  # the trial has ended (or the database is away: the next beat tries again)
+                if storage.get_trial(trial_id).state.is_finished():
+                    return
+            if stop.wait(heartbeat_s()):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-trial-{number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def fail_stale(tune: Tune, study, worker: str | None = None, why: str | None = None) -> list[int]:
+    """Queue again the running trials whose worker is gone: those with no heartbeat for `STALE_AFTER`
+    intervals, or (``worker``) every trial of that worker, which its parent saw end (``why``). Returns
+    their numbers."""
+    now = time.time()
+    limit = STALE_AFTER * heartbeat_s()
+    lost = []
+    for trial in running(study):
+        owner = trial.user_attrs.get("worker")
+        if worker is not None:
+            if owner != worker:
+                continue
+            error = f"its worker ({worker}) {why}"
+        else:
+            last = trial.user_attrs.get("heartbeat")
+            if last is None and trial.datetime_start is not None:
+                last = trial.datetime_start.timestamp()
+            if last is None or now - last <= limit:
+                continue
+            error = f"its worker ({owner or 'unknown'}) stopped: no heartbeat for {now - last:.0f} s"
+        if stop_trial(tune, study, trial.number, "interrupted", error) is not None:
+            logger.warning("trial %d: %s; it runs again", trial.number, error)
+            lost.append(trial.number)
+    return lost
 
 
 def fail_trial(study, trial, error: str, wall: float) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""What a trial's own process runs (`python -m hf_finetune.child train ... --report URL TRIAL METRIC`): the
+"""What a trial's own process runs (`python -m hf_finetune.child train ... --report URL STUDY TRIAL METRIC`): the
 training of its recipe, each evaluation reported to the study at step = percent of the schedule done, and a
 stop when the pruner says so.
 """
@@ -46,15 +46,15 @@ def report_callback(trial, recipe: Recipe, metric: str | None):
     return ReportToStudy()
 
 
-def train_reporting(recipe: Recipe, storage_url: str, number: int, metric: str | None) -> int:
-    """Train ``recipe``, reporting to trial ``number`` of the study at ``storage_url``; 0, or EXIT_PRUNED
+def train_reporting(recipe: Recipe, storage_url: str, study: str, number: int, metric: str | None) -> int:
+    """Train ``recipe``, reporting to trial ``number`` of study ``study`` at ``storage_url``; 0, or EXIT_PRUNED
     when the pruner stopped it. A FinetuneError propagates (the child prints it)."""
     import optuna
 
     from ..pipeline import train
     from .study import load_trial
 
-    trial = load_trial(storage_url, number)
+    trial = load_trial(storage_url, study, number)
     try:
         train(recipe, callbacks=[report_callback(trial, recipe, metric)])
     except optuna.TrialPruned as exc:
