@@ -23,18 +23,6 @@ from typing import Any
 USAGE = __doc__.split("\n\n")[1]
 
 
-def die_with_parent() -> None:
-    """Linux: this process is killed when its parent dies."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-
-
 def peak_memory() -> dict[str, float]:
     """This process's peak RSS and, if it used CUDA, the peak CUDA memory allocated (MB)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
@@ -95,6 +83,8 @@ def _train(recipe_path: str, overrides: list[str], report: list[str] | None, fac
 
 
 def main(argv: list[str]) -> int:
+    from .launch import die_with_parent
+
     die_with_parent()
     command, *rest = argv or [""]
     if command == "calibrate" and len(rest) >= 2:

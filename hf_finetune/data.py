@@ -256,10 +256,14 @@ def carve_fold(train, cfg: DataConfig, split_by: SplitBy | None = None, name: st
                 f"{where}: too few rows for {k} folds ({what}; every fold needs at least one of each); "
                 "give fewer folds, or more data."
             )
-        dealt = dict.fromkeys(counts, 0)
-        for i in order:
-            assigned[i] = dealt[values[i]] % k
-            dealt[values[i]] += 1
+        # each label's rows in the seeded order, dealt to the folds in turn, one count running over the
+        # labels so that the folds' sizes differ by one row at most
+        dealt = 0
+        for label in sorted(counts, key=str):
+            for i in order:
+                if values[i] == label:
+                    assigned[i] = dealt % k
+                    dealt += 1
         how = f"stratified by {split_by.column}" if split_by is not None else "shuffled"
     else:
         members: dict[Any, list[int]] = {}

@@ -118,6 +118,18 @@ def child_command(
     return [*cmd, str(recipe_path), *overrides]
 
 
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Linux: this process gets ``sig`` when its parent dies (a trial's or a cell's training: SIGKILL; a
+    worker of `tune --workers`: SIGTERM, so that it stops its trial and queues it again)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(sig))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
 def run_training(
     recipe_path: str,
     overrides: Sequence[str],

@@ -139,9 +139,10 @@ def plot_curves(log_history: list[dict[str, Any]], path: str | Path, title: str 
 # --- atomic files and JSON Lines -----------------------------------------------------------------
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to a sibling temporary file, then rename it over ``path``: a reader (or a run killed
-    mid-write) sees the old file or the new one, never half of one."""
+    mid-write) sees the old file or the new one, never half of one. The temporary file is this process's
+    own, so processes that write one file at once (the workers of a search) do not write into each other's."""
     path = Path(path)
-    tmp = path.with_name(path.name + PARTIAL_SUFFIX)
+    tmp = _partial(path)
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
@@ -149,10 +150,14 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
-    tmp = path.with_name(path.name + PARTIAL_SUFFIX)
+    tmp = _partial(path)
     tmp.write_bytes(data)
     os.replace(tmp, path)
     return path
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(f"{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
 
 
 def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> Path:

@@ -210,7 +210,7 @@ def test_sigterm_and_sigkill_during_a_trial_leave_a_search_that_resumes(tmp_path
     _wait_until(lambda: _processes_with(str(out / "trials" / "trial-001")), "trial 1's process starting")
     proc.kill()
     proc.wait(timeout=120)
-    # the trial dies with the search (it asked the kernel to, see hf_finetune.child.die_with_parent)
+    # the trial dies with the search (it asked the kernel to, see hf_finetune.launch.die_with_parent)
     _wait_until(
         lambda: not _processes_with(str(out / "trials" / "trial-001")), "the trial dying with the search"
     )

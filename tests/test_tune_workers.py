@@ -47,10 +47,9 @@ def _running_on(url: str, pids: set[int]):
     study = _study(url)
     if study is None:
         return None
-    host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False):
         worker = trial.user_attrs.get("worker", "")
-        if trial.state.name == "RUNNING" and worker.startswith(f"{host}:"):
+        if trial.state.name == "RUNNING" and worker:
             pid = int(worker.rsplit(":", 1)[1])
             out = trial.user_attrs.get("output_dir")
             if pid in pids and out and _processes_with(out):
@@ -95,9 +94,11 @@ def test_two_workers_on_postgres_share_six_trials_and_a_killed_worker_s_trial_ru
             text=True,
         )
         _wait_until(lambda: _study(url) is not None, "the study being created", timeout=300)
+        # the second worker names its machine node-b: to the first it is on another machine, whose death
+        # only its stopped heartbeat tells
         second = subprocess.Popen(
             [*base, "--join", "--output-dir", str(tmp_path / "b")],
-            env=_env(),
+            env={**_env(), "HF_FINETUNE_TUNE_HOST": "node-b"},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -159,9 +160,11 @@ def test_workers_2_on_sqlite_share_the_trials_and_a_killed_worker_s_trial_runs_a
     os.kill(pid, signal.SIGKILL)
     output = search.communicate(timeout=900)[0]
     assert search.returncode == 0, output
-    assert f"ended with exit code -9; trial {killed} runs again on another worker" in output
+    assert "ended with exit code -9" in output
     frozen = _check_the_count(url, killed)
-    assert "ended with exit code -9" in frozen[killed].user_attrs["error"]
+    # the search saw its worker end, or the other worker saw its process gone: whichever came first
+    error = frozen[killed].user_attrs["error"]
+    assert "ended with exit code -9" in error or f":{pid}) is gone" in error, error
     assert frozen[killed].user_attrs["worker"].endswith(f":{pid}")
     (rerun,) = [t for t in frozen if t.user_attrs.get("retry_of") == killed]
     assert rerun.user_attrs["worker"] != frozen[killed].user_attrs["worker"]  # the surviving worker ran it
@@ -201,17 +204,25 @@ def test_workers_are_told_their_device_and_their_share_of_the_cores(tmp_path, mo
         trials=8,
         metric=None,
         trial_seeds=[1, 2],
+        folds=None,
         keep_models=False,
         report_to=[],
     )
     envs = [worker_env(tune, i) for i in range(4)]
     assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "3", "0", "3"]
     assert {e["OMP_NUM_THREADS"] for e in envs} == {"4"}
-    cmd = worker_command(tune, 2, 1.5)
+    env = {}
+    cmd = worker_command(tune, 2, 1.5, env)
     assert cmd[cmd.index("--worker") + 1] == "2" and "--join" in cmd
     assert cmd[cmd.index("--storage") + 1] == f"sqlite:///{(tmp_path / 'study.db').resolve()}"
     assert cmd[cmd.index("--budget-minutes") + 1] == "1.5000" and cmd[cmd.index("--trials") + 1] == "8"
     assert cmd[cmd.index("--trial-seeds") + 1 : cmd.index("--trial-seeds") + 3] == ["1", "2"]
+    assert env == {}
+    # a password stays off the command line (ps shows it to every user): the URL goes in the environment
+    tune.storage_url = "postgresql://tune:secret@db/studies"
+    cmd = worker_command(tune, 0, None, env)
+    assert "secret" not in " ".join(cmd) and env["HF_FINETUNE_TUNE_STORAGE"] == tune.storage_url
+    assert cmd[cmd.index("--storage") + 1] == "env:HF_FINETUNE_TUNE_STORAGE"
 
 
 def test_a_worker_gives_back_a_trial_asked_for_when_the_count_is_made_up(tmp_path, monkeypatch):

@@ -77,7 +77,7 @@ def report_from_study(url: str | None, study_name: str | None, output_dir: str |
     options), checked as `tune` checks it; the study is read, not changed."""
     import optuna
 
-    from .setup import STUDY_DB, STUDY_NAME, prepare_tune
+    from .setup import STUDY_DB, STUDY_NAME, prepare_tune, sqlite_url
     from .storage import open_storage, shown_url
 
     if url is None:
@@ -85,7 +85,7 @@ def report_from_study(url: str | None, study_name: str | None, output_dir: str |
             raise FinetuneError(
                 "tune report: give --storage URL (or --output-dir of a search on this machine)."
             )
-        url = f"sqlite:///{(Path(output_dir) / STUDY_DB).resolve()}"
+        url = sqlite_url(Path(output_dir))
         if not (Path(output_dir) / STUDY_DB).is_file():
             raise FinetuneError(
                 f"--output-dir {output_dir}: holds no search ({STUDY_DB}); give --storage URL."

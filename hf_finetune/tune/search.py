@@ -12,21 +12,25 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
+import signal
 import statistics
 import time
 from typing import Any
 
+import optuna
 from optuna.trial import TrialState
 
 from ..errors import FinetuneError
-from ..launch import ReportTo, progress_bar, run_training, sigterm_as_exit
+from ..launch import ReportTo, die_with_parent, progress_bar, run_training, sigterm_as_exit
 from ..outputs import RESULTS_FILE, drop_weights, run_results
 from ..tasks.base import score_key
 from .confirm import confirm
 from .report import best_row, trial_rows, write_outputs
 from .setup import Tune, run_overrides, tracked, train_overrides, trial_dir
 from .space import show
+from .storage import pass_url
 from .study import (
     SURPLUS,
     counted,
@@ -38,6 +42,7 @@ from .study import (
     open_study,
     running,
     set_attr,
+    signals_held,
     status_of,
     stop_trial,
     storage_url,
@@ -58,6 +63,10 @@ def run_tune(tune: Tune, progress: bool = True) -> dict[str, Any]:
         from .workers import run_workers
 
         return run_workers(tune, progress)
+    if tune.worker is not None:  # started by `--workers`: stop (and queue the trial again) if it dies
+        die_with_parent(signal.SIGTERM)
+    if tune.devices and tune.worker is None:  # --devices with one device: the trials' processes see it alone
+        os.environ["CUDA_VISIBLE_DEVICES"] = tune.devices[0]
     held = None if tune.join else lock(tune)  # a worker searches beside others: its starter holds the lock
     try:
         return _run_tune(tune, progress)
@@ -98,8 +107,13 @@ def _run_tune(tune: Tune, progress: bool) -> dict[str, Any]:
                     continue
                 values = tune.space.sample(trial, tune.base_value, tune.layers)
                 bar.set_postfix_str(_postfix(tune, study, trial.number), refresh=True)
-                with heartbeat(tune, study, trial.number):
-                    outcome = run_trial(tune, study, trial, values, deadline)
+                try:
+                    with heartbeat(tune, study, trial.number):
+                        outcome = run_trial(tune, study, trial, values, deadline)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    # another worker took this trial for lost (its heartbeats did not reach the database)
+                    # and queued it again: its result is that run's now
+                    outcome = {"status": "taken over", "error": "ended by another worker", "time_s": 0.0}
                 current = None
                 ran += 1
                 bar.write(_worker_prefix(tune) + _trial_line(trial.number, outcome, values))
@@ -123,15 +137,20 @@ def _run_tune(tune: Tune, progress: bool) -> dict[str, Any]:
         raise
     finally:
         bar.close()
+    return {**finish(tune, study, progress), "ran": ran, "stopped_by": stopped_by}
+
+
+def finish(tune: Tune, study, progress: bool) -> dict[str, Any]:
+    """After the search: the outputs, the --confirm-seeds runs (outside the budget; not on a --join worker)
+    and the summary (counted trials, the best, the confirmation)."""
+    write_outputs(tune, study)
     best = best_row(tune, trial_rows(study))
     confirmed = None
-    if tune.confirm_seeds and best is not None:  # after the search, outside its budget
+    if tune.confirm_seeds and best is not None:
         confirmed = confirm(tune, study, best, progress)
         write_outputs(tune, study)
     return {
-        "ran": ran,
         "counted": counted(study),
-        "stopped_by": stopped_by,
         "best_trial": best["trial"] if best else None,
         "best_score": best["score"] if best else None,
         "output_dir": str(tune.output_dir),
@@ -155,10 +174,11 @@ def _surplus(tune: Tune, study, trial) -> bool:
         return False
     frozen = tune.storage.get_trial(trial._trial_id)
     fixed = frozen.system_attrs.get("fixed_params")
-    trial.set_user_attr("status", SURPLUS)
-    study.tell(trial, state=TrialState.FAIL)
-    if fixed is not None:
-        study.enqueue_trial(dict(fixed), user_attrs=dict(frozen.user_attrs))
+    with signals_held():  # given back and queued again, or neither
+        trial.set_user_attr("status", SURPLUS)
+        study.tell(trial, state=TrialState.FAIL)
+        if fixed is not None:
+            study.enqueue_trial(dict(fixed), user_attrs=dict(frozen.user_attrs))
     time.sleep(min(heartbeat_s(), 5.0))
     return True
 
@@ -211,8 +231,12 @@ def run_trial(tune: Tune, study, trial, values: dict[str, Any], deadline: float 
         timeout = None if deadline is None else max(deadline - time.time(), 1.0)
         # only the first seed's run reports to the pruner (folds: this process reports the running mean)
         first = index == 0 and fold is None
-        report_to = ReportTo(storage_url(tune), tune.study_name, trial.number, tune.metric) if first else None
         track_overrides, env = tracked(tune, seed_dir, seed, values)
+        report_to = None
+        if first:  # a storage URL with a password reaches the trial's process in its environment
+            env = dict(os.environ) if env is None else env
+            url = pass_url(storage_url(tune), env)
+            report_to = ReportTo(url, tune.study_name, trial.number, tune.metric)
         launched = run_training(
             tune.recipe_path,
             [*train_overrides(tune, values, seed_dir, seed, fold), *track_overrides],

@@ -123,6 +123,8 @@ class Tune:
     worker: int | None = None
     #: --folds K: every trial trains K times, once per fold of the training split, scored by the mean
     folds: int | None = None
+    #: `study.fail_stale`'s memory: trial number -> (its heartbeat as last seen, when this process saw it)
+    heartbeats_seen: dict[int, tuple[str, float]] = field(default_factory=dict)
 
     @property
     def shared(self) -> bool:
@@ -295,6 +297,12 @@ def prepare_tune(
         worker=worker,
         folds=folds,
     )
+    if folds is not None and base.data.validation_size is not None:
+        raise FinetuneError(
+            f"--folds: the recipe carves its evaluation split out of the training split "
+            f"(data.validation_size={base.data.validation_size}), so the folds would hold the rows the winner "
+            "is then scored on; give the evaluation split as its own split or file, or drop --folds."
+        )
     if folds is not None:  # every fold can be carved (a class with fewer rows than folds is an error)
         fold_recipe = load_recipe(recipe_path, [*overrides, *fold_overrides(folds, 0)])
         try:
@@ -340,6 +348,11 @@ def prepare_tune(
 # ------------------------------------------------------------------------------------------------
 
 
+def sqlite_url(output_dir: Path) -> str:
+    """The default storage of a search: its tune dir's SQLite file."""
+    return f"sqlite:///{(Path(output_dir) / STUDY_DB).resolve()}"
+
+
 def trial_dir(tune: Tune, number: int) -> Path:
     """The run directory of trial ``number`` (its log and memory file beside it)."""
     return tune.output_dir / TRIALS_DIR / f"trial-{number:03d}"
@@ -362,7 +375,6 @@ def fold_overrides(folds: int, fold: int) -> list[str]:
         f"data.folds={folds}",
         f"data.fold={fold}",
         f"data.eval_split={FOLD_SPLIT}",
-        "data.validation_size=null",
         "data.test_split=null",
     ]
 

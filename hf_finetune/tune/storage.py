@@ -12,7 +12,7 @@ from typing import Any
 
 import optuna
 
-from ..errors import FinetuneError
+from ..errors import FinetuneError, first_line
 
 #: the drivers tried, in order, for a storage URL that names a database but no driver, and their pip names
 DRIVERS = {
@@ -20,6 +20,9 @@ DRIVERS = {
     "mysql": (("pymysql", "pymysql"), ("mysqldb", "mysqlclient")),
 }
 JOURNAL_PREFIX = "journal:"
+#: a storage URL that holds a password goes to child processes in this variable, not on a command line
+URL_ENV = "HF_FINETUNE_TUNE_STORAGE"
+FROM_ENV = "env:" + URL_ENV
 
 
 def shown_url(url: str) -> str:
@@ -68,6 +71,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     server connection is checked before use and given 10 s to open. ``journal:PATH``: optuna's journal file.
     Raises FinetuneError (the URL, what failed, what to check) when the driver is missing or the database
     cannot be reached."""
+    url = received_url(url)
     if url.startswith(JOURNAL_PREFIX):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
@@ -81,19 +85,54 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     given, url = url, with_driver(url)
     backend = url.split(":", 1)[0].split("+", 1)[0]
     if backend == "sqlite":
-        engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 120}}
-    else:
+        # pysqlite's own BEGIN comes only at the first write, so a transaction's reads (optuna's "is this
+        # trial still waiting?" before it takes it) would not be atomic with its writes across processes:
+        # autocommit off at the driver, and every transaction opened with BEGIN IMMEDIATE (the write lock)
+        engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 120, "isolation_level": None}}
+    else:  # PostgreSQL, MySQL: optuna locks the rows it changes (SELECT ... FOR UPDATE)
         engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        if backend == "sqlite":
+            from sqlalchemy import event
+
+            event.listen(storage.engine, "begin", _begin_immediate)
+        return storage
     except ImportError as exc:  # a driver named in the URL (postgresql+psycopg2://) that is not installed
         raise FinetuneError(
             f"--storage {shown_url(given)}: its driver is not installed ({exc}); pip install it, or name an "
             "installed one (postgresql+psycopg://...)."
         ) from None
+    except RuntimeError as exc:  # optuna: a database of another optuna version's schema
+        raise FinetuneError(f"--storage {shown_url(given)}: {first_line(exc)}") from None
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise FinetuneError(
             f"--storage {shown_url(given)}: cannot open the database: {reason}. Check that the server runs and "
             "takes connections at that address, that the database exists, and the user and password."
         ) from None
+
+
+def _begin_immediate(connection) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def pass_url(url: str, env: dict[str, str]) -> str:
+    """What a child process gets as ``url`` on its command line (which `ps` shows to every user): the URL
+    itself, or, when it holds a password, `FROM_ENV` with the URL put in ``env`` under `URL_ENV`."""
+    if url.startswith(JOURNAL_PREFIX) or shown_url(url) == url:
+        return url
+    env[URL_ENV] = url
+    return FROM_ENV
+
+
+def received_url(url: str) -> str:
+    """The URL a child was given by `pass_url`."""
+    if url != FROM_ENV:
+        return url
+    import os
+
+    found = os.environ.get(URL_ENV)
+    if not found:
+        raise FinetuneError(f"--storage {FROM_ENV}: the environment has no {URL_ENV}.")
+    return found

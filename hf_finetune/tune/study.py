@@ -8,9 +8,11 @@ again, as are the trials of a worker that stopped sending heartbeats).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
+import signal
 import socket
 import statistics
 import threading
@@ -25,7 +27,7 @@ from optuna.trial import TrialState
 
 from ..errors import FinetuneError
 from ..outputs import drop_weights
-from .setup import LOCK, STUDY_DB, Tune, trial_dir
+from .setup import LOCK, STUDY_DB, Tune, sqlite_url, trial_dir
 from .space import PrunerSettings
 from .storage import open_storage, shown_url
 
@@ -33,6 +35,7 @@ logger = logging.getLogger("hf_finetune")
 
 #: seconds between two heartbeats of a running trial; a test shortens them through this variable
 HEARTBEAT_ENV = "HF_FINETUNE_TUNE_HEARTBEAT_S"
+HOST_ENV = "HF_FINETUNE_TUNE_HOST"
 DEFAULT_HEARTBEAT_S = 20.0
 #: a running trial with no heartbeat for this many intervals has lost its worker: it is queued again
 STALE_AFTER = 6
@@ -49,9 +52,7 @@ SURPLUS = "surplus"
 # ------------------------------------------------------------------------------------------------
 def storage_url(tune: Tune) -> str:
     """The study's storage: --storage, else the SQLite file in the tune dir."""
-    if tune.storage_url:
-        return tune.storage_url
-    return f"sqlite:///{(tune.output_dir / STUDY_DB).resolve()}"
+    return tune.storage_url or sqlite_url(tune.output_dir)
 
 
 def heartbeat_s() -> float:
@@ -61,9 +62,15 @@ def heartbeat_s() -> float:
         return DEFAULT_HEARTBEAT_S
 
 
+def host_name() -> str:
+    """This machine, as the workers of a shared study name it: $HF_FINETUNE_TUNE_HOST, else the host name
+    (set the variable where machines share a host name, as containers may)."""
+    return os.environ.get(HOST_ENV) or socket.gethostname()
+
+
 def worker_id() -> str:
     """This process, as other workers of a shared study name it: host and pid."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return f"{host_name()}:{os.getpid()}"
 
 
 def make_pruner(settings: PrunerSettings | None) -> optuna.pruners.BasePruner:
@@ -119,10 +126,7 @@ def load_trial(url: str, study_name: str, number: int) -> optuna.trial.Trial:
     summary = optuna.load_study(study_name=study_name, storage=storage)
     settings = PrunerSettings.from_dict(summary.user_attrs.get("pruner"))
     study = optuna.load_study(study_name=study_name, storage=storage, pruner=make_pruner(settings))
-    trial_id = storage.get_trial_id_from_study_id_trial_number(
-        storage.get_study_id_from_name(study_name), number
-    )
-    return optuna.trial.Trial(study, trial_id)
+    return optuna.trial.Trial(study, trial_id(storage, study_name, number))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -200,8 +204,11 @@ def open_study(tune: Tune) -> optuna.Study:
     if tune.storage_url or tune.join:  # other searches may be running trials of this study now
         fail_stale(tune, study)
     else:
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            # left running by a search that was killed (the lock says no other search is using the directory)
+        for trial in running(study):
+            # left running by a search that was killed (the lock says no other search is using the
+            # directory; a live worker of this machine that joined it is left alone)
+            if _alive_here(trial.user_attrs.get("worker")):
+                continue
             logger.info("trial %d did not finish (its search was stopped); it runs again", trial.number)
             stop_trial(tune, study, trial.number, "interrupted", "its search was stopped (killed)")
     return study
@@ -246,13 +253,14 @@ def lock(tune: Tune):
 # ------------------------------------------------------------------------------------------------
 # Trial status
 # ------------------------------------------------------------------------------------------------
+def trial_id(storage, study_name: str, number: int) -> int:
+    """The storage's id of trial ``number`` of study ``study_name``."""
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), number)
+
+
 def set_attr(tune: Tune, study, number: int, key: str, value: Any) -> None:
     """Set a user attribute of trial ``number``, which another (maybe dead) process may have created."""
-    storage = tune.storage
-    trial_id = storage.get_trial_id_from_study_id_trial_number(
-        storage.get_study_id_from_name(study.study_name), number
-    )
-    optuna.trial.Trial(study, trial_id).set_user_attr(key, value)
+    optuna.trial.Trial(study, trial_id(tune.storage, study.study_name, number)).set_user_attr(key, value)
 
 
 def stop_trial(tune: Tune, study, number: int, status: str, error: str) -> str | None:
@@ -260,27 +268,39 @@ def stop_trial(tune: Tune, study, number: int, status: str, error: str) -> str |
     are queued to run again first, unless this was their MAX_ATTEMPTS-th stop, which makes it `failed`.
     Returns the status; None when another process ended the trial first (it then queued the rerun)."""
     storage = tune.storage
-    trial_id = storage.get_trial_id_from_study_id_trial_number(
-        storage.get_study_id_from_name(study.study_name), number
-    )
-    frozen = storage.get_trial(trial_id)
+    frozen = storage.get_trial(trial_id(storage, study.study_name, number))
     attempt = frozen.user_attrs.get("attempt", 1)
     if attempt >= MAX_ATTEMPTS:
         status, error = "failed", f"{error}; stopped {attempt} times in a row, so not queued again"
-    try:
-        set_attr(tune, study, number, "status", status)
-        set_attr(tune, study, number, "error", error)
-        # one process wins this change of state: only it queues the rerun
-        study.tell(number, state=TrialState.FAIL)
-    except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
-        return None
+    with signals_held():  # ended and queued again, or neither: a signal must not fall between the two
+        try:
+            set_attr(tune, study, number, "status", status)
+            set_attr(tune, study, number, "error", error)
+            # one process wins this change of state: only it queues the rerun
+            study.tell(number, state=TrialState.FAIL)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+            return None
+        if status != "failed":
+            again = {"retry_of": number, "attempt": attempt + 1}
+            if "start" in frozen.user_attrs:  # the baseline stays the baseline
+                again["start"] = frozen.user_attrs["start"]
+            study.enqueue_trial(dict(frozen.params), user_attrs=again)
     drop_weights(trial_dir(tune, number), tune.keep_models)
-    if status != "failed":
-        again = {"retry_of": number, "attempt": attempt + 1}
-        if "start" in frozen.user_attrs:  # the baseline stays the baseline
-            again["start"] = frozen.user_attrs["start"]
-        study.enqueue_trial(dict(frozen.params), user_attrs=again)
     return status
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block has run (in the main thread; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def running(study) -> list:
@@ -290,22 +310,24 @@ def running(study) -> list:
 
 @contextlib.contextmanager
 def heartbeat(tune: Tune, study, number: int) -> Iterator[None]:
-    """While the block runs, trial ``number`` carries this worker's name and, every `heartbeat_s`, the time:
-    the other workers of a shared study take it as lost when the time stops moving (`fail_stale`)."""
+    """While the block runs, trial ``number`` carries this worker's name and a heartbeat that changes every
+    `heartbeat_s`: the other workers of a shared study take the trial as lost when it stops changing
+    (`fail_stale`)."""
     storage = tune.storage
-    trial_id = storage.get_trial_id_from_study_id_trial_number(
-        storage.get_study_id_from_name(study.study_name), number
-    )
-    storage.set_trial_user_attr(trial_id, "worker", worker_id())
+    tid = trial_id(storage, study.study_name, number)
+    storage.set_trial_user_attr(tid, "worker", worker_id())
     stop = threading.Event()
 
     def beat() -> None:
+        count = 0
         while True:
+            count += 1
             try:
-                storage.set_trial_user_attr(trial_id, "heartbeat", time.time())
-            except Exception:  # the trial has ended (or the database is away: the next beat tries again)
-                if storage.get_trial(trial_id).state.is_finished():
-                    return
+                storage.set_trial_user_attr(tid, "heartbeat", [time.time(), count])
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return  # ended (here, or by another worker that took it for lost)
+            except Exception as exc:  # the database is away for a moment: the next beat tries again
+                logger.debug("trial %d: heartbeat not recorded: %s", number, exc)
             if stop.wait(heartbeat_s()):
                 return
 
@@ -318,12 +340,30 @@ def heartbeat(tune: Tune, study, number: int) -> Iterator[None]:
         thread.join()
 
 
+def _alive_here(worker: str | None) -> bool:
+    """Whether ``worker`` (host:pid) is a process of this machine that is running (not this one)."""
+    host, _, pid = (worker or "").rpartition(":")
+    if host != host_name() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def fail_stale(tune: Tune, study, worker: str | None = None, why: str | None = None) -> list[int]:
-    """Queue again the running trials whose worker is gone: those with no heartbeat for `STALE_AFTER`
-    intervals, or (``worker``) every trial of that worker, which its parent saw end (``why``). Returns
-    their numbers."""
-    now = time.time()
+    """Queue again the running trials whose worker is gone, and return their numbers.
+
+    ``worker`` given: every trial of that worker, which its parent saw end (``why``). Else: a trial whose
+    worker is a process of this machine that no longer runs, and a trial of another machine whose heartbeat
+    has not changed for `STALE_AFTER` intervals, timed by this process's clock from when it first saw that
+    heartbeat (clocks of different machines are never compared)."""
+    now = time.monotonic()
     limit = STALE_AFTER * heartbeat_s()
+    seen = tune.heartbeats_seen
     lost = []
     for trial in running(study):
         owner = trial.user_attrs.get("worker")
@@ -331,13 +371,19 @@ def fail_stale(tune: Tune, study, worker: str | None = None, why: str | None = N
             if owner != worker:
                 continue
             error = f"its worker ({worker}) {why}"
-        else:
-            last = trial.user_attrs.get("heartbeat")
-            if last is None and trial.datetime_start is not None:
-                last = trial.datetime_start.timestamp()
-            if last is None or now - last <= limit:
+        elif owner is not None and owner.rpartition(":")[0] == host_name():
+            if _alive_here(owner) or owner == worker_id():
                 continue
-            error = f"its worker ({owner or 'unknown'}) stopped: no heartbeat for {now - last:.0f} s"
+            error = f"its worker ({owner}) is gone"
+        else:
+            beat = json.dumps(trial.user_attrs.get("heartbeat"))
+            first_seen = seen.get(trial.number)
+            if first_seen is None or first_seen[0] != beat:
+                seen[trial.number] = (beat, now)
+                continue
+            if now - first_seen[1] <= limit:
+                continue
+            error = f"its worker ({owner or 'unknown'}) stopped: no heartbeat for {now - first_seen[1]:.0f} s"
         if stop_trial(tune, study, trial.number, "interrupted", error) is not None:
             logger.warning("trial %d: %s; it runs again", trial.number, error)
             lost.append(trial.number)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from ..launch import STOP_GRACE_S, progress_bar, sigterm_as_exit
-from .confirm import confirm
-from .report import best_row, trial_rows, write_outputs
-from .study import counted, fail_stale, lock, open_study, storage_url
+from .report import write_outputs
+from .search import finish
+from .storage import pass_url, shown_url
+from .study import counted, fail_stale, host_name, lock, open_study, storage_url
 
 logger = logging.getLogger("hf_finetune")
 
@@ -40,11 +40,13 @@ logger = logging.getLogger("hf_finetune")
 POLL_S = 1.0
 
 
-def worker_command(tune, index: int, budget_minutes: float | None) -> list[str]:
-    """The command of worker ``index``: this search, joined on its storage, as that worker."""
+def worker_command(tune, index: int, budget_minutes: float | None, env: dict[str, str]) -> list[str]:
+    """The command of worker ``index``: this search, joined on its storage, as that worker (a storage URL
+    with a password goes in ``env``, not on the command line)."""
+    url = pass_url(storage_url(tune), env)
     cmd = [sys.executable, "-m", "hf_finetune", "tune", tune.recipe_path, *tune.overrides]
     cmd += ["--space", str(Path(tune.space.path).resolve()), "--output-dir", str(tune.output_dir)]
-    cmd += ["--storage", storage_url(tune), "--study-name", tune.study_name, "--join", "--worker", str(index)]
+    cmd += ["--storage", url, "--study-name", tune.study_name, "--join", "--worker", str(index)]
     cmd += ["--seed", str(tune.seed), "--direction", tune.direction, "--no-progress"]
     if tune.trials is not None:
         cmd += ["--trials", str(tune.trials)]
@@ -88,7 +90,7 @@ def _run_workers(tune, progress: bool) -> dict[str, Any]:
     study = open_study(tune)
     write_outputs(tune, study)
     before = counted(study)
-    host = socket.gethostname()
+    host = host_name()
     procs: dict[int, subprocess.Popen] = {}
     ended: dict[int, int] = {}
     bar = progress_bar(tune.trials, counted(study), progress, "tune trials", "trial")
@@ -98,14 +100,16 @@ def _run_workers(tune, progress: bool) -> dict[str, Any]:
                 left = None
                 if tune.budget_minutes:
                     left = max(tune.budget_minutes - (time.time() - started) / 60, 0.01)
-                # each worker's lines (a trial line as it ends, warnings) go where this process prints
+                env = worker_env(tune, index)
+                # in a session of its own: Ctrl-C reaches this process only, which stops each worker once;
+                # its lines (a trial line as it ends, warnings) go where this process prints
                 procs[index] = subprocess.Popen(
-                    worker_command(tune, index, left), env=worker_env(tune, index)
+                    worker_command(tune, index, left, env), env=env, start_new_session=True
                 )
             logger.info(
                 "%d workers on %s%s",
                 tune.workers,
-                storage_url(tune) if tune.storage_url else tune.output_dir,
+                shown_url(storage_url(tune)) if tune.storage_url else tune.output_dir,
                 f", devices {', '.join(tune.devices)}" if tune.devices else "",
             )
             while len(ended) < len(procs):
@@ -116,14 +120,12 @@ def _run_workers(tune, progress: bool) -> dict[str, Any]:
                     if proc.returncode != 0:
                         why = f"ended with exit code {proc.returncode}"
                         lost = fail_stale(tune, study, worker=f"{host}:{proc.pid}", why=why)
-                        bar.write(
-                            f"worker {index} {why}"
-                            + (
-                                f"; trial {', '.join(map(str, lost))} runs again on another worker"
-                                if lost
-                                else ""
-                            )
+                        again = (
+                            f"; trial {', '.join(map(str, lost))} runs again on another worker"
+                            if lost
+                            else ""
                         )
+                        bar.write(f"worker {index} {why}{again}")
                 bar.n = counted(study)
                 bar.refresh()
                 time.sleep(POLL_S)
@@ -133,32 +135,20 @@ def _run_workers(tune, progress: bool) -> dict[str, Any]:
         raise
     finally:
         bar.close()
-    write_outputs(tune, study)
-    best = best_row(tune, trial_rows(study))
-    confirmed = None
-    if tune.confirm_seeds and best is not None:
-        confirmed = confirm(tune, study, best, progress)
-        write_outputs(tune, study)
-    done = counted(study)
+    summary = finish(tune, study, progress)
+    done = summary["counted"]
     if tune.trials is not None and done < tune.trials and not tune.budget_minutes:
-        stopped_by = "workers"  # every worker ended before the count was made up
+        summary["stopped_by"] = "workers"  # every worker ended before the count was made up
     else:
-        stopped_by = "trials" if tune.trials is not None and done >= tune.trials else "budget"
-    return {
-        "ran": done - before,
-        "counted": done,
-        "stopped_by": stopped_by,
-        "best_trial": best["trial"] if best else None,
-        "best_score": best["score"] if best else None,
-        "output_dir": str(tune.output_dir),
-        "confirm": confirmed,
-        "workers": {str(i): code for i, code in sorted(ended.items())},
-    }
+        summary["stopped_by"] = "trials" if tune.trials is not None and done >= tune.trials else "budget"
+    summary["ran"] = done - before
+    summary["workers"] = {str(i): code for i, code in sorted(ended.items())}
+    return summary
 
 
 def _stop(procs: dict[int, subprocess.Popen]) -> None:
-    """SIGTERM every worker still running (each stops its trial and queues it again), SIGKILL after the
-    grace a trial gets to stop, and twice that."""
+    """SIGTERM every worker still running, once (each stops its trial and queues it again; a second signal
+    would cut that short), then SIGKILL those still running after three times the grace a trial gets."""
     for proc in procs.values():
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
