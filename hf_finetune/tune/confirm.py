@@ -1,6 +1,7 @@
 """Confirmation runs (--confirm-seeds): after the search, the recipe as given and the best recipe retrained
 once per seed, each in its own process, into ``confirm/ARM/seedS``; each run's record appended to
 ``confirm.jsonl``. A seed the search selected on cannot confirm it (`prepare_tune` refuses those).
+`finish` ends a search: its outputs, the confirmation, the summary.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from typing import Any
 from ..launch import progress_bar, run_training, sigterm_as_exit
 from ..outputs import RESULTS_FILE, append_jsonl, drop_weights, read_jsonl, run_results
 from ..tasks.base import score_key
-from .report import changed_values, confirmation
+from .report import best_row, changed_values, confirmation, trial_rows, write_outputs
 from .setup import CONFIRM, CONFIRM_DIR, Tune, run_overrides, tracked, train_overrides
+from .study import counted
 
 #: what trains one confirmation run: `confirm_run` or a stand-in with its signature
 ConfirmRun = Callable[[Tune, dict[str, Any], Path, int], dict[str, Any]]
@@ -78,3 +80,21 @@ def confirm(
     finally:
         bar.close()
     return confirmation(tune, best)
+
+
+def finish(tune: Tune, study, progress: bool) -> dict[str, Any]:
+    """After the search: the outputs, the --confirm-seeds runs (outside the budget; not on a --join worker)
+    and the summary (counted trials, the best, the confirmation)."""
+    write_outputs(tune, study)
+    best = best_row(tune, trial_rows(study))
+    confirmed = None
+    if tune.confirm_seeds and best is not None:
+        confirmed = confirm(tune, study, best, progress)
+        write_outputs(tune, study)
+    return {
+        "counted": counted(study),
+        "best_trial": best["trial"] if best else None,
+        "best_score": best["score"] if best else None,
+        "output_dir": str(tune.output_dir),
+        "confirm": confirmed,
+    }

@@ -26,7 +26,7 @@ from ..errors import FinetuneError
 from ..launch import ReportTo, die_with_parent, progress_bar, run_training, sigterm_as_exit
 from ..outputs import RESULTS_FILE, drop_weights, run_results
 from ..tasks.base import score_key
-from .confirm import confirm
+from .confirm import finish
 from .report import best_row, trial_rows, write_outputs
 from .setup import Tune, run_overrides, tracked, train_overrides, trial_dir
 from .space import show
@@ -138,24 +138,6 @@ def _run_tune(tune: Tune, progress: bool) -> dict[str, Any]:
     finally:
         bar.close()
     return {**finish(tune, study, progress), "ran": ran, "stopped_by": stopped_by}
-
-
-def finish(tune: Tune, study, progress: bool) -> dict[str, Any]:
-    """After the search: the outputs, the --confirm-seeds runs (outside the budget; not on a --join worker)
-    and the summary (counted trials, the best, the confirmation)."""
-    write_outputs(tune, study)
-    best = best_row(tune, trial_rows(study))
-    confirmed = None
-    if tune.confirm_seeds and best is not None:
-        confirmed = confirm(tune, study, best, progress)
-        write_outputs(tune, study)
-    return {
-        "counted": counted(study),
-        "best_trial": best["trial"] if best else None,
-        "best_score": best["score"] if best else None,
-        "output_dir": str(tune.output_dir),
-        "confirm": confirmed,
-    }
 
 
 def _is_running(study, number: int) -> bool:

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from ..launch import STOP_GRACE_S, progress_bar, sigterm_as_exit
+from .confirm import finish
 from .report import write_outputs
-from .search import finish
 from .storage import pass_url, shown_url
 from .study import counted, fail_stale, host_name, lock, open_study, storage_url
 
