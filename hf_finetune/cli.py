@@ -252,7 +252,25 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="measure this machine's peak matmul FLOP/s per dtype (the MFU denominator) and cache it",
     )
+    _add_workers(p, "cells")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_workers(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help=f"{what} at once on this machine, each its own process (default 1); on the CPU the cores are "
+        "split between them",
+    )
+    p.add_argument(
+        "--devices",
+        type=lambda text: [d for d in text.split(",") if d.strip()],
+        default=[],
+        metavar="0,1,...",
+        help="pin one device per worker, in turn (CUDA_VISIBLE_DEVICES); alone, one worker per device",
+    )
 
 
 def _tune_arguments(p: argparse.ArgumentParser) -> None:
@@ -313,20 +331,7 @@ def _tune_arguments(p: argparse.ArgumentParser) -> None:
         help="experiment trackers every trial reports to (tensorboard, trackio, mlflow): one store in the tune "
         "directory's tracking/, the search as the project, a run per trial",
     )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="trials at once on this machine, each worker its own process on the study (default 1); on the "
-        "CPU the cores are split between them",
-    )
-    p.add_argument(
-        "--devices",
-        type=lambda text: [d for d in text.split(",") if d.strip()],
-        default=[],
-        metavar="0,1,...",
-        help="pin one device per worker, in turn (CUDA_VISIBLE_DEVICES); alone, one worker per device",
-    )
+    _add_workers(p, "trials")
     p.add_argument(
         "--storage",
         metavar="URL",
@@ -535,6 +540,7 @@ def _run_bench(args: argparse.Namespace) -> int:
 
     if args.bench_file is None and not args.calibrate:
         raise FinetuneError("bench: give a bench file (e.g. recipes/bench/glue-quick.yaml), or --calibrate.")
+    workers, devices = _workers(args)
     bench = None
     if args.bench_file is not None:
         bench = load_bench(catalog.resolve(args.bench_file, catalog.BENCH), args.overrides)
@@ -543,7 +549,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         _calibrate()
     if bench is None:
         return 0
-    summary = run_bench(bench, progress=not args.no_progress)
+    summary = run_bench(bench, progress=not args.no_progress, workers=workers, devices=devices)
     print(
         f"{summary['cells']} cells: {summary['ran']} ran, {summary['skipped']} already done, "
         f"{summary['failed']} failed; results in {summary['output_dir']}/(results.jsonl, results.md, results.png)"
@@ -609,6 +615,16 @@ def _run_tune(args: argparse.Namespace) -> int:
             f"best {confirmed['best']['mean']:.4f}"
         )
     return 0
+
+
+def _workers(args: argparse.Namespace) -> tuple[int, list[str]]:
+    """--workers and --devices checked: at least one worker, no device twice; --devices alone, one worker each."""
+    devices = [d.strip() for d in args.devices]
+    if args.workers < 1:
+        raise FinetuneError(f"--workers: at least 1, got {args.workers}.")
+    if len(set(devices)) != len(devices):
+        raise FinetuneError(f"--devices: repeats a device: {devices}.")
+    return (len(devices) if devices and args.workers == 1 else args.workers), devices
 
 
 def _tune_report(args: argparse.Namespace) -> int:

@@ -35,6 +35,10 @@ MEMORY_SUFFIX = ".memory.json"
 #: seconds a stopped child gets between SIGTERM (save and stop) and SIGKILL
 STOP_GRACE_S = 10
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt")
+#: seconds between two looks at a running child (its end, its timeout, `STOP_CHILDREN`)
+POLL_S = 0.5
+#: set by the main thread to stop the children that other threads run (signals reach the main thread only)
+STOP_CHILDREN = threading.Event()
 
 
 @dataclass(frozen=True)
@@ -171,13 +175,19 @@ def run_child(
     """Run ``cmd`` in its own process group; its exit code, or None when it ran out of time.
 
     On a timeout, Ctrl-C or SIGTERM (see `sigterm_as_exit`) the whole group is stopped, so workers the
-    child started go with it."""
+    child started go with it. A child run from another thread (`bench --workers`) is stopped, and None
+    returned, when the main thread sets `STOP_CHILDREN`."""
     proc = start_child(cmd, log, env)
+    deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        stop_group(proc)
-        return None
+        while True:
+            try:
+                return proc.wait(timeout=POLL_S)
+            except subprocess.TimeoutExpired:
+                pass
+            if STOP_CHILDREN.is_set() or (deadline is not None and time.monotonic() > deadline):
+                stop_group(proc)
+                return None
     except BaseException:  # KeyboardInterrupt, SystemExit from SIGTERM: leave nothing running
         stop_group(proc)
         raise
@@ -219,6 +229,20 @@ def sigterm_as_exit() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def worker_env(index: int, workers: int, devices: Sequence[str], base: dict[str, str] | None = None):
+    """The environment of the ``index``-th of ``workers`` processes that run at once (`bench --workers`, the
+    workers of `tune --workers`): with ``devices``, the ``index``-th of them in turn alone visible
+    (CUDA_VISIBLE_DEVICES); the CPU's cores split between them (OMP_NUM_THREADS, MKL_NUM_THREADS, unless
+    set)."""
+    env = dict(os.environ if base is None else base)
+    if devices:
+        env["CUDA_VISIBLE_DEVICES"] = devices[index % len(devices)]
+    threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+    env.setdefault("MKL_NUM_THREADS", str(threads))
+    return env
 
 
 def single_device_env() -> dict[str, str]:

@@ -922,6 +922,16 @@ ROWS = [
         "--workers: at least 1, got 0.",
     ),
     Row(
+        "bench-workers-zero",
+        lambda c: ["bench", "bench/few-shot", "--workers", "0"],
+        "--workers: at least 1, got 0.",
+    ),
+    Row(
+        "bench-devices-repeated",
+        lambda c: ["bench", "bench/few-shot", "--devices", "0,1,0"],
+        "--devices: repeats a device: ['0', '1', '0'].",
+    ),
+    Row(
         "tune-join-and-confirm",
         lambda c: _tune(c, "--join", "--confirm-seeds", "1"),
         "--confirm-seeds: the process that started the search confirms its winner; drop it with --join.",

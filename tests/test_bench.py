@@ -504,3 +504,61 @@ def test_a_cells_record_carries_the_precision_and_machine_its_process_trained_on
     assert record["status"] == "ok"
     assert (record["device"], record["dtype"], record["machine"]) == ("cpu", "float32", "Some CPU")
     assert record["peak_flops"] == 1e12 and record["mfu"] == pytest.approx(4.0e11 / 2.0 / 1e12)
+
+
+def test_bench_workers_run_cells_at_once_with_the_same_results_files(
+    tmp_path, tiny_model_dir, calibrated, capsys
+):
+    strategies = {"full": {}, "frozen-emb": {"strategy": {"freeze_embeddings": True}}}
+    bench_file = _bench_file(tmp_path, tiny_model_dir, strategies)
+    out = tmp_path / "bench-out"
+    assert cli.main(["bench", bench_file, "--no-progress", "--workers", "2"]) == 0
+    assert "4 cells: 4 ran, 0 already done, 0 failed" in capsys.readouterr().out
+    records = read_results(out / "results.jsonl")
+    assert {(r["task"], r["strategy"], r["status"]) for r in records} == {
+        (t, s, "ok") for t in ("alpha", "beta") for s in strategies
+    }
+    assert all(r["train_steps"] == 4 and 0.0 <= r["score"] <= 1.0 for r in records)
+    assert len([line for line in (out / "results.md").read_text().splitlines() if line.startswith("| ")]) == 5
+    # a rerun finds every cell done, as after a sequential bench
+    assert cli.main(["bench", bench_file, "--no-progress", "--workers", "2"]) == 0
+    assert "4 cells: 0 ran, 4 already done" in capsys.readouterr().out
+
+
+def test_bench_workers_overlap_and_each_gets_its_device_and_share_of_the_cores(tmp_path, monkeypatch):
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from hf_finetune.bench.run import _run_parallel
+    from hf_finetune.launch import Launched
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    seen, running, most = [], [0], [0]
+    lock = threading.Lock()
+
+    def fake_launch(recipe_path, overrides, run_dir, timeout=None, env=None):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            seen.append((env["CUDA_VISIBLE_DEVICES"], env["OMP_NUM_THREADS"]))
+        time.sleep(0.3)
+        with lock:
+            running[0] -= 1
+        return Launched(1, 0.3, tmp_path / "x.log")
+
+    cells = [
+        SimpleNamespace(
+            task="t", strategy="s", seed=i, metric=None, device="cpu", dtype="float32", recipe_path="r",
+            overrides=[], tracking=[], run_dir=tmp_path / f"c{i}", label=f"c{i}", key=i, recipe=None,
+        )
+        for i in range(6)
+    ]  # fmt: skip
+    bench = SimpleNamespace(cell_timeout_s=10, keep_models=False)
+    done = []
+    _run_parallel(cells, bench, {}, fake_launch, 3, ["0", "1", "2"], lambda c, r: done.append((c.seed, r)))
+    assert sorted(seed for seed, _ in done) == list(range(6))
+    assert all(r["status"] == "failed" for _, r in done)  # the fake cells "exit 1": recorded, not raised
+    assert most[0] == 3  # three cells at once
+    assert {device for device, _ in seen} == {"0", "1", "2"} and {t for _, t in seen} == {"2"}

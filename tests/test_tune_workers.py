@@ -251,3 +251,19 @@ def test_a_worker_gives_back_a_trial_asked_for_when_the_count_is_made_up(tmp_pat
     (queued,) = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert queued.system_attrs["fixed_params"] == {"x": 1.0}
     assert queued.user_attrs == {"retry_of": 0, "attempt": 2}
+
+
+def test_a_journal_file_holds_the_study_and_tune_report_reads_it(tmp_path, tiny_model_dir, capsys):
+    recipe = _recipe(tmp_path, tiny_model_dir, epochs=1)
+    space = _space(tmp_path, SPACE)
+    journal = f"journal:{tmp_path / 'study.journal'}"
+    args = ["tune", recipe, "--space", space, "--trials", "2", "--storage", journal, "--no-progress"]
+    assert cli.main([*args, "--output-dir", str(tmp_path / "a")]) == 0
+    rows = _rows(tmp_path / "a")
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert not (tmp_path / "a" / "study.db").exists()  # the study is in the journal, not the tune dir
+    # a worker joining a finished study finds the count made up and trains nothing
+    assert cli.main([*args, "--join", "--output-dir", str(tmp_path / "b")]) == 0
+    assert "2 trials (0 this run" in capsys.readouterr().out
+    assert cli.main(["tune", "report", "--storage", journal, "--output-dir", str(tmp_path / "r")]) == 0
+    assert _rows(tmp_path / "r") == rows

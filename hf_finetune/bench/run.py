@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+import queue
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 from ..launch import (
+    STOP_CHILDREN,
     Launched,
     calibrate_in_child,
     progress_bar,
     run_training,
     sigterm_as_exit,
     single_device_env,
+    worker_env,
 )
 from ..outputs import (
     TRAINER_STATE,
@@ -39,8 +43,18 @@ logger = logging.getLogger("hf_finetune")
 Launcher = Callable[..., Launched]
 
 
-def run_bench(bench: Bench, progress: bool = True, launcher: Launcher = run_training) -> dict[str, Any]:
-    """Run every cell not already done; write the three outputs. Returns {'ran', 'skipped', 'failed', ...}."""
+def run_bench(
+    bench: Bench,
+    progress: bool = True,
+    launcher: Launcher = run_training,
+    workers: int = 1,
+    devices: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Run every cell not already done; write the three outputs. Returns {'ran', 'skipped', 'failed', ...}.
+
+    ``workers`` > 1: that many cells at once, each in its own process as always, the i-th running cell slot
+    on the i-th of ``devices`` (in turn) and on its share of the CPU cores; each record is appended as its
+    cell finishes, so results.jsonl and the report are the same as from one cell at a time."""
     from ..mfu import peak_flops
 
     cells = bench.cells()
@@ -76,23 +90,30 @@ def run_bench(bench: Bench, progress: bool = True, launcher: Launcher = run_trai
 
     bar = progress_bar(len(cells), skipped, progress, "bench cells", "cell")
     failed = 0
+
+    def finished(cell: Cell, record: dict[str, Any]) -> None:
+        nonlocal failed
+        record["fingerprint"] = fingerprints[cell.key]
+        append_jsonl(results_path, record)
+        if record["status"] != "ok":
+            failed += 1
+            bar.write(f"cell {cell.label} failed: {record.get('error')} (log: {cell_log(cell)})")
+        else:
+            bar.write(
+                f"cell {cell.label}: {record['metric']} {record['score']:.4f} in {record['train_runtime']:.0f}s"
+            )
+        bar.update(1)
+        write_report(bench, fingerprints)  # the table and plot grow as cells finish
+
     try:
         with sigterm_as_exit():
-            for cell in todo:
-                bar.set_postfix_str(f"running {cell.label}", refresh=True)
-                record = run_cell(cell, bench, peaks.get((cell.device, cell.dtype)), launcher)
-                record["fingerprint"] = fingerprints[cell.key]
-                append_jsonl(results_path, record)
-                if record["status"] != "ok":
-                    failed += 1
-                    bar.write(f"cell {cell.label} failed: {record.get('error')} (log: {cell_log(cell)})")
-                else:
-                    bar.write(
-                        f"cell {cell.label}: {record['metric']} {record['score']:.4f} in "
-                        f"{record['train_runtime']:.0f}s"
-                    )
-                bar.update(1)
-                write_report(bench, fingerprints)  # the table and plot grow as cells finish
+            if workers > 1:
+                _run_parallel(todo, bench, peaks, launcher, workers, list(devices), finished)
+            else:
+                env = worker_env(0, 1, list(devices), single_device_env()) if devices else None
+                for cell in todo:
+                    bar.set_postfix_str(f"running {cell.label}", refresh=True)
+                    finished(cell, run_cell(cell, bench, peaks.get((cell.device, cell.dtype)), launcher, env))
     finally:
         bar.close()
     write_report(bench, fingerprints)
@@ -105,18 +126,60 @@ def run_bench(bench: Bench, progress: bool = True, launcher: Launcher = run_trai
     }
 
 
+def _run_parallel(
+    todo: list[Cell],
+    bench: Bench,
+    peaks: dict,
+    launcher: Launcher,
+    workers: int,
+    devices: list[str],
+    finished: Callable[[Cell, dict[str, Any]], None],
+) -> None:
+    """`workers` cells at once, a thread each waiting on its cell's process; ``finished`` runs here, in the
+    calling thread, as each ends. Ctrl-C or SIGTERM stops every running cell's process (`STOP_CHILDREN`)."""
+    slots: queue.Queue[int] = queue.Queue()
+    for slot in range(workers):
+        slots.put(slot)
+
+    def one(cell: Cell) -> tuple[Cell, dict[str, Any]]:
+        slot = slots.get()
+        try:
+            env = worker_env(slot, workers, devices, single_device_env())
+            return cell, run_cell(cell, bench, peaks.get((cell.device, cell.dtype)), launcher, env)
+        finally:
+            slots.put(slot)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bench-cell") as pool:
+        futures = [pool.submit(one, cell) for cell in todo]
+        try:
+            for future in as_completed(futures):
+                finished(*future.result())
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            STOP_CHILDREN.set()  # the running cells' processes stop; their threads return
+            pool.shutdown(wait=True)
+            STOP_CHILDREN.clear()
+            raise
+
+
 def run_cell(
-    cell: Cell, bench: Bench, peak: float | None, launcher: Launcher = run_training
+    cell: Cell,
+    bench: Bench,
+    peak: float | None,
+    launcher: Launcher = run_training,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train one cell in a fresh process; its record (status ok, or failed with the error). ``peak``: the
-    peak FLOP/s of the cell's device in its planned precision (None: no MFU)."""
+    peak FLOP/s of the cell's device in its planned precision (None: no MFU); ``env``: the process's
+    environment (default: this one, one device visible)."""
     record: dict[str, Any] = {
         "task": cell.task,
         "strategy": cell.strategy,
         "seed": cell.seed,
         "metric": cell.metric,
     }
-    env = single_device_env()
+    env = single_device_env() if env is None else env
     if cell.tracking:  # bench.report_to: the bench's store, the cell's tags
         env = bench.tracking_env(cell, env)
     launched = launcher(

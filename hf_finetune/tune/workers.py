@@ -20,7 +20,6 @@ is the scheduler: the workers share nothing but the study, so workers started by
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..launch import STOP_GRACE_S, progress_bar, sigterm_as_exit
+from ..launch import worker_env as launch_worker_env
 from .confirm import finish
 from .report import write_outputs
 from .storage import pass_url, shown_url
@@ -67,13 +67,7 @@ def worker_command(tune, index: int, budget_minutes: float | None, env: dict[str
 
 def worker_env(tune, index: int) -> dict[str, str]:
     """Worker ``index``'s environment: its device (--devices, in turn) and its share of the CPU threads."""
-    env = dict(os.environ)
-    if tune.devices:
-        env["CUDA_VISIBLE_DEVICES"] = tune.devices[index % len(tune.devices)]
-    threads = max(1, (os.cpu_count() or 1) // tune.workers)
-    env.setdefault("OMP_NUM_THREADS", str(threads))
-    env.setdefault("MKL_NUM_THREADS", str(threads))
-    return env
+    return launch_worker_env(index, tune.workers, tune.devices)
 
 
 def run_workers(tune, progress: bool = True) -> dict[str, Any]:
