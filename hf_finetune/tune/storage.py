@@ -58,7 +58,7 @@ def with_driver(url: str) -> str:
     for module, _package in candidates:
         if importlib.util.find_spec(module) is not None:
             return parsed.set(drivername=f"{backend}+{module}").render_as_string(hide_password=False)
-    extra = " (pip install 'hf-finetune[postgres]')" if backend == "postgresql" else ""
+    extra = f" (pip install 'hf-finetune[{'postgres' if backend == 'postgresql' else 'mysql'}]')"
     raise FinetuneError(
         f"--storage {shown_url(url)}: no {backend} driver is installed; install one of "
         f"{', '.join(package for _, package in candidates)}{extra}."
