@@ -876,9 +876,10 @@ ROWS = [
     # ---- tune across processes and machines (--workers, --storage, --join) ---------------------------------
     Row(
         "tune-storage-driver-missing",
-        lambda c: _tune(c, "--storage", "mysql://user@127.0.0.1/tune"),
-        "--storage mysql://user@127.0.0.1/tune: no mysql driver is installed; install one of pymysql, "
-        "mysqlclient.",
+        # a driver that no extra installs, so the row holds whatever this machine has
+        lambda c: _tune(c, "--storage", "postgresql+pg8000://user@127.0.0.1/tune"),
+        "--storage postgresql+pg8000://user@127.0.0.1/tune: its driver pg8000 is not installed; pip install "
+        "it, or leave the driver out (postgresql://...) to use an installed one.",
     ),
     Row(
         "tune-storage-unreachable",

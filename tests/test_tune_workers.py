@@ -289,3 +289,36 @@ def test_a_journal_file_holds_the_study_and_tune_report_reads_it(tmp_path, tiny_
     assert "2 trials (0 this run" in capsys.readouterr().out
     assert cli.main(["tune", "report", "--storage", journal, "--output-dir", str(tmp_path / "r")]) == 0
     assert _rows(tmp_path / "r") == rows
+
+
+@pytest.mark.parametrize(
+    ("url", "packages", "extra"),
+    [
+        ("mysql://user@127.0.0.1/tune", "pymysql, mysqlclient", "mysql"),
+        ("postgresql://user:secret@127.0.0.1/tune", "psycopg, psycopg2-binary", "postgres"),
+    ],
+)
+def test_a_database_url_without_an_installed_driver_names_the_packages_and_the_extra(
+    monkeypatch, url, packages, extra
+):
+    from hf_finetune.errors import FinetuneError
+    from hf_finetune.tune import storage
+
+    monkeypatch.setattr(storage.importlib.util, "find_spec", lambda name: None)  # no driver anywhere
+    with pytest.raises(FinetuneError) as info:
+        storage.with_driver(url)
+    message = str(info.value)
+    assert f"install one of {packages} (pip install 'hf-finetune[{extra}]')." in message
+    assert "secret" not in message  # the password stays hidden
+
+
+def test_a_database_url_gets_the_first_installed_driver(monkeypatch):
+    from hf_finetune.tune import storage
+
+    installed = {"mysqldb"}  # only the second candidate
+    monkeypatch.setattr(
+        storage.importlib.util, "find_spec", lambda name: object() if name in installed else None
+    )
+    assert storage.with_driver("mysql://user:pw@db/tune") == "mysql+mysqldb://user:pw@db/tune"
+    assert storage.with_driver("mysql+pymysql://u@db/t") == "mysql+pymysql://u@db/t"  # a named driver is kept
+    assert storage.with_driver("sqlite:///x.db") == "sqlite:///x.db"

@@ -98,10 +98,11 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 
             event.listen(storage.engine, "begin", _begin_immediate)
         return storage
-    except ImportError as exc:  # a driver named in the URL (postgresql+psycopg2://) that is not installed
+    except ImportError:  # a driver named in the URL (postgresql+pg8000://) that is not installed
+        driver = given.split(":", 1)[0].partition("+")[2]
         raise FinetuneError(
-            f"--storage {shown_url(given)}: its driver is not installed ({exc}); pip install it, or name an "
-            "installed one (postgresql+psycopg://...)."
+            f"--storage {shown_url(given)}: its driver {driver} is not installed; pip install it, or leave the "
+            f"driver out ({backend}://...) to use an installed one."
         ) from None
     except RuntimeError as exc:  # optuna: a database of another optuna version's schema
         raise FinetuneError(f"--storage {shown_url(given)}: {first_line(exc)}") from None
