@@ -19,6 +19,8 @@ DRIVERS = {
     "postgresql": (("psycopg", "psycopg"), ("psycopg2", "psycopg2-binary")),
     "mysql": (("pymysql", "pymysql"), ("mysqldb", "mysqlclient")),
 }
+#: the package extra that installs the first of each database's drivers
+EXTRAS = {"postgresql": "postgres", "mysql": "mysql"}
 JOURNAL_PREFIX = "journal:"
 #: a storage URL that holds a password goes to child processes in this variable, not on a command line
 URL_ENV = "HF_FINETUNE_TUNE_STORAGE"
@@ -58,10 +60,9 @@ def with_driver(url: str) -> str:
     for module, _package in candidates:
         if importlib.util.find_spec(module) is not None:
             return parsed.set(drivername=f"{backend}+{module}").render_as_string(hide_password=False)
-    extra = f" (pip install 'hf-finetune[{'postgres' if backend == 'postgresql' else 'mysql'}]')"
     raise FinetuneError(
         f"--storage {shown_url(url)}: no {backend} driver is installed; install one of "
-        f"{', '.join(package for _, package in candidates)}{extra}."
+        f"{', '.join(package for _, package in candidates)} (pip install 'hf-finetune[{EXTRAS[backend]}]')."
     )
 
 
