@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,16 +24,11 @@ from hf_finetune.config.load import derived_training_init
 from hf_finetune.errors import FinetuneError, RecipeError
 
 from .conftest import REPO, tiny_recipe, write_recipe
+from .helpers import free_port
 
 #: largest absolute difference allowed between the 2-process and 1-process final weights (fp32, 20 steps)
 ATOL = 1e-5
 NO_DROPOUT = {"config_overrides": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _env() -> dict[str, str]:
@@ -54,7 +48,7 @@ def _run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
 
 def torchrun(recipe_path: str, nproc: int, *overrides: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
-    cmd += ["--master_port", str(_free_port()), "-m", "hf_finetune", "train", recipe_path, *overrides]
+    cmd += ["--master_port", str(free_port()), "-m", "hf_finetune", "train", recipe_path, *overrides]
     return _run(cmd)
 
 
@@ -152,7 +146,7 @@ def test_accelerate_launch_with_the_shipped_cpu_config(tiny_model_dir, sentiment
     two, one = tmp_path / "two", tmp_path / "one"
     config = REPO / "recipes" / "accelerate" / "cpu-2proc.yaml"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
-    cmd += ["--main_process_port", str(_free_port()), "-m", "hf_finetune", "train", path]
+    cmd += ["--main_process_port", str(free_port()), "-m", "hf_finetune", "train", path]
     _run(cmd + [f"training.output_dir={two}", "training.per_device_train_batch_size=8"])
     single(path, f"training.output_dir={one}", "training.per_device_train_batch_size=16")
     assert json.loads((two / "all_results.json").read_text())["world_size"] == 2
@@ -187,7 +181,7 @@ def _node(recipe_path: str, rank: int, port: int, log: Path, *overrides: str) ->
 
 
 def _two_nodes(recipe_path: str, tmp_path: Path, name: str, *overrides: str) -> list[subprocess.Popen]:
-    port = _free_port()
+    port = free_port()
     return [_node(recipe_path, r, port, tmp_path / f"{name}-node{r}.log", *overrides) for r in (0, 1)]
 
 

@@ -180,7 +180,7 @@ def test_signal_saves_a_checkpoint_writes_a_note_and_resume_finishes(sig, straig
 def test_a_signal_to_one_rank_stops_both_at_the_same_step(straight_runs, tiny_model_dir):
     """torchrun, 2 processes: SIGTERM reaches rank 1 only; rank 0 learns it through the per-step
     all-reduce, both stop after the same step, the checkpoint has both ranks' RNG states, resume finishes."""
-    from .test_distributed import _free_port
+    from .helpers import free_port
 
     root, files, _ = straight_runs
     path, out = make_recipe(root, tiny_model_dir, files, "ddp-signal", "full")
@@ -188,7 +188,7 @@ def test_a_signal_to_one_rank_stops_both_at_the_same_step(straight_runs, tiny_mo
     env = {**os.environ, "PYTHONPATH": str(REPO), "FAULT_RANK": "1"}
 
     def launch(*args, fault="none"):
-        cmd = [*launcher, "--master_port", str(_free_port()), str(CHILD), fault, "4", "train", path, *args]
+        cmd = [*launcher, "--master_port", str(free_port()), str(CHILD), fault, "4", "train", path, *args]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
 
     proc = launch(fault="SIGTERM")

@@ -32,6 +32,7 @@ from hf_finetune.strategies import discover_layout, make_plan
 from hf_finetune.strategies.layers import EMBEDDINGS, HEAD, POOLER
 
 from .conftest import tiny_recipe, train_fails, write_recipe
+from .helpers import free_port
 
 SIZES = dict(vocab_size=99, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32)
 CONFIGS = {
@@ -549,7 +550,6 @@ def test_gradual_unfreezing_keeps_ddp_replicas_identical(tiny_model_dir, sentime
     """Two processes (torchrun, gloo on CPU): layers unfrozen mid-run are all-reduced like the rest, so both
     replicas end bit-identical, without relying on DDP's find_unused_parameters."""
     import os
-    import socket
     import subprocess
     import sys
 
@@ -569,9 +569,7 @@ def test_gradual_unfreezing_keeps_ddp_replicas_identical(tiny_model_dir, sentime
         },
     )
     path = write_recipe(tmp_path / "recipe.yaml", recipe)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
     cmd += [str(REPO / "tests" / "helpers" / "ddp_fingerprints.py"), str(path), str(tmp_path / "prints")]

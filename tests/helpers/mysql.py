@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .postgres import _free_port
+from . import free_port
 
 SERVER = Path("/usr/sbin/mariadbd")
 INSTALL_DB = Path("/usr/bin/mariadb-install-db")
@@ -39,7 +39,7 @@ def mariadb_server() -> Iterator[str]:
         owner = pwd.getpwnam("mysql")
         os.chown(root, owner.pw_uid, owner.pw_gid)
         user = ["--user=mysql"]
-    port = _free_port()
+    port = free_port()
     server = None
     try:
         done = subprocess.run(
